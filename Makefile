@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up first (idempotent, quick when done).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+OUT   ?= out/demo
+
+.PHONY: setup test test-fast demo lint format bench clean
+setup:            ## apt packages (ffmpeg, libnuma1) + .venv with the real stack + the project, editable
+	@bash .ci/setup
+
+test: setup       ## the whole suite, slow end-to-end tests included
+	$(PY) -m pytest -q
+
+test-fast: setup  ## everything but the tests marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+demo: setup       ## the whole loop on the embedded default; prints where the results are
+	$(VENV)/bin/dataengine demo --out $(OUT)
+
+lint: setup       ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup      ## every benchmark in bench/, each printing its ratio to the speed of light
+	$(PY) bench/decode.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

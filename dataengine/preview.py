@@ -1,0 +1,48 @@
+"""Pictures of decoded clips, for people who would rather look than read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dataengine.records import DecodedClip
+
+
+def contact_sheet(clips: Sequence[DecodedClip], view: str, path: Path, frames_per_clip: int = 6,
+                  tile_h: int = 96) -> Path:
+    """Write a JPEG grid: one row per clip, ``frames_per_clip`` evenly spaced frames of ``view`` per row.
+
+    Each row is labelled with the clip's source name and time span. Returns ``path``.
+    """
+    label_w, pad = 220, 4
+    rows = [_row(c, view, frames_per_clip, tile_h) for c in clips]
+    width = label_w + max((r.width for r in rows), default=tile_h)
+    sheet = Image.new("RGB", (width, max(1, len(rows)) * (tile_h + pad)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    for i, (clip, row) in enumerate(zip(clips, rows, strict=True)):
+        y = i * (tile_h + pad)
+        sheet.paste(row, (label_w, y))
+        name = Path(clip.clip.uri).name
+        draw.text((6, y + 6), f"{name[:30]}\n{clip.clip.start_s:.2f}-{clip.clip.end_s:.2f} s\n"
+                  f"{clip.clip.clip_id[:12]}", fill=(230, 230, 230))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, quality=88)
+    return path
+
+
+def _row(clip: DecodedClip, view: str, n: int, tile_h: int) -> Image.Image:
+    frames_THWC = clip.views[view].frames_THWC
+    picks = np.linspace(0, len(frames_THWC) - 1, num=min(n, len(frames_THWC))).round().astype(int)
+    tiles = []
+    for t in picks:
+        im = Image.fromarray(frames_THWC[t])
+        tiles.append(im.resize((max(1, round(im.width * tile_h / im.height)), tile_h)))
+    row = Image.new("RGB", (sum(t.width for t in tiles) + 2 * len(tiles), tile_h), (24, 24, 24))
+    x = 0
+    for tile in tiles:
+        row.paste(tile, (x, 0))
+        x += tile.width + 2
+    return row

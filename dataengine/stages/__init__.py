@@ -1,0 +1,19 @@
+"""Stages: one class per step, each with a strict config and the setup/process_batch/teardown lifecycle."""
+
+from dataengine.stages.base import Stage, StageConfig, check_chain
+from dataengine.stages.decode import DecodeConfig, DecodeStage, ViewConfig
+from dataengine.stages.probe import ProbeConfig, ProbeStage
+from dataengine.stages.split import SplitConfig, SplitStage
+
+__all__ = [
+    "DecodeConfig",
+    "DecodeStage",
+    "ProbeConfig",
+    "ProbeStage",
+    "SplitConfig",
+    "SplitStage",
+    "Stage",
+    "StageConfig",
+    "ViewConfig",
+    "check_chain",
+]

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dataengine.records import Clip, DecodedClip, Failure, Source, Video
+from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitConfig, SplitStage, ViewConfig
+from tests.media import GoodClip, ffmpeg, make_truncated_midstream
+
+VIEWS = {
+    "caption": ViewConfig(fps=2, max_frames=16, resize="short_side", size=64),
+    "latents": ViewConfig(fps=8, max_frames=None, resize="crop", width=48, height=32),
+}
+
+
+def clips_of(path: Path, window_s: float = 1.0) -> list[Clip]:
+    video = ProbeStage().probe(Source.from_uri(path))
+    assert isinstance(video, Video), video
+    split = SplitStage(SplitConfig(mode="fixed", window_s=window_s, min_clip_s=0.5, max_clip_s=window_s))
+    return [c for c in split.split(video) if isinstance(c, Clip)]
+
+
+def decode(clip: Clip, views: dict[str, ViewConfig] = VIEWS) -> DecodedClip | Failure:
+    return DecodeStage(DecodeConfig(views=views)).decode(clip)
+
+
+@pytest.mark.parametrize("name", ["h264_audio", "hevc10", "vp9", "mjpeg_odd", "prores", "portrait", "rotated",
+                                  "vfr"])
+def test_every_good_clip_decodes_into_both_views(good_clips: dict[str, GoodClip], name: str) -> None:
+    info = good_clips[name]
+    clips = clips_of(info.path)
+    assert len(clips) == round(info.duration_s)
+    short, long_ = sorted((info.width, info.height))
+    for clip in clips:
+        out = decode(clip)
+        assert isinstance(out, DecodedClip), out
+        caption, latents = out.views["caption"], out.views["latents"]
+        t, h, w, _ = caption.shape
+        assert t == math.ceil(2 * clip.duration_s - 1e-6)
+        assert min(h, w) == 64 and (h > w) == (info.height > info.width)
+        assert max(h, w) == pytest.approx(64 * long_ / short, abs=2)
+        assert latents.shape == (math.ceil(8 * clip.duration_s - 1e-6), 32, 48, 3)
+        assert caption.frames_THWC.dtype == np.uint8 and caption.frames_THWC.flags.writeable
+        np.testing.assert_allclose(np.diff(latents.timestamps_s), 1 / 8)
+        assert latents.timestamps_s[0] == pytest.approx(clip.start_s)
+        assert caption.frames_THWC.std() > 5  # real picture content, not a blank buffer
+
+
+def test_frames_are_taken_at_their_timestamps(tmp_path: Path) -> None:
+    red_then_blue = tmp_path / "red_blue.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64:rate=25:d=1", "-f", "lavfi",
+           "-i", "color=blue:size=64x64:rate=25:d=1", "-filter_complex", "[0][1]concat=n=2:v=1",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(red_then_blue))
+    video = ProbeStage().probe(Source.from_uri(red_then_blue))
+    assert isinstance(video, Video)
+    clip = Clip.of(video, index=0, start_s=0.5, end_s=1.5)
+    out = decode(clip, {"v": ViewConfig(fps=4, max_frames=None, resize="none")})
+    assert isinstance(out, DecodedClip)
+    frames = out.views["v"]
+    np.testing.assert_allclose(frames.timestamps_s, [0.5, 0.75, 1.0, 1.25])
+    mean_rgb = frames.frames_THWC.reshape(4, -1, 3).mean(axis=1)
+    assert [("red" if m[0] > m[2] else "blue") for m in mean_rgb] == ["red", "red", "blue", "blue"]
+
+
+def test_max_frames_lowers_the_rate_to_cover_the_whole_clip(good_clips: dict[str, GoodClip]) -> None:
+    (clip,) = clips_of(good_clips["h264_audio"].path, window_s=3.0)
+    out = decode(clip, {"v": ViewConfig(fps=10, max_frames=8, resize="fit", width=80, height=80)})
+    assert isinstance(out, DecodedClip)
+    frames = out.views["v"]
+    assert frames.shape == (8, 60, 80, 3)
+    assert frames.fps == pytest.approx(8 / 3)
+    assert frames.timestamps_s[-1] == pytest.approx(7 * 3 / 8)
+
+
+def test_variable_frame_rate_gives_evenly_spaced_frames(good_clips: dict[str, GoodClip]) -> None:
+    late = clips_of(good_clips["vfr"].path)[2]  # 2-3 s: the 10 fps half of the source
+    out = decode(late, {"v": ViewConfig(fps=20, max_frames=None, resize="none")})
+    assert isinstance(out, DecodedClip)
+    assert out.views["v"].shape[0] == 20  # duplicates where the source has fewer frames
+
+
+def test_a_clip_truncated_mid_stream_is_recorded_not_raised(good_clips: dict[str, GoodClip],
+                                                            tmp_path: Path) -> None:
+    damaged = make_truncated_midstream(good_clips["h264_audio"].path, tmp_path / "cut_short.mp4")
+    results = DecodeStage(DecodeConfig(views=VIEWS)).process_batch(clips_of(damaged))
+    assert isinstance(results[0], DecodedClip)
+    failures = [r for r in results if isinstance(r, Failure)]
+    assert failures and all(f.stage == "decode" and "frames" in f.reason for f in failures)
+
+
+def test_a_file_that_vanished_before_decode_is_recorded(good_clips: dict[str, GoodClip], tmp_path: Path) -> None:
+    copy = tmp_path / "soon_gone.mp4"
+    copy.write_bytes(good_clips["h264_audio"].path.read_bytes())
+    clips = clips_of(copy)
+    copy.unlink()
+    result = decode(clips[0])
+    assert isinstance(result, Failure) and "ffmpeg failed" in result.reason
+
+
+def test_all_views_come_from_one_ffmpeg_process(good_clips: dict[str, GoodClip]) -> None:
+    clip = clips_of(good_clips["h264_audio"].path)[0]
+    stage = DecodeStage(DecodeConfig(views=VIEWS))
+    cmd = stage._command(clip, {n: stage_plan for n, stage_plan in _plans(clip).items()}, {"caption": 3,
+                                                                                            "latents": 4})
+    assert cmd.count("-i") == 1 and "split=2" in " ".join(cmd)
+
+
+def _plans(clip: Clip) -> dict[str, object]:
+    from dataengine.stages.decode import _plan
+
+    return {name: _plan(view, clip) for name, view in VIEWS.items()}

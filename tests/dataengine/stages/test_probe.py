@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from dataengine.records import Failure, Source, Video
+from dataengine.stages import ProbeConfig, ProbeStage
+from tests.media import GoodClip
+
+# Each broken input and a word its failure reason must contain.
+EXPECTED_REASONS = {
+    "zero_bytes": "empty file",
+    "truncated": "undecodable header",
+    "random_bytes": "undecodable header",
+    "text_file": "text file, not a video",
+    "audio_only": "no video stream (found: audio)",
+    "still_image": "still image",
+    "directory": "not a regular file",
+    "dangling_symlink": "dangling symlink",
+    "missing": "missing file",
+    "huge_header": "65535x65535",
+    "over_limit": "over the limits",
+}
+
+
+def probe(path: Path, **config: object) -> Video | Failure:
+    return ProbeStage(ProbeConfig(**config)).probe(Source.from_uri(path))  # type: ignore[arg-type]
+
+
+def test_good_clips_report_display_facts(good_clips: dict[str, GoodClip]) -> None:
+    for name, clip in good_clips.items():
+        video = probe(clip.path)
+        assert isinstance(video, Video), f"{name}: {video}"
+        facts = video.probe
+        assert (facts.width, facts.height) == (clip.width, clip.height), name
+        assert facts.duration_s == pytest.approx(clip.duration_s, abs=0.15), name
+        assert facts.codec == clip.codec, name
+        assert facts.is_vfr == clip.vfr, name
+        assert facts.rotation == clip.rotation, name
+        assert facts.bit_depth == clip.bit_depth, name
+        assert facts.has_audio == clip.has_audio, name
+        assert facts.n_frames >= 1 and facts.avg_fps > 0
+
+
+def test_every_broken_input_is_a_failure_with_a_reason(broken_inputs: dict[str, Path]) -> None:
+    assert set(broken_inputs) == set(EXPECTED_REASONS)
+    for name, path in broken_inputs.items():
+        result = probe(path)
+        assert isinstance(result, Failure), name
+        assert result.stage == "probe" and result.kind == "error"
+        assert EXPECTED_REASONS[name] in result.reason, f"{name}: {result.reason}"
+        assert "Traceback" not in result.reason
+
+
+def test_a_batch_with_broken_inputs_keeps_going(good_clips: dict[str, GoodClip],
+                                               broken_inputs: dict[str, Path]) -> None:
+    paths = [*broken_inputs.values(), good_clips["h264_audio"].path]
+    results = ProbeStage().process_batch([Source.from_uri(p) for p in paths])
+    assert [type(r) for r in results] == [Failure] * len(broken_inputs) + [Video]
+
+
+def test_limits_are_configurable(good_clips: dict[str, GoodClip]) -> None:
+    path = good_clips["h264_audio"].path
+    assert "duration 3.0 s is over the limit" in probe(path, max_duration_s=1).reason  # type: ignore[union-attr]
+    assert "over the limits" in probe(path, max_pixels=1000).reason  # type: ignore[union-attr]
+    assert "over the limit of 100" in probe(path, max_file_bytes=100).reason  # type: ignore[union-attr]
+
+
+def test_a_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    assert "not a regular file" in probe(fifo).reason  # type: ignore[union-attr]
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ValidationError, match="timeout_sec"):
+        ProbeConfig(timeout_sec=3)  # type: ignore[call-arg]
+
+
+def test_programming_errors_are_not_swallowed() -> None:
+    with pytest.raises(AttributeError):
+        ProbeStage().process_batch(["not a Source record"])  # type: ignore[list-item]
