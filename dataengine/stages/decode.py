@@ -16,7 +16,7 @@ import math
 import os
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import ffmpeg
@@ -78,7 +78,7 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         """Decode every view of ``clip`` in one ffmpeg pass; problems with the media become a ``Failure``."""
         plans = {name: _plan(view, clip) for name, view in self.config.views.items()}
         pipes = {name: os.pipe() for name in plans}
-        cmd = self._command(clip, plans, {name: w for name, (_, w) in pipes.items()})
+        cmd = self.command(clip, {name: f"pipe:{w}" for name, (_, w) in pipes.items()})
         write_fds = [w for _, w in pipes.values()]
         try:
             proc = subprocess.Popen(
@@ -109,7 +109,15 @@ class DecodeStage(Stage[Clip, DecodedClip]):
             views[name] = frames
         return DecodedClip(clip=clip, views=views)
 
-    def _command(self, clip: Clip, plans: dict[str, _Plan], fds: dict[str, int]) -> list[str]:
+    def command(self, clip: Clip, targets: Mapping[str, str], fmt: str = "rawvideo") -> list[str]:
+        """The single ffmpeg command that decodes every view of ``clip``.
+
+        Args:
+            clip: the span to decode.
+            targets: view name -> ffmpeg output target (``pipe:N``, or ``-`` with ``fmt="null"``).
+            fmt: output format; ``rawvideo`` (RGB24) for decoding, ``null`` to time decoding alone.
+        """
+        plans = {name: _plan(view, clip) for name, view in self.config.views.items()}
         source = ffmpeg.input(
             clip.path, ss=f"{clip.start_s:.3f}", t=f"{clip.duration_s:.3f}", threads=self.config.threads
         ).video
@@ -122,7 +130,7 @@ class DecodeStage(Stage[Clip, DecodedClip]):
                 stream = stream.filter("scale", plan.scaled_w, plan.scaled_h, flags="bicubic")
             if (plan.width, plan.height) != (plan.scaled_w, plan.scaled_h):
                 stream = stream.filter("crop", plan.width, plan.height)
-            outputs.append(stream.output(f"pipe:{fds[name]}", format="rawvideo", pix_fmt="rgb24"))
+            outputs.append(stream.output(targets[name], format=fmt, pix_fmt="rgb24"))
         merged = ffmpeg.merge_outputs(*outputs)
         cmd: list[str] = merged.global_args("-hide_banner", "-nostats", "-loglevel", "error").compile()
         return cmd

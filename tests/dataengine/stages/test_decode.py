@@ -102,13 +102,5 @@ def test_a_file_that_vanished_before_decode_is_recorded(good_clips: dict[str, Go
 
 def test_all_views_come_from_one_ffmpeg_process(good_clips: dict[str, GoodClip]) -> None:
     clip = clips_of(good_clips["h264_audio"].path)[0]
-    stage = DecodeStage(DecodeConfig(views=VIEWS))
-    cmd = stage._command(clip, {n: stage_plan for n, stage_plan in _plans(clip).items()}, {"caption": 3,
-                                                                                            "latents": 4})
+    cmd = DecodeStage(DecodeConfig(views=VIEWS)).command(clip, {"caption": "pipe:3", "latents": "pipe:4"})
     assert cmd.count("-i") == 1 and "split=2" in " ".join(cmd)
-
-
-def _plans(clip: Clip) -> dict[str, object]:
-    from dataengine.stages.decode import _plan
-
-    return {name: _plan(view, clip) for name, view in VIEWS.items()}
