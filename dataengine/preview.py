@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw
 
 from dataengine.records import DecodedClip
@@ -34,11 +33,9 @@ def contact_sheet(clips: Sequence[DecodedClip], view: str, path: Path, frames_pe
 
 
 def _row(clip: DecodedClip, view: str, n: int, tile_h: int) -> Image.Image:
-    frames_THWC = clip.views[view].frames_THWC
-    picks = np.linspace(0, len(frames_THWC) - 1, num=min(n, len(frames_THWC))).round().astype(int)
     tiles = []
-    for t in picks:
-        im = Image.fromarray(frames_THWC[t])
+    for frame_HWC in clip.views[view].subsample(n).frames_THWC:
+        im = Image.fromarray(frame_HWC)
         tiles.append(im.resize((max(1, round(im.width * tile_h / im.height)), tile_h)))
     row = Image.new("RGB", (sum(t.width for t in tiles) + 2 * len(tiles), tile_h), (24, 24, 24))
     x = 0

@@ -30,11 +30,11 @@ def normalize_uri(uri: str | Path) -> str:
     lose default ports; path and query are kept verbatim.
     """
     text = str(uri)
+    if "://" not in text or text[:7].lower() == "file://":  # a path: "?" and "#" are part of the name
+        path = text[7:] if "://" in text else text
+        return "file://" + posixpath.normpath(str(Path(path).expanduser().absolute()))
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme in ("", "file") or (len(scheme) == 1 and text[1:2] == ":"):  # plain path (or a drive letter)
-        path = parts.path if scheme == "file" else text
-        return "file://" + posixpath.normpath(str(Path(path).expanduser().absolute()))
     host = (parts.hostname or "").lower()
     if parts.port is not None and _DEFAULT_PORTS.get(scheme) != parts.port:
         host = f"{host}:{parts.port}"
@@ -181,6 +181,12 @@ class Frames:
     def shape(self) -> tuple[int, int, int, int]:
         t, h, w, c = self.frames_THWC.shape
         return t, h, w, c
+
+    def subsample(self, n: int) -> Frames:
+        """At most ``n`` evenly spaced frames (first and last included), copied."""
+        t = len(self.frames_THWC)
+        picks = np.linspace(0, t - 1, num=min(n, t)).round().astype(int)
+        return Frames(self.frames_THWC[picks].copy(), self.fps, self.timestamps_s[picks])
 
 
 @dataclass(frozen=True)

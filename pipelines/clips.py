@@ -12,13 +12,20 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from dataengine.inputs import InputsConfig, iter_sources
 from dataengine.preview import contact_sheet
-from dataengine.records import DecodedClip, Failure, Frames
-from dataengine.stages import DecodeConfig, DecodeStage, ProbeConfig, ProbeStage, SplitConfig, SplitStage
+from dataengine.records import DecodedClip, Failure
+from dataengine.stages import (
+    DecodeConfig,
+    DecodeStage,
+    ProbeConfig,
+    ProbeStage,
+    SplitConfig,
+    SplitStage,
+    Stage,
+)
 from pipelines.local import run_chain
 
 _SHEET_ROWS = 32
@@ -49,7 +56,7 @@ def extract_clips(
     """Run the clip stages over ``specs`` and write the files listed in the module docstring."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ClipsReport(out_dir)
-    stages = [ProbeStage(probe), SplitStage(split), DecodeStage(decode)]
+    stages: list[Stage[Any, Any]] = [ProbeStage(probe), SplitStage(split), DecodeStage(decode)]
     decoded: list[DecodedClip] = []
     sources = iter_sources(specs, inputs or InputsConfig())
     with report.files["clips.jsonl"].open("w") as clips_f, report.files["failures.jsonl"].open("w") as fail_f:
@@ -76,6 +83,4 @@ def extract_clips(
 def _thumbnail(clip: DecodedClip, n: int = 6) -> DecodedClip:
     """Keep only what the contact sheet needs: ``n`` frames of the first view."""
     name, frames = next(iter(clip.views.items()))
-    picks = np.linspace(0, len(frames.frames_THWC) - 1, num=min(n, len(frames.frames_THWC))).round().astype(int)
-    few = Frames(frames.frames_THWC[picks].copy(), frames.fps, frames.timestamps_s[picks])
-    return DecodedClip(clip=clip.clip, views={name: few})
+    return DecodedClip(clip=clip.clip, views={name: frames.subsample(n)})

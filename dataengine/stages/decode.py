@@ -207,7 +207,7 @@ class _FrameReader:
         self._thread.start()
 
     def _run(self) -> None:
-        view = memoryview(self._buf)
+        view = self._buf.data
         with self._file as f:
             while self._used < len(self._buf) and (n := f.readinto(view[self._used:])):
                 self._used += n

@@ -1,0 +1,419 @@
+"""Procedural videos with exact ground truth: coloured shapes moving over patterned backgrounds.
+
+Used by the tests and the demo, and to score caption fidelity (a renderer re-draws a clip from its caption
+and compares it with the original), so a ``VideoSpec`` plus the constants of this module determine every
+pixel. ``frames_HWC`` is one uint8 RGB frame of H rows x W columns.
+
+Coordinates and units:
+  * Positions are in pixels, x to the right and y downwards; the centre of pixel (row i, column j) is at
+    (j + 0.5, i + 0.5). A pixel belongs to a shape when its centre lies inside it (hard edges, no
+    anti-aliasing); later objects are drawn over earlier ones.
+  * Each shot has its own fixed world. At time t seconds after the shot starts, the camera has moved by
+    ``pan_xy * t``, so a world point p is on screen at ``p - pan_xy * t``; at t = 0 world and screen
+    coincide. An object's centre is at ``start_xy + velocity_xy * t`` in the world. Speeds are in px/s.
+  * Frame i of a video shows time i / fps. Shots follow each other with hard cuts; a frame at time t
+    belongs to the shot whose [start_s, end_s) contains t.
+  * Backgrounds: ``flat`` is the background colour; ``stripes`` (diagonal bands, floor((x + y) / P) odd)
+    and ``checker`` (floor(x / P) + floor(y / P) odd) paint every other cell in a shade of it (mixed
+    ``PATTERN_MIX`` towards white, or towards black for light colours), with P = ``PATTERN_PX`` world pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ColourName = Literal["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
+PALETTE: dict[ColourName, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 80, 220),
+    "yellow": (240, 220, 50),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+    "orange": (245, 140, 30),
+    "purple": (140, 60, 190),
+}
+PATTERN_PX = 20
+PATTERN_MIX = 0.4
+_MIN_OBJECT_CONTRAST = 150.0  # RGB distance between an object's colour and its background colour
+_MAX_SCREEN_SPEED = 60.0  # px/s along each axis, for random objects
+_MIN_CUT_SCORE = 20.0  # _cut_score across every random cut: well above `scdet=threshold=10`
+_MAX_DRAWS = 100
+_PATTERNS = ("flat", "stripes", "checker")
+_TIME_STEPS = (0.25, 0.2, 0.5, 1.0)  # random shot lengths are multiples of the first frame-aligned one
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ObjectSpec(_Spec):
+    """One shape moving in a straight line at constant velocity through its shot's world."""
+
+    shape: Literal["circle", "square", "triangle"]
+    colour: ColourName
+    size_px: int = Field(ge=2, description="circle diameter, square side, triangle base and height")
+    start_xy: tuple[float, float] = Field(description="centre (of the bounding box) at the shot start")
+    velocity_xy: tuple[float, float] = Field(description="world velocity in px/s")
+
+
+class ShotSpec(_Spec):
+    """One continuous shot: a background, a camera pan and 1-3 objects."""
+
+    duration_s: float = Field(gt=0)
+    background: ColourName
+    pattern: Literal["flat", "stripes", "checker"]
+    pan_xy: tuple[float, float] = Field(default=(0.0, 0.0), description="camera velocity in px/s")
+    objects: list[ObjectSpec] = Field(min_length=1, max_length=3)
+
+
+class VideoSpec(_Spec):
+    """A whole synthetic video: its geometry, its shots in order and the seed they were drawn with."""
+
+    schema_version: Literal["1"] = "1"
+    width: int = Field(ge=16)
+    height: int = Field(ge=16)
+    fps: int = Field(ge=1, le=240)
+    shots: list[ShotSpec] = Field(min_length=1)
+    seed: int = Field(default=0, description="provenance: random_spec drew every choice from this seed")
+
+    @model_validator(mode="after")
+    def _even_geometry(self) -> VideoSpec:
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even for yuv420p, got {self.width}x{self.height}")
+        return self
+
+    @property
+    def duration_s(self) -> float:
+        return self.shot_times[-1][1]
+
+    @property
+    def shot_times(self) -> list[tuple[float, float]]:
+        """(start_s, end_s) of every shot; each cut is at the end of one shot and the start of the next."""
+        ends = np.cumsum([shot.duration_s for shot in self.shots]).round(9).tolist()
+        return list(zip([0.0, *ends[:-1]], ends, strict=True))
+
+    @property
+    def n_frames(self) -> int:
+        return round(self.duration_s * self.fps)
+
+
+def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The second colour of a patterned background."""
+    target = 0.0 if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] >= 128 else 255.0  # by BT.601 luma
+    r, g, b = (round(c + (target - c) * PATTERN_MIX) for c in rgb)
+    return r, g, b
+
+
+def _pattern_mask(pattern: str, x_W: np.ndarray, y_H: np.ndarray) -> np.ndarray:
+    """(H, W) bool: where the shade colour goes, given the world coordinates of pixel centres."""
+    if pattern == "checker":
+        cells_HW = np.floor(x_W / PATTERN_PX)[None, :] + np.floor(y_H / PATTERN_PX)[:, None]
+    elif pattern == "stripes":
+        cells_HW = np.floor((x_W[None, :] + y_H[:, None]) / PATTERN_PX)
+    else:
+        return np.zeros((len(y_H), len(x_W)), dtype=bool)
+    return cells_HW.astype(np.int64) % 2 == 1
+
+
+def _shape_mask(shape: str, dx_W: np.ndarray, dy_H: np.ndarray, size_px: int) -> np.ndarray:
+    """(H, W) bool: pixels whose centre, at offset (dx, dy) from the object's centre, lies inside it."""
+    r = size_px / 2
+    dx, dy = dx_W[None, :], dy_H[:, None]
+    if shape == "circle":
+        return dx**2 + dy**2 <= r**2
+    in_rows = (dy >= -r) & (dy < r)
+    if shape == "square":
+        return in_rows & (dx >= -r) & (dx < r)
+    return in_rows & (np.abs(dx) <= (dy + r) / 2)  # triangle: apex at the top, base at the bottom
+
+
+def _render_shot(shot: ShotSpec, tau: float, width: int, height: int) -> np.ndarray:
+    """frames_HWC of ``shot`` at ``tau`` seconds after it starts."""
+    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+    pan_x, pan_y = shot.pan_xy[0] * tau, shot.pan_xy[1] * tau
+    frame_HWC = np.empty((height, width, 3), dtype=np.uint8)
+    frame_HWC[:] = PALETTE[shot.background]
+    shade_HW = _pattern_mask(shot.pattern, centres_x + pan_x, centres_y + pan_y)
+    frame_HWC[shade_HW] = _shade(PALETTE[shot.background])
+    for obj in shot.objects:
+        screen_x = obj.start_xy[0] + obj.velocity_xy[0] * tau - pan_x
+        screen_y = obj.start_xy[1] + obj.velocity_xy[1] * tau - pan_y
+        inside_HW = _shape_mask(obj.shape, centres_x - screen_x, centres_y - screen_y, obj.size_px)
+        frame_HWC[inside_HW] = PALETTE[obj.colour]
+    return frame_HWC
+
+
+def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
+    """Render the video frame by frame.
+
+    Args:
+        spec: the video to draw.
+
+    Returns:
+        An iterator over ``spec.n_frames`` frames_HWC (uint8 RGB, H = spec.height, W = spec.width); frame i
+        shows time i / spec.fps.
+    """
+    starts = np.array([start for start, _ in spec.shot_times])
+    for i in range(spec.n_frames):
+        t = i / spec.fps
+        k = max(0, int(np.searchsorted(starts, t + 1e-9, side="right")) - 1)
+        yield _render_shot(spec.shots[k], t - starts[k], spec.width, spec.height)
+
+
+def _cut_score(a_HWC: np.ndarray, b_HWC: np.ndarray) -> float:
+    """How different two frames look to ffmpeg's scdet: the mean absolute difference of their BT.601 YCbCr
+    planes in % of full scale, each chroma plane weighted a quarter of luma as in yuv420p."""
+    rgb_to_ycbcr = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]])
+    diff = np.abs((a_HWC.astype(np.float64) - b_HWC) @ rgb_to_ycbcr.T / 255.0).mean(axis=(0, 1))
+    return float((4 * diff[0] + diff[1] + diff[2]) / 6 / 256 * 100)
+
+
+def _draw_object(
+    rng: np.random.Generator, colour: str, shot_s: float, pan: tuple[float, float], width: int, height: int
+) -> ObjectSpec:
+    size = int(rng.integers(min(width, height) // 10, min(width, height) // 4 + 1))
+    low, high = np.full(2, size / 2 + 2), np.array([width, height]) - size / 2 - 2
+    start = rng.uniform(low, high)
+    end = np.clip(start + rng.uniform(-_MAX_SCREEN_SPEED, _MAX_SCREEN_SPEED, 2) * shot_s, low, high)
+    # The on-screen path runs from start to end, so the world velocity adds the pan back.
+    velocity = np.asarray(pan) + (end - start) / shot_s
+    return ObjectSpec(
+        shape=rng.choice(["circle", "square", "triangle"]).item(),
+        colour=colour,
+        size_px=size,
+        start_xy=(round(float(start[0]), 1), round(float(start[1]), 1)),
+        velocity_xy=(round(float(velocity[0]), 1), round(float(velocity[1]), 1)),
+    )
+
+
+def _draw_pan(rng: np.random.Generator) -> tuple[float, float]:
+    if rng.random() < 0.4:
+        return 0.0, 0.0
+    pan_x = float(rng.choice([-1, 1]) * rng.uniform(10, 40))
+    # |pan_y| <= |pan_x| / 2 keeps the pan well away from the direction of the diagonal stripes.
+    pan_y = float(rng.uniform(-0.5, 0.5) * abs(pan_x)) if rng.random() < 0.3 else 0.0
+    return round(pan_x, 1), round(pan_y, 1)
+
+
+def _draw_shot(
+    rng: np.random.Generator, shot_s: float, prev: ShotSpec | None, width: int, height: int
+) -> ShotSpec:
+    background = rng.choice([c for c in PALETTE if prev is None or c != prev.background]).item()
+    pattern = rng.choice([p for p in _PATTERNS if prev is None or p != prev.pattern]).item()
+    pan = _draw_pan(rng)
+    contrasting = [c for c in PALETTE if math.dist(PALETTE[c], PALETTE[background]) >= _MIN_OBJECT_CONTRAST]
+    colours = rng.choice(contrasting, size=int(rng.integers(1, 4)), replace=False).tolist()
+    objects = [_draw_object(rng, colour, shot_s, pan, width, height) for colour in colours]
+    return ShotSpec(duration_s=shot_s, background=background, pattern=pattern, pan_xy=pan, objects=objects)
+
+
+def _shot_lengths(
+    rng: np.random.Generator, fps: int, max_shots: int, duration_range: tuple[float, float]
+) -> list[float]:
+    step = next(s for s in _TIME_STEPS if (s * fps).is_integer())
+    total_steps = max(1, round(rng.uniform(*duration_range) / step))
+    n_shots = min(int(rng.integers(1, max_shots + 1)), total_steps)
+    weights = rng.uniform(0.7, 1.3, n_shots)
+    steps = 1 + np.floor(weights / weights.sum() * (total_steps - n_shots)).astype(int)  # >= 1 step each
+    steps[-1] = total_steps - steps[:-1].sum()
+    return [round(int(k) * step, 6) for k in steps]
+
+
+def random_spec(
+    rng: np.random.Generator,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 24,
+    max_shots: int = 2,
+    duration_range: tuple[float, float] = (2.0, 4.0),
+) -> VideoSpec:
+    """Draw a random valid video: objects on screen, contrasting with their background, clearly cut shots.
+
+    Args:
+        rng: the generator; one integer is drawn from it, and every choice is then drawn from
+            ``np.random.default_rng(seed)`` with that integer recorded as ``VideoSpec.seed``.
+        width, height: frame size in pixels (even).
+        fps: frames per second; shot lengths are whole numbers of frames.
+        max_shots: the number of shots is uniform in 1..max_shots.
+        duration_range: the total duration is uniform in this range (in seconds), rounded to a frame-aligned
+            step of at most 1 s.
+
+    Returns:
+        A ``VideoSpec`` whose consecutive shots differ in background colour and pattern, and whose cuts a
+        scene-cut detector finds (frames either side of a cut differ by at least ``_MIN_CUT_SCORE``).
+    """
+    seed = int(rng.integers(2**32))
+    rng = np.random.default_rng(seed)
+    shots: list[ShotSpec] = []
+    for shot_s in _shot_lengths(rng, fps, max_shots, duration_range):
+        shot = _draw_shot(rng, shot_s, shots[-1] if shots else None, width, height)
+        if shots:
+            last_HWC = _render_shot(shots[-1], shots[-1].duration_s - 1 / fps, width, height)
+            for _ in range(_MAX_DRAWS):
+                if _cut_score(last_HWC, _render_shot(shot, 0.0, width, height)) >= _MIN_CUT_SCORE:
+                    break
+                shot = _draw_shot(rng, shot_s, shots[-1], width, height)
+            else:
+                raise RuntimeError(f"no clearly different shot found in {_MAX_DRAWS} draws (seed {seed})")
+        shots.append(shot)
+    return VideoSpec(width=width, height=height, fps=fps, shots=shots, seed=seed)
+
+
+_REGIONS = (
+    ("in the upper left", "at the top", "in the upper right"),
+    ("on the left", "in the centre", "on the right"),
+    ("in the lower left", "at the bottom", "in the lower right"),
+)
+_BACKGROUNDS = {
+    "flat": "plain {}",
+    "stripes": "{} with diagonal stripes",
+    "checker": "{} with a checkerboard pattern",
+}
+
+
+def _direction(v: tuple[float, float]) -> str:
+    """The nearest of eight compass words for a velocity, as a viewer sees it (screen y points down)."""
+    angle = round(math.atan2(-v[1], v[0]) / (math.pi / 4)) * math.pi / 4
+    across = {1: "right", -1: "left"}.get(round(math.cos(angle)), "")
+    vertical = {1: "up", -1: "down"}.get(round(math.sin(angle)), "")
+    return f"{vertical} and to the {across}" if vertical and across else vertical or across
+
+
+def _seconds(t: float) -> str:
+    text = f"{t:.2f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def _describe_shot(shot: ShotSpec, width: int, height: int) -> str:
+    sentences = []
+    for obj in shot.objects:
+        column = min(2, max(0, int(obj.start_xy[0] * 3 // width)))
+        row = min(2, max(0, int(obj.start_xy[1] * 3 // height)))
+        where, speed = _REGIONS[row][column], math.hypot(*obj.velocity_xy)
+        what = f"A {obj.colour} {obj.shape} about {obj.size_px} px wide"
+        if round(speed) == 0:
+            sentences.append(f"{what} stays still {where}.")
+        else:
+            moves = f"moves {_direction(obj.velocity_xy)} at {speed:.0f} px/s"
+            sentences.append(f"{what} starts {where} and {moves}.")
+    pan = math.hypot(*shot.pan_xy)
+    camera = "the camera is still"
+    if round(pan):
+        camera = f"the camera pans {_direction(shot.pan_xy)} at {pan:.0f} px/s"
+    background = _BACKGROUNDS[shot.pattern].format(shot.background)
+    sentences.append(f"The background is {background}, and {camera}.")
+    return " ".join(sentences)
+
+
+def reference_caption(spec: VideoSpec) -> str:
+    """A deterministic English description of everything in the video, shot by shot.
+
+    Args:
+        spec: the video to describe.
+
+    Returns:
+        Sentences naming each object's colour, shape, size, start region, direction and speed, each shot's
+        background and camera pan, and the time of every cut.
+    """
+    parts = [_describe_shot(spec.shots[0], spec.width, spec.height)]
+    for shot, (start_s, _) in zip(spec.shots[1:], spec.shot_times[1:], strict=True):
+        parts.append(f"At {_seconds(start_s)} s the scene cuts.")
+        parts.append(_describe_shot(shot, spec.width, spec.height))
+    return " ".join(parts)
+
+
+def _ground_truth(spec: VideoSpec) -> dict[str, object]:
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "shots": [{"start_s": start, "end_s": end} for start, end in spec.shot_times],
+        "n_frames": spec.n_frames,
+        "duration_s": spec.duration_s,
+        "reference_caption": reference_caption(spec),
+    }
+
+
+def _encode(spec: VideoSpec, path: Path, codec: str) -> None:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError("ffmpeg is not on PATH; synthetic videos need it to encode")
+    size, fps = f"{spec.width}x{spec.height}", spec.fps
+    args = f"-f rawvideo -pix_fmt rgb24 -s {size} -r {fps} -i - -an -c:v {codec} -pix_fmt yuv420p -g {fps}"
+    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", *args.split(), str(path)]
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty ffmpeg cannot block the writer
+        # Leaving the Popen block closes stdin (ffmpeg then finishes the file) and waits for the exit.
+        with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=stderr) as proc:
+            assert proc.stdin is not None
+            try:
+                for frame_HWC in render_frames(spec):
+                    proc.stdin.write(frame_HWC.tobytes())
+            except BrokenPipeError:
+                pass  # ffmpeg exited early; its exit status and stderr below say why
+        if proc.returncode != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace")[-2000:].strip()
+            raise RuntimeError(f"ffmpeg failed (exit {proc.returncode}) writing {path}: {tail}")
+
+
+def write_video(spec: VideoSpec, path: Path, codec: str = "libx264") -> Path:
+    """Encode the video with ffmpeg and write its ground truth next to it as ``<stem>.json``.
+
+    Both files are written under temporary names and renamed when complete.
+
+    Args:
+        spec: the video to render.
+        path: where the video goes; its suffix picks the container (e.g. ``.mp4``).
+        codec: the ffmpeg video encoder; the output is yuv420p with a keyframe every second.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        RuntimeError: ffmpeg is missing or fails (the message ends with its stderr).
+    """
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        _encode(spec, partial, codec)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+    truth, partial_truth = path.with_suffix(".json"), path.with_name(f".{path.stem}.partial.json")
+    partial_truth.write_text(json.dumps(_ground_truth(spec), indent=2) + "\n")
+    partial_truth.replace(truth)
+    return path
+
+
+def synthesize(
+    out_dir: Path,
+    n: int,
+    seed: int = 0,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 24,
+    max_shots: int = 2,
+) -> list[Path]:
+    """Write ``n`` random videos ``video_000.mp4`` ... with their ``.json`` ground truth into ``out_dir``.
+
+    Args:
+        out_dir: created if missing; existing files of the same names are replaced.
+        n: how many videos.
+        seed: the same seed gives the same specs, hence identical JSON files.
+        width, height, fps, max_shots: passed to ``random_spec``.
+
+    Returns:
+        The video paths in order.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    specs = [random_spec(rng, width=width, height=height, fps=fps, max_shots=max_shots) for _ in range(n)]
+    return [write_video(spec, out_dir / f"video_{i:03d}.mp4") for i, spec in enumerate(specs)]

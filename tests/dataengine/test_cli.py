@@ -1,0 +1,52 @@
+"""The console script, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DATAENGINE = str(Path(sys.executable).with_name("dataengine"))
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DATAENGINE, *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("command", ["", "synth", "probe", "clips", "demo"])
+def test_help_answers(command: str) -> None:
+    done = run(*([command] if command else []), "--help")
+    assert done.returncode == 0, done.stderr
+    assert "Usage" in done.stdout
+
+
+def test_synth_then_probe_then_clips(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    assert run("synth", "--out", str(videos), "--n", "2", "--seed", "3").returncode == 0
+    assert sorted(p.name for p in videos.iterdir()) == ["video_000.json", "video_000.mp4", "video_001.json",
+                                                        "video_001.mp4"]
+    probed = run("probe", "--json", str(videos))
+    assert probed.returncode == 0, probed.stderr
+    records = [json.loads(line) for line in probed.stdout.splitlines()]
+    assert len(records) == 2 and all(r["probe"]["width"] == 320 for r in records)
+    done = run("clips", str(videos), "--out", str(tmp_path / "clips"))
+    assert done.returncode == 0, done.stderr
+    assert "clips decoded" in done.stderr
+    assert (tmp_path / "clips" / "contact_sheet.jpg").exists()
+
+
+def test_a_bad_option_value_is_a_clear_error(tmp_path: Path) -> None:
+    done = run("clips", str(tmp_path), "--out", str(tmp_path / "o"), "--window-s", "50")
+    assert done.returncode != 0
+    assert "min_clip_s <= window_s <= max_clip_s" in done.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    done = run("demo", "--out", str(tmp_path / "demo"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "demo" / "clips" / "clips.jsonl").stat().st_size > 0
+    assert "contact_sheet.jpg" in done.stderr

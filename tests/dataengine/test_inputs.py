@@ -1,0 +1,314 @@
+"""Input expansion and fetching against real local files, a local HTTP server and a local moto S3 server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+
+from dataengine.inputs import InputsConfig, fetch, iter_sources
+from dataengine.records import Failure, Source, normalize_uri, video_id_for
+
+BUCKET = "inputs-test"
+
+
+def _sources(specs: list[str], config: InputsConfig) -> list[Source]:
+    out = list(iter_sources(specs, config))
+    assert all(isinstance(item, Source) for item in out), out
+    return [item for item in out if isinstance(item, Source)]
+
+
+def _uris(items: list[Source]) -> list[str]:
+    return [item.uri for item in items]
+
+
+def _touch(root: Path, *names: str) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(name.encode())
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> InputsConfig:
+    return InputsConfig(cache_dir=tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------------------------------- local
+
+
+def test_explicit_file_is_one_source_whatever_its_extension(tmp_path: Path, config: InputsConfig) -> None:
+    _touch(tmp_path, "notes.dat")
+    [source] = _sources([str(tmp_path / "notes.dat")], config)
+    assert source == Source.from_uri(tmp_path / "notes.dat")
+    assert fetch(source, config) == tmp_path / "notes.dat"  # local: no copy
+    _touch(tmp_path, "take[1]?.mp4")  # glob characters in an existing name are literal
+    [source] = _sources([str(tmp_path / "take[1]?.mp4")], config)
+    assert source.uri == normalize_uri(tmp_path / "take[1]?.mp4") and source.local_path.is_file()
+
+
+def test_directory_walk_filters_extensions_in_sorted_order(tmp_path: Path, config: InputsConfig) -> None:
+    _touch(tmp_path, "b.MP4", "a.mov", "readme.txt", "sub/z/c.webm", "sub/a.json", "sub/b.mkv", ".hidden.mp4")
+    got = _uris(_sources([str(tmp_path), f"file://{tmp_path}/sub"], config))
+    expected = ["a.mov", "b.MP4", "sub/b.mkv", "sub/z/c.webm", "sub/b.mkv", "sub/z/c.webm"]
+    assert got == [normalize_uri(tmp_path / name) for name in expected]
+
+
+def test_directory_walk_yields_file_symlinks_but_not_directory_symlinks(
+    tmp_path: Path, config: InputsConfig
+) -> None:
+    _touch(tmp_path, "videos/a.mp4")
+    (tmp_path / "videos" / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "videos" / "loop").symlink_to(tmp_path / "videos")  # would recurse forever if followed
+    got = _uris(_sources([str(tmp_path / "videos")], config))
+    assert got == [normalize_uri(tmp_path / "videos" / n) for n in ("a.mp4", "dangling.mp4")]
+
+
+def test_glob_with_double_star(tmp_path: Path, config: InputsConfig) -> None:
+    _touch(tmp_path, "a/x.mp4", "a/b/y.mp4", "a/b/c/z.mov", "a/b/n.gif", "top.mp4")
+    got = _uris(_sources([f"{tmp_path}/a/**/*.mp4", f"{tmp_path}/a/*/*"], config))
+    mp4 = [normalize_uri(tmp_path / n) for n in ("a/b/y.mp4", "a/x.mp4")]
+    one_level = [normalize_uri(tmp_path / n) for n in ("a/b/n.gif", "a/b/y.mp4")]
+    assert got == mp4 + one_level
+
+
+def test_a_spec_that_matches_nothing_is_recorded(tmp_path: Path, config: InputsConfig) -> None:
+    (tmp_path / "empty").mkdir()
+    for spec in (f"{tmp_path}/nothing/*.mp4", f"{tmp_path}/empty"):
+        (failure,) = iter_sources([spec], config)
+        assert isinstance(failure, Failure) and failure.stage == "input"
+        assert "matched no files with extensions .mp4" in failure.reason
+
+
+def test_missing_local_path_is_still_a_source(tmp_path: Path, config: InputsConfig) -> None:
+    assert _sources([str(tmp_path / "missing.mp4")], config) == [Source.from_uri(tmp_path / "missing.mp4")]
+
+
+def test_unsupported_scheme_raises(config: InputsConfig) -> None:
+    with pytest.raises(ValueError, match=r"'ftp'.*s3://"):
+        list(iter_sources(["ftp://host/video.mp4"], config))
+
+
+def test_txt_list_skips_comments_and_resolves_relative_paths(tmp_path: Path, config: InputsConfig) -> None:
+    _touch(tmp_path, "lists/clips/a.mp4")
+    lines = [
+        "# header",
+        "",
+        "clips/a.mp4",
+        "  ../b.mov  ",
+        f"{tmp_path}/abs.mkv",
+        "https://h/v.mp4?sig=1",
+        "ftp://h/x",
+    ]
+    (tmp_path / "lists" / "in.lst").write_text("\n".join(lines))
+    *sources, failure = iter_sources([str(tmp_path / "lists" / "in.lst")], config)
+    assert [source.uri for source in sources] == [
+        normalize_uri(tmp_path / "lists/clips/a.mp4"),
+        normalize_uri(tmp_path / "b.mov"),
+        normalize_uri(tmp_path / "abs.mkv"),
+        "https://h/v.mp4?sig=1",
+    ]
+    assert isinstance(failure, Failure) and failure.uri.endswith("in.lst#L7") and "'ftp'" in failure.reason
+
+
+def test_jsonl_list_turns_malformed_lines_into_failures(tmp_path: Path, config: InputsConfig) -> None:
+    lines = [
+        '{"uri": "a.mp4"}',
+        "{not json",
+        '{"path": "b.mp4", "x": 1}',
+        '{"name": "c.mp4"}',
+        '{"url": "s3://b/k"}',
+    ]
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    out = list(iter_sources([str(tmp_path / "in.jsonl")], InputsConfig()))
+    assert [item.uri for item in out if isinstance(item, Source)] == [
+        normalize_uri(tmp_path / "a.mp4"),
+        normalize_uri(tmp_path / "b.mp4"),
+        "s3://b/k",
+    ]
+    failures = [item for item in out if isinstance(item, Failure)]
+    list_uri = normalize_uri(tmp_path / "in.jsonl")
+    assert [f.uri for f in failures] == [f"{list_uri}#L2", f"{list_uri}#L4"]
+    assert all(f.stage == "input" for f in failures)
+    assert "invalid JSON" in failures[0].reason and '"uri"' in failures[1].reason
+    assert len({f.video_id for f in failures} | {video_id_for(list_uri)}) == 3  # one id per line
+
+
+def test_parquet_list(tmp_path: Path, config: InputsConfig) -> None:
+    table = pa.table({"path": ["a.mp4", None, "/abs/b.mp4"], "size": [1, 2, 3]})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=2)
+    out = list(iter_sources([str(tmp_path / "in.parquet")], config))
+    assert [item.uri for item in out] == [
+        normalize_uri(tmp_path / "a.mp4"),
+        f"{normalize_uri(tmp_path / 'in.parquet')}#row1",
+        "file:///abs/b.mp4",
+    ]
+    assert isinstance(out[1], Failure)
+
+
+def test_missing_list_file_is_a_failure(tmp_path: Path, config: InputsConfig) -> None:
+    [failure] = list(iter_sources([str(tmp_path / "gone.txt")], config))
+    assert isinstance(failure, Failure) and "not found" in failure.reason
+
+
+def test_config_is_strict() -> None:
+    assert InputsConfig(extensions=("MP4", ".Mov")).extensions == (".mp4", ".mov")
+    with pytest.raises(ValueError, match="storage_options"):
+        InputsConfig(storage_options={"endpoint_url": {}})
+    with pytest.raises(ValueError, match="extra"):
+        InputsConfig(extension=(".mp4",))  # type: ignore[call-arg]
+
+
+# -------------------------------------------------------------------------------------------------- http
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.startswith("/broken/"):
+            self.send_error(500)
+        else:
+            super().do_GET()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_http_source_and_fetch(http_root: tuple[str, Path], config: InputsConfig) -> None:
+    base, root = http_root
+    (root / "v.mp4").write_bytes(b"\x00video-bytes" * 1000)
+    [source] = _sources([f"{base}/v.mp4"], config)
+    assert source.uri == f"{base}/v.mp4"
+    path = fetch(source, config)
+    assert path == config.cache_dir / f"{source.video_id}.mp4"
+    assert path.read_bytes() == (root / "v.mp4").read_bytes()
+    assert [p.name for p in config.cache_dir.iterdir()] == [path.name]  # no partial file left behind
+    with pytest.raises(FileNotFoundError):
+        fetch(Source.from_uri(f"{base}/missing.mp4"), config)
+    with pytest.raises(OSError, match="500"):
+        fetch(Source.from_uri(f"{base}/broken/v.mp4"), config)
+    assert [p.name for p in config.cache_dir.iterdir()] == [path.name]
+
+
+def test_http_list_file(http_root: tuple[str, Path], config: InputsConfig) -> None:
+    base, root = http_root
+    (root / "lists").mkdir()
+    (root / "lists" / "in.txt").write_text("a.mp4\nhttps://cdn.example/b.mp4\n")
+    assert _uris(_sources([f"{base}/lists/in.txt"], config)) == [
+        f"{base}/lists/a.mp4",
+        "https://cdn.example/b.mp4",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- s3
+
+
+@pytest.fixture(scope="session")
+def s3_options() -> Iterator[dict[str, Any]]:
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as env:
+        for name in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        options = {
+            "endpoint_url": f"http://{host}:{port}",
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "us-east-1"},
+        }
+        client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        for key in ("videos/a.mp4", "videos/b.txt", "videos/sub/c.MOV", "videos/sub/d.json", "other/e.mp4"):
+            client.put_object(Bucket=BUCKET, Key=key, Body=key.encode() * 100)
+        yield options
+        server.stop()
+
+
+@pytest.fixture
+def s3_config(tmp_path: Path, s3_options: dict[str, Any]) -> InputsConfig:
+    return InputsConfig(cache_dir=tmp_path / "cache", storage_options={"s3": s3_options})
+
+
+def test_s3_prefix_lists_only_videos(s3_config: InputsConfig) -> None:
+    expected = [f"s3://{BUCKET}/videos/a.mp4", f"s3://{BUCKET}/videos/sub/c.MOV"]
+    assert _uris(_sources([f"s3://{BUCKET}/videos"], s3_config)) == expected
+    assert _uris(_sources([f"s3://{BUCKET}/videos/"], s3_config)) == expected
+    assert _uris(_sources([f"s3://{BUCKET}/videos/a.mp4"], s3_config)) == expected[:1]
+
+
+def test_s3_glob(s3_config: InputsConfig) -> None:
+    got = _uris(_sources([f"s3://{BUCKET}/**/*.mp4", f"s3://{BUCKET}/videos/s?b/*"], s3_config))
+    assert got == [
+        f"s3://{BUCKET}/other/e.mp4",
+        f"s3://{BUCKET}/videos/a.mp4",
+        f"s3://{BUCKET}/videos/sub/c.MOV",
+    ]
+
+
+def test_s3_fetch_downloads_once_and_reuses_the_cache(s3_config: InputsConfig) -> None:
+    source = Source.from_uri(f"s3://{BUCKET}/videos/sub/c.MOV")
+    path = fetch(source, s3_config)
+    assert path.name == f"{source.video_id}.MOV"
+    assert path.read_bytes() == b"videos/sub/c.MOV" * 100
+    path.write_bytes(b"cached")  # a second fetch must not download again
+    assert fetch(source, s3_config).read_bytes() == b"cached"
+
+
+def test_s3_missing_key(s3_config: InputsConfig) -> None:
+    [source] = _sources([f"s3://{BUCKET}/videos/missing.mp4"], s3_config)
+    with pytest.raises(FileNotFoundError):
+        fetch(source, s3_config)
+    assert not s3_config.cache_dir.exists() or not any(s3_config.cache_dir.iterdir())
+
+
+def test_s3_parquet_list(s3_config: InputsConfig, s3_options: dict[str, Any], tmp_path: Path) -> None:
+    pq.write_table(pa.table({"uri": ["videos/a.mp4", "s3://elsewhere/x.mp4"]}), tmp_path / "l.parquet")
+    s3fs.S3FileSystem(**s3_options).put_file(str(tmp_path / "l.parquet"), f"{BUCKET}/lists/l.parquet")
+    got = _uris(_sources([f"s3://{BUCKET}/lists/l.parquet"], s3_config))
+    assert got == [f"s3://{BUCKET}/lists/videos/a.mp4", "s3://elsewhere/x.mp4"]
+
+
+def test_s3_jsonl_list_and_endpoint_in_client_kwargs(s3_options: dict[str, Any], tmp_path: Path) -> None:
+    options = {k: v for k, v in s3_options.items() if k != "endpoint_url"}
+    options["client_kwargs"] = {**options["client_kwargs"], "endpoint_url": s3_options["endpoint_url"]}
+    config = InputsConfig(cache_dir=tmp_path, storage_options={"s3": options})
+    s3fs.S3FileSystem(**s3_options).pipe(
+        f"{BUCKET}/lists/l.jsonl", json.dumps({"uri": "/data/v.mp4"}).encode()
+    )
+    assert _uris(_sources([f"s3://{BUCKET}/lists/l.jsonl"], config)) == ["file:///data/v.mp4"]
