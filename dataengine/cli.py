@@ -1,9 +1,9 @@
 """The ``dataengine`` command line. Each command is a thin wrapper over library functions.
 
-    dataengine synth --out data/synth --n 8          # procedural videos + ground-truth JSON
-    dataengine probe data/synth                      # what ffprobe says, or why a file cannot be used
-    dataengine clips data/synth --out out/clips      # probe -> split -> decode, with a contact sheet
-    dataengine demo --out out/demo                   # the embedded default, end to end
+dataengine synth --out data/synth --n 8          # procedural videos + ground-truth JSON
+dataengine probe data/synth                      # what ffprobe says, or why a file cannot be used
+dataengine clips data/synth --out out/clips      # probe -> split -> decode, with a contact sheet
+dataengine demo --out out/demo                   # the embedded default, end to end
 """
 
 from __future__ import annotations
@@ -25,14 +25,18 @@ from pipelines.clips import ClipsReport, extract_clips
 
 app = typer.Typer(
     name="dataengine",
-    help="Data engine for video generation: raw video -> clips -> dense captions -> latents -> shards -> DiT.",
+    help="Data engine for video generation: raw video -> clips -> dense captions -> latents -> shards.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-Inputs = Annotated[list[str], typer.Argument(help="files, directories, globs, list files (.txt/.jsonl/.parquet), "
-                                             "http(s):// or s3:// URIs")]
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="files, directories, globs, list files (.txt/.jsonl/.parquet), http(s):// or s3:// URIs"
+    ),
+]
 
 
 @app.command()
@@ -54,7 +58,9 @@ def synth(
 @app.command()
 def probe(
     inputs: Inputs,
-    as_json: Annotated[bool, typer.Option("--json", help="one JSON record per line instead of a table")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON record per line instead of a table")
+    ] = False,
 ) -> None:
     """Show what ffprobe reports for each input, or the reason it cannot be used."""
     require_ffmpeg()
@@ -66,8 +72,14 @@ def probe(
             print(result.model_dump_json())
         elif isinstance(result, Video):
             p = result.probe
-            table.add_row(result.uri, f"{p.width}x{p.height}", f"{p.avg_fps:.2f}{' vfr' if p.is_vfr else ''}",
-                          f"{p.duration_s:.2f} s", f"{p.codec} {p.pix_fmt}", "[green]ok[/]")
+            table.add_row(
+                result.uri,
+                f"{p.width}x{p.height}",
+                f"{p.avg_fps:.2f}{' vfr' if p.is_vfr else ''}",
+                f"{p.duration_s:.2f} s",
+                f"{p.codec} {p.pix_fmt}",
+                "[green]ok[/]",
+            )
         else:
             table.add_row(result.uri, "", "", "", "", f"[red]{result.reason}[/]")
     if not as_json:
@@ -78,7 +90,9 @@ def probe(
 def clips(
     inputs: Inputs,
     out: Annotated[Path, typer.Option(help="folder for clips.jsonl, failures.jsonl, contact_sheet.jpg")],
-    split_mode: Annotated[str, typer.Option(help="'scenes' (cut at hard cuts) or 'fixed' (windows)")] = "scenes",
+    split_mode: Annotated[
+        str, typer.Option(help="'scenes' (cut at hard cuts) or 'fixed' (windows)")
+    ] = "scenes",
     window_s: Annotated[float, typer.Option(help="window length (fixed mode, and for long shots)")] = 5.0,
     min_clip_s: Annotated[float, typer.Option(help="shorter spans are dropped, with a reason")] = 1.0,
     max_clip_s: Annotated[float, typer.Option(help="longer shots are cut into windows")] = 10.0,
@@ -105,18 +119,29 @@ def demo(
         "caption": ViewConfig(fps=2, max_frames=16, resize="short_side", size=224),
         "latents": ViewConfig(fps=8, max_frames=33, resize="crop", width=64, height=64),
     }
-    report = _extract([str(videos)], out / "clips", SplitConfig(window_s=2.0, max_clip_s=4.0),
-                      DecodeConfig(views=views))
+    report = _extract(
+        [str(videos)], out / "clips", SplitConfig(window_s=2.0, max_clip_s=4.0), DecodeConfig(views=views)
+    )
     _report(report)
 
 
 def _extract(inputs: list[str], out: Path, split_cfg: SplitConfig, decode_cfg: DecodeConfig) -> ClipsReport:
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}"),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("clips decoded", total=None)
-        return extract_clips(inputs, out, split=split_cfg, decode=decode_cfg,
-                             on_result=lambda r: progress.advance(task, 0 if isinstance(r, Failure) else 1))
+        return extract_clips(
+            inputs,
+            out,
+            split=split_cfg,
+            decode=decode_cfg,
+            on_result=lambda r: progress.advance(task, 0 if isinstance(r, Failure) else 1),
+        )
 
 
 def _report(report: ClipsReport) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import os
 import posixpath
 import tempfile
@@ -41,7 +40,6 @@ from dataengine.records import Failure, Source, normalize_uri
 
 __all__ = ["LIST_SUFFIXES", "VIDEO_EXTENSIONS", "InputsConfig", "fetch", "iter_sources"]
 
-logger = logging.getLogger(__name__)
 
 # fmt: off
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv",

@@ -10,8 +10,9 @@ from PIL import Image, ImageDraw
 from dataengine.records import DecodedClip
 
 
-def contact_sheet(clips: Sequence[DecodedClip], view: str, path: Path, frames_per_clip: int = 6,
-                  tile_h: int = 96) -> Path:
+def contact_sheet(
+    clips: Sequence[DecodedClip], view: str, path: Path, frames_per_clip: int = 6, tile_h: int = 96
+) -> Path:
     """Write a JPEG grid: one row per clip, ``frames_per_clip`` evenly spaced frames of ``view`` per row.
 
     Each row is labelled with the clip's source name and time span. Returns ``path``.
@@ -25,8 +26,11 @@ def contact_sheet(clips: Sequence[DecodedClip], view: str, path: Path, frames_pe
         y = i * (tile_h + pad)
         sheet.paste(row, (label_w, y))
         name = Path(clip.clip.uri).name
-        draw.text((6, y + 6), f"{name[:30]}\n{clip.clip.start_s:.2f}-{clip.clip.end_s:.2f} s\n"
-                  f"{clip.clip.clip_id[:12]}", fill=(230, 230, 230))
+        draw.text(
+            (6, y + 6),
+            f"{name[:30]}\n{clip.clip.start_s:.2f}-{clip.clip.end_s:.2f} s\n{clip.clip.clip_id[:12]}",
+            fill=(230, 230, 230),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, quality=88)
     return path

@@ -49,7 +49,7 @@ def video_id_for(uri: str | Path) -> str:
 
 
 def clip_id_for(video_id: str, start_s: float, end_s: float) -> str:
-    """Deterministic clip id: uuid5(video id, span in whole milliseconds) as hex (no dots: a WebDataset key)."""
+    """Deterministic clip id: uuid5(video id, span in whole ms) as hex (no dots: it is a WebDataset key)."""
     span = f"{round(start_s * 1000)}-{round(end_s * 1000)}"
     return uuid.uuid5(uuid.UUID(hex=video_id), span).hex
 
@@ -172,8 +172,9 @@ class Frames:
 
     def __post_init__(self) -> None:
         if self.frames_THWC.dtype != np.uint8 or self.frames_THWC.ndim != 4 or self.frames_THWC.shape[3] != 3:
-            raise ValueError(f"frames_THWC must be uint8 (T,H,W,3); got {self.frames_THWC.dtype} "
-                             f"{self.frames_THWC.shape}")
+            raise ValueError(
+                f"frames_THWC must be uint8 (T,H,W,3); got {self.frames_THWC.dtype} {self.frames_THWC.shape}"
+            )
         if len(self.timestamps_s) != len(self.frames_THWC):
             raise ValueError("one timestamp per frame is required")
 

@@ -1,8 +1,8 @@
 """Inputs -> probe -> split -> decode in this process, writing what came out where people can look at it.
 
-    DIR/clips.jsonl       one Clip record per decoded clip, with the shape of every decoded view
-    DIR/failures.jsonl    one Failure record per input, video or span that did not make it (stage + reason)
-    DIR/contact_sheet.jpg frames of the first clips' first view
+DIR/clips.jsonl       one Clip record per decoded clip, with the shape of every decoded view
+DIR/failures.jsonl    one Failure record per input, video or span that did not make it (stage + reason)
+DIR/contact_sheet.jpg frames of the first clips' first view
 """
 
 from __future__ import annotations

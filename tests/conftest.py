@@ -15,7 +15,9 @@ def good_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GoodClip]:
 
 
 @pytest.fixture(scope="session")
-def broken_inputs(tmp_path_factory: pytest.TempPathFactory, good_clips: dict[str, GoodClip]) -> dict[str, Path]:
+def broken_inputs(
+    tmp_path_factory: pytest.TempPathFactory, good_clips: dict[str, GoodClip]
+) -> dict[str, Path]:
     return make_broken_inputs(tmp_path_factory.mktemp("broken"), good_clips["h264_audio"].path)
 
 

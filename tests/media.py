@@ -39,22 +39,65 @@ def make_good_clips(root: Path) -> dict[str, GoodClip]:
     clips: dict[str, GoodClip] = {}
 
     p = root / "h264_audio.mp4"
-    ffmpeg(*_src("320x240", 3), "-f", "lavfi", "-i", "sine=frequency=440:d=3", *x264, "-c:a", "aac",
-           "-shortest", str(p))
+    ffmpeg(
+        *_src("320x240", 3),
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:d=3",
+        *x264,
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(p),
+    )
     clips["h264_audio"] = GoodClip(p, 320, 240, 3.0, "h264", has_audio=True)
 
     p = root / "hevc10.mp4"
-    ffmpeg(*_src("256x144", 2), "-c:v", "libx265", "-preset", "ultrafast", "-x265-params", "log-level=error",
-           "-pix_fmt", "yuv420p10le", "-tag:v", "hvc1", str(p))
+    ffmpeg(
+        *_src("256x144", 2),
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        "log-level=error",
+        "-pix_fmt",
+        "yuv420p10le",
+        "-tag:v",
+        "hvc1",
+        str(p),
+    )
     clips["hevc10"] = GoodClip(p, 256, 144, 2.0, "hevc", bit_depth=10)
 
     p = root / "vp9.webm"
-    ffmpeg(*_src("320x180", 2), "-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k",
-           str(p))
+    ffmpeg(
+        *_src("320x180", 2),
+        "-c:v",
+        "libvpx-vp9",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "300k",
+        str(p),
+    )
     clips["vp9"] = GoodClip(p, 320, 180, 2.0, "vp9")
 
     p = root / "mjpeg_odd.avi"
-    ffmpeg(*_src("321x239", 2), "-vf", "scale=321:239", "-c:v", "mjpeg", "-pix_fmt", "yuvj444p", "-q:v", "5", str(p))
+    ffmpeg(
+        *_src("321x239", 2),
+        "-vf",
+        "scale=321:239",
+        "-c:v",
+        "mjpeg",
+        "-pix_fmt",
+        "yuvj444p",
+        "-q:v",
+        "5",
+        str(p),
+    )
     clips["mjpeg_odd"] = GoodClip(p, 321, 239, 2.0, "mjpeg")
 
     p = root / "prores.mov"
@@ -74,17 +117,34 @@ def make_good_clips(root: Path) -> dict[str, GoodClip]:
 
     # First 2 s at 30 fps, next 2 s at 10 fps: timestamps are irregular, so the stream is VFR.
     p = root / "vfr.mp4"
-    ffmpeg(*_src("320x240", 4, rate=30), "-vf", r"select='lt(n\,60)+not(mod(n\,3))'", "-fps_mode", "vfr", *x264,
-           str(p))
+    ffmpeg(
+        *_src("320x240", 4, rate=30),
+        "-vf",
+        r"select='lt(n\,60)+not(mod(n\,3))'",
+        "-fps_mode",
+        "vfr",
+        *x264,
+        str(p),
+    )
     clips["vfr"] = GoodClip(p, 320, 240, 4.0, "h264", vfr=True)
     return clips
 
 
 def make_scene_cut_clip(path: Path, first_s: float = 3.0, second_s: float = 4.0) -> Path:
     """Two visually unrelated shots joined by a hard cut at ``first_s``."""
-    ffmpeg(*_src("320x240", first_s, kind="testsrc"), *_src("320x240", second_s, kind="smptebars"),
-           "-filter_complex", "[0][1]concat=n=2:v=1", "-c:v", "libx264", "-preset", "ultrafast",
-           "-pix_fmt", "yuv420p", str(path))
+    ffmpeg(
+        *_src("320x240", first_s, kind="testsrc"),
+        *_src("320x240", second_s, kind="smptebars"),
+        "-filter_complex",
+        "[0][1]concat=n=2:v=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return path
 
 
@@ -112,9 +172,13 @@ def make_broken_inputs(root: Path, good: Path) -> dict[str, Path]:
         broken["dangling_symlink"].symlink_to(root / "does_not_exist.mp4")
     broken["missing"] = root / "never_created.mp4"
     broken["huge_header"] = root / "huge.y4m"  # a header that claims 65535x65535
-    broken["huge_header"].write_bytes(b"YUV4MPEG2 W65535 H65535 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\0" * 4096)
+    broken["huge_header"].write_bytes(
+        b"YUV4MPEG2 W65535 H65535 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\0" * 4096
+    )
     broken["over_limit"] = root / "big.y4m"  # 10000x10000: valid for ffmpeg, over our 8192 default limit
-    broken["over_limit"].write_bytes(b"YUV4MPEG2 W10000 H10000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\0" * 4096)
+    broken["over_limit"].write_bytes(
+        b"YUV4MPEG2 W10000 H10000 F25:1 Ip A1:1 C420jpeg\nFRAME\n" + b"\0" * 4096
+    )
     return broken
 
 

@@ -8,6 +8,7 @@ list; exceptions are reserved for bugs, bad configs and missing dependencies.
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -31,14 +32,14 @@ class Stage(ABC, Generic[In, Out]):
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def setup(self) -> None:  # noqa: B027 - optional hook, most CPU stages have nothing to load
+    def setup(self) -> None:
         """Load models or open resources; called once per worker before the first batch."""
 
     @abstractmethod
     def process_batch(self, batch: Sequence[In]) -> list[Out | Failure]:
         """Process ``batch``; return outputs and per-item ``Failure`` records in input order."""
 
-    def teardown(self) -> None:  # noqa: B027 - optional hook
+    def teardown(self) -> None:
         """Release what ``setup()`` acquired."""
 
     def __enter__(self) -> Stage[In, Out]:
@@ -51,7 +52,7 @@ class Stage(ABC, Generic[In, Out]):
 
 def check_chain(stages: Sequence[Stage[Any, Any]]) -> None:
     """Raise ``TypeError`` when a stage's output type is not the next stage's input type."""
-    for upstream, downstream in zip(stages, stages[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(stages):
         if not issubclass(upstream.output_type, downstream.input_type):
             raise TypeError(
                 f"stage {upstream.name!r} emits {upstream.output_type.__name__} but "

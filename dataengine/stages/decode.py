@@ -6,8 +6,9 @@ decode of the source: ffmpeg ``split``s the decoded stream, each branch gets its
 ``crop``) chain, and each branch writes raw RGB to its own pipe, read here by one thread per view.
 
 Frame selection is by timestamp (ffmpeg's ``fps`` filter with ``round=up``: frame k is the source frame on
-screen at ``start + k / fps``), so variable-frame-rate sources give evenly spaced frames; rotation metadata is applied by ffmpeg's autorotate before the filters; 10-bit and odd-sized
-sources are converted to 8-bit RGB by the output pixel format.
+screen at ``start + k / fps``), so variable-frame-rate sources give evenly spaced frames; rotation metadata
+is applied by ffmpeg's autorotate before the filters; 10-bit and odd-sized sources are converted to 8-bit RGB
+by the output pixel format.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class ViewConfig(StageConfig):
     fps: float | None = Field(2.0, gt=0, description="sampling rate; None = the source's average rate")
     max_frames: int | None = Field(16, ge=1, description="cap; fps is lowered so the whole clip fits")
     resize: Literal["none", "short_side", "fit", "crop"] = Field(
-        "short_side", description="short_side: short side = size; fit: inside width x height; "
-        "crop: cover width x height, centre crop"
+        "short_side",
+        description="short_side: short side = size; fit: inside width x height; "
+        "crop: cover width x height, centre crop",
     )
     size: int | None = Field(448, ge=1, description="target short side for resize=short_side")
     width: int | None = Field(None, ge=1, description="target width for fit/crop")
@@ -82,7 +84,10 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         write_fds = [w for _, w in pipes.values()]
         try:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 pass_fds=write_fds,
             )
         finally:
@@ -139,16 +144,19 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         if got == 0:
             return f"view {view!r}: no frames decoded"
         if got < self.config.min_frame_ratio * plan.expected:
-            return (f"view {view!r}: decoded {got} of ~{plan.expected} frames "
-                    "(source truncated or corrupt mid-stream)")
+            return (
+                f"view {view!r}: decoded {got} of ~{plan.expected} frames "
+                "(source truncated or corrupt mid-stream)"
+            )
         return None
 
 
 class _Plan:
     """Resolved numbers for one view of one clip: sampling rate, sizes, expected frame count."""
 
-    def __init__(self, fps: float, scaled: tuple[int, int], out: tuple[int, int], start_s: float,
-                 expected: int) -> None:
+    def __init__(
+        self, fps: float, scaled: tuple[int, int], out: tuple[int, int], start_s: float, expected: int
+    ) -> None:
         self.fps, self.start_s, self.expected = fps, start_s, expected
         self.scaled_w, self.scaled_h = scaled
         self.width, self.height = out
@@ -209,7 +217,7 @@ class _FrameReader:
     def _run(self) -> None:
         view = self._buf.data
         with self._file as f:
-            while self._used < len(self._buf) and (n := f.readinto(view[self._used:])):
+            while self._used < len(self._buf) and (n := f.readinto(view[self._used :])):
                 self._used += n
             while f.read(1 << 20):
                 pass

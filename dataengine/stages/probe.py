@@ -74,12 +74,16 @@ class ProbeStage(Stage[Source, Video]):
         if duration <= 0:
             raise MediaError("zero duration: the stream has no playable length")
         if duration > self.config.max_duration_s:
-            raise MediaError(f"duration {duration:.1f} s is over the limit of {self.config.max_duration_s:g} s")
+            raise MediaError(
+                f"duration {duration:.1f} s is over the limit of {self.config.max_duration_s:g} s"
+            )
         n_frames = int(parse_float(stream.get("nb_frames")))
         avg_fps = parse_rate(stream.get("avg_frame_rate")) or (n_frames / duration)
         r_fps = parse_rate(stream.get("r_frame_rate")) or avg_fps
         if not 0 < avg_fps <= self.config.max_fps:
-            raise MediaError(f"frame rate {avg_fps:.3f} is unknown or over the limit of {self.config.max_fps:g}")
+            raise MediaError(
+                f"frame rate {avg_fps:.3f} is unknown or over the limit of {self.config.max_fps:g}"
+            )
         rotation = display_rotation(stream)
         width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
         return ProbeInfo(

@@ -12,6 +12,7 @@ fades are not cuts for our purposes (a fade stays inside one clip window).
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from collections.abc import Sequence
@@ -88,7 +89,9 @@ class SplitStage(Stage[Video, Clip]):
         for shot, start, end in spans:
             clip = Clip.of(video, index=len(out), start_s=round(start, 3), end_s=round(end, 3), shot=shot)
             if clip.duration_s + 1e-6 < self.config.min_clip_s:
-                reason = f"span of {clip.duration_s:.2f} s is shorter than min_clip_s={self.config.min_clip_s:g}"
+                reason = (
+                    f"span of {clip.duration_s:.2f} s is shorter than min_clip_s={self.config.min_clip_s:g}"
+                )
                 out.append(Failure.of(clip, "split", reason, kind="dropped"))
             else:
                 out.append(clip)
@@ -121,7 +124,7 @@ def detect_cuts(path: str, config: SplitConfig) -> list[float]:
 
 def _shots(cuts: list[float], duration: float) -> list[tuple[float, float]]:
     bounds = [0.0, *(t for t in cuts if 0.0 < t < duration), duration]
-    return list(zip(bounds, bounds[1:], strict=False))
+    return list(itertools.pairwise(bounds))
 
 
 def _windows(start: float, end: float, config: SplitConfig) -> list[tuple[float, float]]:

@@ -26,8 +26,12 @@ def test_help_answers(command: str) -> None:
 def test_synth_then_probe_then_clips(tmp_path: Path) -> None:
     videos = tmp_path / "videos"
     assert run("synth", "--out", str(videos), "--n", "2", "--seed", "3").returncode == 0
-    assert sorted(p.name for p in videos.iterdir()) == ["video_000.json", "video_000.mp4", "video_001.json",
-                                                        "video_001.mp4"]
+    assert sorted(p.name for p in videos.iterdir()) == [
+        "video_000.json",
+        "video_000.mp4",
+        "video_001.json",
+        "video_001.mp4",
+    ]
     probed = run("probe", "--json", str(videos))
     assert probed.returncode == 0, probed.stderr
     records = [json.loads(line) for line in probed.stdout.splitlines()]

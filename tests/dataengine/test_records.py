@@ -12,7 +12,13 @@ from dataengine.records import Frames, Source, clip_id_for, normalize_uri, video
 def test_local_paths_normalise_to_absolute_file_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     expected = f"file://{tmp_path}/b/c.mp4"
-    for spelling in ("b/c.mp4", "./b/c.mp4", "b/x/../c.mp4", f"{tmp_path}/b//c.mp4", f"file://{tmp_path}/b/c.mp4"):
+    for spelling in (
+        "b/c.mp4",
+        "./b/c.mp4",
+        "b/x/../c.mp4",
+        f"{tmp_path}/b//c.mp4",
+        f"file://{tmp_path}/b/c.mp4",
+    ):
         assert normalize_uri(spelling) == expected, spelling
 
 

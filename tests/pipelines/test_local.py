@@ -15,10 +15,13 @@ def test_batched() -> None:
     assert list(batched([], 3)) == []
 
 
-def test_failures_skip_later_stages_and_good_items_flow(good_clips: dict[str, GoodClip],
-                                                        broken_inputs: dict[str, Path]) -> None:
-    sources = [Source.from_uri(p) for p in (broken_inputs["zero_bytes"], good_clips["vp9"].path,
-                                             broken_inputs["audio_only"])]
+def test_failures_skip_later_stages_and_good_items_flow(
+    good_clips: dict[str, GoodClip], broken_inputs: dict[str, Path]
+) -> None:
+    sources = [
+        Source.from_uri(p)
+        for p in (broken_inputs["zero_bytes"], good_clips["vp9"].path, broken_inputs["audio_only"])
+    ]
     split = SplitStage(SplitConfig(mode="fixed", window_s=1, min_clip_s=0.5, max_clip_s=1))
     results = list(run_chain([ProbeStage(), split, DecodeStage()], sources, batch_size=2))
     decoded = [r for r in results if isinstance(r, DecodedClip)]

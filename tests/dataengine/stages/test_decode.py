@@ -27,8 +27,9 @@ def decode(clip: Clip, views: dict[str, ViewConfig] = VIEWS) -> DecodedClip | Fa
     return DecodeStage(DecodeConfig(views=views)).decode(clip)
 
 
-@pytest.mark.parametrize("name", ["h264_audio", "hevc10", "vp9", "mjpeg_odd", "prores", "portrait", "rotated",
-                                  "vfr"])
+@pytest.mark.parametrize(
+    "name", ["h264_audio", "hevc10", "vp9", "mjpeg_odd", "prores", "portrait", "rotated", "vfr"]
+)
 def test_every_good_clip_decodes_into_both_views(good_clips: dict[str, GoodClip], name: str) -> None:
     info = good_clips[name]
     clips = clips_of(info.path)
@@ -51,9 +52,25 @@ def test_every_good_clip_decodes_into_both_views(good_clips: dict[str, GoodClip]
 
 def test_frames_are_taken_at_their_timestamps(tmp_path: Path) -> None:
     red_then_blue = tmp_path / "red_blue.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x64:rate=25:d=1", "-f", "lavfi",
-           "-i", "color=blue:size=64x64:rate=25:d=1", "-filter_complex", "[0][1]concat=n=2:v=1",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(red_then_blue))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=red:size=64x64:rate=25:d=1",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=blue:size=64x64:rate=25:d=1",
+        "-filter_complex",
+        "[0][1]concat=n=2:v=1",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(red_then_blue),
+    )
     video = ProbeStage().probe(Source.from_uri(red_then_blue))
     assert isinstance(video, Video)
     clip = Clip.of(video, index=0, start_s=0.5, end_s=1.5)
@@ -82,8 +99,9 @@ def test_variable_frame_rate_gives_evenly_spaced_frames(good_clips: dict[str, Go
     assert out.views["v"].shape[0] == 20  # duplicates where the source has fewer frames
 
 
-def test_a_clip_truncated_mid_stream_is_recorded_not_raised(good_clips: dict[str, GoodClip],
-                                                            tmp_path: Path) -> None:
+def test_a_clip_truncated_mid_stream_is_recorded_not_raised(
+    good_clips: dict[str, GoodClip], tmp_path: Path
+) -> None:
     damaged = make_truncated_midstream(good_clips["h264_audio"].path, tmp_path / "cut_short.mp4")
     results = DecodeStage(DecodeConfig(views=VIEWS)).process_batch(clips_of(damaged))
     assert isinstance(results[0], DecodedClip)
@@ -91,7 +109,9 @@ def test_a_clip_truncated_mid_stream_is_recorded_not_raised(good_clips: dict[str
     assert failures and all(f.stage == "decode" and "frames" in f.reason for f in failures)
 
 
-def test_a_file_that_vanished_before_decode_is_recorded(good_clips: dict[str, GoodClip], tmp_path: Path) -> None:
+def test_a_file_that_vanished_before_decode_is_recorded(
+    good_clips: dict[str, GoodClip], tmp_path: Path
+) -> None:
     copy = tmp_path / "soon_gone.mp4"
     copy.write_bytes(good_clips["h264_audio"].path.read_bytes())
     clips = clips_of(copy)

@@ -55,8 +55,9 @@ def test_every_broken_input_is_a_failure_with_a_reason(broken_inputs: dict[str, 
         assert "Traceback" not in result.reason
 
 
-def test_a_batch_with_broken_inputs_keeps_going(good_clips: dict[str, GoodClip],
-                                               broken_inputs: dict[str, Path]) -> None:
+def test_a_batch_with_broken_inputs_keeps_going(
+    good_clips: dict[str, GoodClip], broken_inputs: dict[str, Path]
+) -> None:
     paths = [*broken_inputs.values(), good_clips["h264_audio"].path]
     results = ProbeStage().process_batch([Source.from_uri(p) for p in paths])
     assert [type(r) for r in results] == [Failure] * len(broken_inputs) + [Video]

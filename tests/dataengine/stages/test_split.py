@@ -23,7 +23,11 @@ def spans(results: list[Clip | Failure]) -> list[tuple[float | None, float | Non
 def test_fixed_windows_keep_a_long_enough_tail(scene_cut_clip: Path) -> None:
     split = SplitStage(SplitConfig(mode="fixed", window_s=2, min_clip_s=1, max_clip_s=2))
     assert spans(split.split(video_of(scene_cut_clip))) == [
-        (0.0, 2.0, "clip"), (2.0, 4.0, "clip"), (4.0, 6.0, "clip"), (6.0, 7.0, "clip")]
+        (0.0, 2.0, "clip"),
+        (2.0, 4.0, "clip"),
+        (4.0, 6.0, "clip"),
+        (6.0, 7.0, "clip"),
+    ]
 
 
 def test_fixed_windows_drop_a_short_tail_with_a_reason(scene_cut_clip: Path) -> None:
@@ -38,7 +42,10 @@ def test_fixed_windows_drop_a_short_tail_with_a_reason(scene_cut_clip: Path) -> 
 def test_overlapping_windows(scene_cut_clip: Path) -> None:
     split = SplitStage(SplitConfig(mode="fixed", window_s=4, stride_s=2, min_clip_s=1, max_clip_s=4))
     assert spans(split.split(video_of(scene_cut_clip))) == [
-        (0.0, 4.0, "clip"), (2.0, 6.0, "clip"), (4.0, 7.0, "clip")]
+        (0.0, 4.0, "clip"),
+        (2.0, 6.0, "clip"),
+        (4.0, 7.0, "clip"),
+    ]
 
 
 def test_scdet_finds_the_hard_cut(scene_cut_clip: Path) -> None:
@@ -57,7 +64,8 @@ def test_scene_mode_keeps_short_shots_whole_and_windows_long_ones(scene_cut_clip
 
 def test_a_video_shorter_than_the_minimum_is_dropped_with_a_reason(scene_cut_clip: Path) -> None:
     results = SplitStage(SplitConfig(mode="scenes", min_clip_s=3.5, window_s=4, max_clip_s=5)).split(
-        video_of(scene_cut_clip))
+        video_of(scene_cut_clip)
+    )
     assert spans(results) == [(0.0, 3.0, "dropped"), (3.0, 7.0, "clip")]
 
 
