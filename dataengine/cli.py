@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -161,7 +162,12 @@ def _report(report: ClipsReport) -> None:
 
 
 def main() -> None:
-    app()
+    """Console entry point: configuration mistakes end with a one-paragraph message and exit code 2."""
+    try:
+        app()
+    except ValidationError as exc:
+        console.print(f"[bold red]configuration error[/]: {exc}")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -124,3 +124,9 @@ def test_all_views_come_from_one_ffmpeg_process(good_clips: dict[str, GoodClip])
     clip = clips_of(good_clips["h264_audio"].path)[0]
     cmd = DecodeStage(DecodeConfig(views=VIEWS)).command(clip, {"caption": "pipe:3", "latents": "pipe:4"})
     assert cmd.count("-i") == 1 and "split=2" in " ".join(cmd)
+
+
+def test_a_decode_that_runs_over_its_time_is_killed_and_recorded(good_clips: dict[str, GoodClip]) -> None:
+    clip = clips_of(good_clips["h264_audio"].path)[0]
+    result = DecodeStage(DecodeConfig(views=VIEWS, timeout_s=0.001)).decode(clip)
+    assert isinstance(result, Failure) and "timed out" in result.reason

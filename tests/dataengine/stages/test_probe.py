@@ -84,3 +84,8 @@ def test_config_is_strict() -> None:
 def test_programming_errors_are_not_swallowed() -> None:
     with pytest.raises(AttributeError):
         ProbeStage().process_batch(["not a Source record"])  # type: ignore[list-item]
+
+
+def test_a_probe_that_runs_over_its_time_is_killed_and_recorded(good_clips: dict[str, GoodClip]) -> None:
+    result = probe(good_clips["h264_audio"].path, timeout_s=0.001)
+    assert isinstance(result, Failure) and "ffprobe timed out after 0.001 s" in result.reason
