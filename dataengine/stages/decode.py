@@ -1,14 +1,18 @@
-"""Decode: one ffmpeg pass per clip into one ``frames_THWC`` array per requested view.
+"""Decode: clips into one ``frames_THWC`` array per requested view, decoding each source span once.
 
 Clip --> DecodedClip | Failure(stage="decode"). Consumers want different views of the same clip (captioning:
-~2 fps, at most 16 frames, ~448 px; latents: higher fps at the VAE's size). All views come from a single
-decode of the source: ffmpeg ``split``s the decoded stream, each branch gets its own ``fps`` + ``scale`` (+
-``crop``) chain, and each branch writes raw RGB to its own pipe, read here by one thread per view.
+~2 fps, at most 16 frames, ~448 px; latents: higher fps at the VAE's size). Consecutive clips of one video in
+a batch share one ffmpeg *pass*: the source is seeked to the first clip and decoded once, the stream is
+``split`` into one branch per (clip, view), each branch cuts out its clip and gets its own ``fps``
+(+ ``crop``) + ``scale`` chain, and writes raw RGB to its own pipe, read here by one thread per branch.
+Starting one ffmpeg per clip instead costs a process start and a seek back to the previous keyframe for
+every clip (2-3x slower, measured by ``bench/decode.py``). When a pass fails as a whole, its clips are
+retried one by one, so one damaged region fails only the clips that lie in it.
 
-Frame selection is by timestamp (ffmpeg's ``fps`` filter with ``round=up``: frame k is the source frame on
-screen at ``start + k / fps``), so variable-frame-rate sources give evenly spaced frames; rotation metadata
-is applied by ffmpeg's autorotate before the filters; 10-bit and odd-sized sources are converted to 8-bit RGB
-by the output pixel format.
+Frame selection is by timestamp (ffmpeg's ``fps`` filter with ``round=up``): frame k is the source frame on
+screen at ``start + k / fps`` (the last one that began at or before it), so variable-frame-rate sources give
+evenly spaced frames. Rotation metadata is applied by ffmpeg's autorotate before the filters; 10-bit and
+odd-sized sources are converted to 8-bit RGB by the output pixel format.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import ffmpeg
@@ -25,8 +30,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from dataengine.media import stderr_tail
-from dataengine.records import Clip, DecodedClip, Failure, Frames, ProbeInfo
+from dataengine.records import Clip, DecodedClip, Failure, Frames
 from dataengine.stages.base import Stage, StageConfig
+
+_SEEK_MARGIN_S = 0.25
 
 
 class ViewConfig(StageConfig):
@@ -57,11 +64,16 @@ class DecodeConfig(StageConfig):
     views: dict[str, ViewConfig] = Field(
         default_factory=lambda: {"caption": ViewConfig()}, min_length=1, description="view name -> view"
     )
-    timeout_s: float = Field(300.0, gt=0, description="ffmpeg wall-clock limit per clip")
+    timeout_s: float = Field(
+        300.0, gt=0, description="ffmpeg wall-clock limit per clip (a pass: per clip in it)"
+    )
     min_frame_ratio: float = Field(
         0.8, gt=0, le=1, description="fewer decoded frames than this share of the expected count is a failure"
     )
-    threads: int = Field(0, ge=0, description="ffmpeg decoder threads per clip; 0 = ffmpeg decides")
+    threads: int = Field(0, ge=0, description="ffmpeg decoder threads per pass; 0 = ffmpeg decides")
+    max_clips_per_pass: int = Field(
+        16, ge=1, description="consecutive clips of one video decoded by one ffmpeg process (bounds memory)"
+    )
 
 
 class DecodeStage(Stage[Clip, DecodedClip]):
@@ -74,13 +86,21 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         super().__init__(config or DecodeConfig())
 
     def process_batch(self, batch: Sequence[Clip]) -> list[DecodedClip | Failure]:
-        return [self.decode(clip) for clip in batch]
+        """Decode ``batch`` in input order, one ffmpeg pass per run of consecutive clips of one video."""
+        out: list[DecodedClip | Failure] = []
+        for run in passes(batch, self.config.max_clips_per_pass):
+            out.extend(self.decode_pass(run))
+        return out
 
     def decode(self, clip: Clip) -> DecodedClip | Failure:
-        """Decode every view of ``clip`` in one ffmpeg pass; problems with the media become a ``Failure``."""
-        plans = {name: _plan(view, clip) for name, view in self.config.views.items()}
-        pipes = {name: os.pipe() for name in plans}
-        cmd = self.command(clip, {name: f"pipe:{w}" for name, (_, w) in pipes.items()})
+        """Decode every view of one clip; problems with the media become a ``Failure``."""
+        return self.decode_pass([clip])[0]
+
+    def decode_pass(self, clips: Sequence[Clip]) -> list[DecodedClip | Failure]:
+        """Decode clips of one source file with one ffmpeg process; a failed pass is retried clip by clip."""
+        plans = self._plans(clips)
+        pipes = {key: os.pipe() for key in plans}
+        cmd = self._command(clips, plans, {key: f"pipe:{w}" for key, (_, w) in pipes.items()}, "rawvideo")
         write_fds = [w for _, w in pipes.values()]
         try:
             proc = subprocess.Popen(
@@ -93,80 +113,118 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         finally:
             for fd in write_fds:
                 os.close(fd)
-        readers = {name: _FrameReader(r, plans[name]) for name, (r, _) in pipes.items()}
+        readers = {key: _FrameReader(r, plans[key]) for key, (r, _) in pipes.items()}
+        timeout = self.config.timeout_s * len(clips)
         try:
-            _, stderr = proc.communicate(timeout=self.config.timeout_s)
+            _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
-            return Failure.of(clip, "decode", f"ffmpeg timed out after {self.config.timeout_s:g} s")
+            return [Failure.of(c, "decode", f"ffmpeg timed out after {timeout:g} s") for c in clips]
         finally:
             for reader in readers.values():
                 reader.join()
         if proc.returncode != 0:
-            return Failure.of(clip, "decode", f"ffmpeg failed: {stderr_tail(stderr)}")
-        views = {}
-        for name, reader in readers.items():
-            frames = reader.frames()
-            problem = self._check_count(name, len(frames.frames_THWC), plans[name])
-            if problem:
-                return Failure.of(clip, "decode", problem)
-            views[name] = frames
-        return DecodedClip(clip=clip, views=views)
+            if len(clips) > 1:
+                return [self.decode(clip) for clip in clips]
+            return [Failure.of(clips[0], "decode", f"ffmpeg failed: {stderr_tail(stderr)}")]
+        return [self._collect(i, clip, readers) for i, clip in enumerate(clips)]
 
-    def command(self, clip: Clip, targets: Mapping[str, str], fmt: str = "rawvideo") -> list[str]:
-        """The single ffmpeg command that decodes every view of ``clip``.
+    def command(
+        self, clips: Sequence[Clip], targets: Mapping[tuple[int, str], str], fmt: str = "rawvideo"
+    ) -> list[str]:
+        """The single ffmpeg command that decodes every view of ``clips`` (all from one source file).
 
         Args:
-            clip: the span to decode.
-            targets: view name -> ffmpeg output target (``pipe:N``, or ``-`` with ``fmt="null"``).
+            clips: spans of one file; the pass seeks to the earliest start and reads to the latest end.
+            targets: (clip index, view name) -> ffmpeg output (``pipe:N``, or ``-`` with ``fmt="null"``).
             fmt: output format; ``rawvideo`` (RGB24) for decoding, ``null`` to time decoding alone.
         """
-        plans = {name: _plan(view, clip) for name, view in self.config.views.items()}
+        return self._command(clips, self._plans(clips), targets, fmt)
+
+    def _command(
+        self,
+        clips: Sequence[Clip],
+        plans: Mapping[tuple[int, str], ViewPlan],
+        targets: Mapping[tuple[int, str], str],
+        fmt: str,
+    ) -> list[str]:
+        # Seek a little before the first clip: the frame on screen at a clip's start began before it.
+        origin = max(0.0, min(c.start_s for c in clips) - _SEEK_MARGIN_S)
+        end = max(c.end_s for c in clips)
         source = ffmpeg.input(
-            clip.path, ss=f"{clip.start_s:.3f}", t=f"{clip.duration_s:.3f}", threads=self.config.threads
+            clips[0].path, ss=f"{origin:.3f}", t=f"{end - origin:.3f}", threads=self.config.threads
         ).video
         branches = source.split() if len(plans) > 1 else None
         outputs = []
-        for i, (name, plan) in enumerate(plans.items()):
-            stream = branches[i] if branches is not None else source
-            stream = stream.filter("fps", fps=f"{plan.fps:.6f}", round="up")
-            if (plan.scaled_w, plan.scaled_h) != (clip.probe.width, clip.probe.height):
-                stream = stream.filter("scale", plan.scaled_w, plan.scaled_h, flags="bicubic")
-            if (plan.width, plan.height) != (plan.scaled_w, plan.scaled_h):
-                stream = stream.filter("crop", plan.width, plan.height)
-            outputs.append(stream.output(targets[name], format=fmt, pix_fmt="rgb24"))
+        for b, ((i, name), plan) in enumerate(plans.items()):
+            stream = branches[b] if branches is not None else source
+            clip = clips[i]
+            # Clip time 0 = the clip's start; the fps filter then picks, for slot k, the last frame at or
+            # before k / fps (round=up), and start_time=0 drops the frames before the clip.
+            stream = stream.setpts(f"PTS-{clip.start_s - origin:.6f}/TB").trim(end=f"{clip.duration_s:.6f}")
+            stream = stream.filter("fps", fps=f"{plan.fps:.6f}", round="up", start_time=0)
+            if plan.crop is not None:
+                stream = stream.filter("crop", *plan.crop)
+            if plan.crop is not None or (plan.width, plan.height) != (clip.probe.width, clip.probe.height):
+                stream = stream.filter("scale", plan.width, plan.height, flags="bicubic")
+            outputs.append(stream.output(targets[(i, name)], format=fmt, pix_fmt="rgb24"))
         merged = ffmpeg.merge_outputs(*outputs)
         cmd: list[str] = merged.global_args("-hide_banner", "-nostats", "-loglevel", "error").compile()
         return cmd
 
-    def _check_count(self, view: str, got: int, plan: _Plan) -> str | None:
-        if got == 0:
-            return f"view {view!r}: no frames decoded"
-        if got < self.config.min_frame_ratio * plan.expected:
-            return (
-                f"view {view!r}: decoded {got} of ~{plan.expected} frames "
-                "(source truncated or corrupt mid-stream)"
-            )
-        return None
+    def _plans(self, clips: Sequence[Clip]) -> dict[tuple[int, str], ViewPlan]:
+        return {
+            (i, name): plan_view(view, clip)
+            for i, clip in enumerate(clips)
+            for name, view in self.config.views.items()
+        }
+
+    def _collect(
+        self, i: int, clip: Clip, readers: Mapping[tuple[int, str], _FrameReader]
+    ) -> DecodedClip | Failure:
+        views = {}
+        for name in self.config.views:
+            reader = readers[(i, name)]
+            frames = reader.frames()
+            got, expected = len(frames.frames_THWC), reader.plan.expected
+            if got == 0:
+                return Failure.of(clip, "decode", f"view {name!r}: no frames decoded")
+            if got < self.config.min_frame_ratio * expected:
+                reason = f"view {name!r}: decoded {got} of ~{expected} frames (source truncated or corrupt)"
+                return Failure.of(clip, "decode", reason)
+            views[name] = frames
+        return DecodedClip(clip=clip, views=views)
 
 
-class _Plan:
-    """Resolved numbers for one view of one clip: sampling rate, sizes, expected frame count."""
+def passes(clips: Sequence[Clip], max_clips: int) -> list[list[Clip]]:
+    """Split ``clips`` (order kept) into runs of at most ``max_clips`` consecutive clips of one file."""
+    runs: list[list[Clip]] = []
+    for clip in clips:
+        if runs and runs[-1][0].path == clip.path and len(runs[-1]) < max_clips:
+            runs[-1].append(clip)
+        else:
+            runs.append([clip])
+    return runs
 
-    def __init__(
-        self, fps: float, scaled: tuple[int, int], out: tuple[int, int], start_s: float, expected: int
-    ) -> None:
-        self.fps, self.start_s, self.expected = fps, start_s, expected
-        self.scaled_w, self.scaled_h = scaled
-        self.width, self.height = out
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Resolved numbers for one view of one clip: sampling rate, source crop, output size, frame count."""
+
+    fps: float
+    crop: tuple[int, int, int, int] | None  # (w, h, x, y) in source pixels, before scaling
+    width: int
+    height: int
+    start_s: float
+    expected: int
 
     @property
     def frame_bytes(self) -> int:
         return self.width * self.height * 3
 
 
-def _plan(view: ViewConfig, clip: Clip) -> _Plan:
+def plan_view(view: ViewConfig, clip: Clip) -> ViewPlan:
     duration = max(clip.duration_s, 1e-3)
     fps = view.fps or clip.probe.avg_fps
     if view.max_frames is not None:
@@ -174,29 +232,33 @@ def _plan(view: ViewConfig, clip: Clip) -> _Plan:
     expected = max(1, math.ceil(duration * fps - 1e-6))  # slots k with k / fps < duration
     if view.max_frames is not None:
         expected = min(expected, view.max_frames)
-    scaled, out = _sizes(view, clip.probe)
-    return _Plan(fps, scaled, out, clip.start_s, expected)
+    crop, (width, height) = _geometry(view, clip.probe.width, clip.probe.height)
+    return ViewPlan(fps, crop, width, height, clip.start_s, expected)
 
 
-def _sizes(view: ViewConfig, probe: ProbeInfo) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(scaled width, height) and (output width, height) for a view of a ``probe``-sized source."""
-    w, h = probe.width, probe.height
+def _geometry(view: ViewConfig, w: int, h: int) -> tuple[tuple[int, int, int, int] | None, tuple[int, int]]:
+    """Source crop box (or None) and output size for a view of a ``w`` x ``h`` (display) source.
+
+    ``crop`` cuts the largest centred box of the target's aspect ratio from the source and scales only that:
+    scaling first and cropping after would scale pixels only to throw them away.
+    """
     if view.resize == "none":
-        return (w, h), (w, h)
+        return None, (w, h)
+    if view.resize == "crop":
+        assert view.width is not None and view.height is not None
+        box_w, box_h = (
+            min(w, round(h * view.width / view.height)),
+            min(h, round(w * view.height / view.width)),
+        )
+        return (box_w, box_h, (w - box_w) // 2, (h - box_h) // 2), (view.width, view.height)
     if view.resize == "short_side":
         assert view.size is not None
         scale = view.size / min(w, h)
     else:
         assert view.width is not None and view.height is not None
-        pick = min if view.resize == "fit" else max
-        scale = pick(view.width / w, view.height / h)
-    if view.resize == "crop":
-        assert view.width is not None and view.height is not None
-        scaled = (max(view.width, round(w * scale)), max(view.height, round(h * scale)))
-        return scaled, (view.width, view.height)
+        scale = min(view.width / w, view.height / h)
     m = view.multiple_of
-    size = (max(m, round(w * scale / m) * m), max(m, round(h * scale / m) * m))
-    return size, size
+    return None, (max(m, round(w * scale / m) * m), max(m, round(h * scale / m) * m))
 
 
 class _FrameReader:
@@ -206,9 +268,9 @@ class _FrameReader:
     the expected count are read and discarded so that ffmpeg never blocks on a full pipe.
     """
 
-    def __init__(self, fd: int, plan: _Plan) -> None:
+    def __init__(self, fd: int, plan: ViewPlan) -> None:
         self._file = os.fdopen(fd, "rb", buffering=0)
-        self._plan = plan
+        self.plan = plan
         self._buf = np.empty(plan.expected * plan.frame_bytes, dtype=np.uint8)
         self._used = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -226,7 +288,7 @@ class _FrameReader:
         self._thread.join()
 
     def frames(self) -> Frames:
-        plan = self._plan
+        plan = self.plan
         t = self._used // plan.frame_bytes
         frames_THWC = self._buf[: t * plan.frame_bytes].reshape(t, plan.height, plan.width, 3)
         timestamps_s = plan.start_s + np.arange(t) / plan.fps

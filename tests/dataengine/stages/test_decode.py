@@ -8,6 +8,7 @@ import pytest
 
 from dataengine.records import Clip, DecodedClip, Failure, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitConfig, SplitStage, ViewConfig
+from dataengine.stages.decode import passes
 from tests.media import GoodClip, ffmpeg, make_truncated_midstream
 
 VIEWS = {
@@ -116,13 +117,51 @@ def test_a_file_that_vanished_before_decode_is_recorded(
     copy.write_bytes(good_clips["h264_audio"].path.read_bytes())
     clips = clips_of(copy)
     copy.unlink()
-    result = decode(clips[0])
-    assert isinstance(result, Failure) and "ffmpeg failed" in result.reason
+    results = DecodeStage(DecodeConfig(views=VIEWS)).process_batch(clips)  # the pass fails, then each clip
+    assert len(results) == 3
+    assert all(isinstance(r, Failure) and "ffmpeg failed" in r.reason for r in results)
+
+
+def test_a_pass_over_many_clips_equals_decoding_them_one_by_one(good_clips: dict[str, GoodClip]) -> None:
+    video_a, video_b = clips_of(good_clips["h264_audio"].path), clips_of(good_clips["vp9"].path)
+    overlapping = Clip.of(_video(good_clips["h264_audio"].path), index=9, start_s=0.5, end_s=2.5)
+    batch = [video_a[2], video_a[0], overlapping, video_b[0], video_b[1], video_a[1]]
+    stage = DecodeStage(DecodeConfig(views=VIEWS, max_clips_per_pass=3))
+    together = stage.process_batch(batch)
+    assert [r.clip_id for r in together] == [c.clip_id for c in batch]
+    for clip, joint in zip(batch, together, strict=True):
+        alone = stage.decode(clip)
+        assert isinstance(joint, DecodedClip) and isinstance(alone, DecodedClip)
+        for name in VIEWS:
+            np.testing.assert_array_equal(joint.views[name].timestamps_s, alone.views[name].timestamps_s)
+            assert joint.views[name].shape == alone.views[name].shape
+            diff = np.abs(joint.views[name].frames_THWC.astype(int) - alone.views[name].frames_THWC).mean()
+            assert diff < 1.0, (clip.start_s, name, diff)
+
+
+def test_clips_are_grouped_into_passes_per_file_in_order(good_clips: dict[str, GoodClip]) -> None:
+    a, b = clips_of(good_clips["h264_audio"].path), clips_of(good_clips["vp9"].path)
+    runs = passes([a[0], a[1], b[0], a[2], b[1]], max_clips=4)
+    assert [[c.clip_id for c in run] for run in runs] == [
+        [a[0].clip_id, a[1].clip_id],
+        [b[0].clip_id],
+        [a[2].clip_id],
+        [b[1].clip_id],
+    ]
+    assert [len(run) for run in passes(a, max_clips=2)] == [2, 1]
+
+
+def _video(path: Path) -> Video:
+    video = ProbeStage().probe(Source.from_uri(path))
+    assert isinstance(video, Video)
+    return video
 
 
 def test_all_views_come_from_one_ffmpeg_process(good_clips: dict[str, GoodClip]) -> None:
     clip = clips_of(good_clips["h264_audio"].path)[0]
-    cmd = DecodeStage(DecodeConfig(views=VIEWS)).command(clip, {"caption": "pipe:3", "latents": "pipe:4"})
+    cmd = DecodeStage(DecodeConfig(views=VIEWS)).command(
+        [clip], {(0, "caption"): "pipe:3", (0, "latents"): "pipe:4"}
+    )
     assert cmd.count("-i") == 1 and "split=2" in " ".join(cmd)
 
 
