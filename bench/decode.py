@@ -8,7 +8,7 @@ Each input is probed and split into fixed windows once (untimed). For each view 
 the same clips, in alternating order, best of ``--repeat``:
 
 * ours: ``DecodeStage.process_batch(clips)``, frames delivered as numpy arrays;
-* sol (graph): the very same ffmpeg passes with null outputs (``DecodeStage.command(..., fmt="null")``),
+* sol (graph): the very same ffmpeg passes with null outputs (``DecodeStage.null_command``),
   so only the piping into Python differs;
 * sol (file): ``ffmpeg -i X -vf <the views' fps/crop/scale> -f null -`` over the whole file, no clips and
   no seeks: what the hardware does when nobody cuts clips.
@@ -120,8 +120,7 @@ def _ours(stage: DecodeStage, clips: list[Clip]) -> tuple[float, list[DecodedCli
 def _sol_graph(stage: DecodeStage, clips: list[Clip]) -> None:
     """The very same ffmpeg passes as ours, writing to null outputs instead of pipes into Python."""
     for run in passes(clips, stage.config.max_clips_per_pass):
-        targets = {(i, name): "-" for i in range(len(run)) for name in stage.config.views}
-        subprocess.run(stage.command(run, targets, fmt="null"), check=True, capture_output=True)
+        subprocess.run(stage.null_command(run), check=True, capture_output=True)
 
 
 def _file_command(config: DecodeConfig, clip: Clip) -> list[str]:

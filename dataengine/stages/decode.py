@@ -98,10 +98,10 @@ class DecodeStage(Stage[Clip, DecodedClip]):
 
     def decode_pass(self, clips: Sequence[Clip]) -> list[DecodedClip | Failure]:
         """Decode clips of one source file with one ffmpeg process; a failed pass is retried clip by clip."""
-        plans = self._plans(clips)
-        pipes = {key: os.pipe() for key in plans}
-        cmd = self._command(clips, plans, {key: f"pipe:{w}" for key, (_, w) in pipes.items()}, "rawvideo")
-        write_fds = [w for _, w in pipes.values()]
+        branches = self._branches(clips)
+        pipes = [os.pipe() for _ in branches]
+        cmd = self._command(clips, branches, [f"pipe:{w}" for _, w in pipes], "rawvideo")
+        write_fds = [w for _, w in pipes]
         try:
             proc = subprocess.Popen(
                 cmd,
@@ -113,7 +113,9 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         finally:
             for fd in write_fds:
                 os.close(fd)
-        readers = {key: _FrameReader(r, plans[key]) for key, (r, _) in pipes.items()}
+        readers = [
+            _FrameReader(r, b.n_slots, b.plan.frame_bytes) for (r, _), b in zip(pipes, branches, strict=True)
+        ]
         timeout = self.config.timeout_s * len(clips)
         try:
             _, stderr = proc.communicate(timeout=timeout)
@@ -122,32 +124,35 @@ class DecodeStage(Stage[Clip, DecodedClip]):
             proc.communicate()
             return [Failure.of(c, "decode", f"ffmpeg timed out after {timeout:g} s") for c in clips]
         finally:
-            for reader in readers.values():
+            for reader in readers:
                 reader.join()
         if proc.returncode != 0:
             if len(clips) > 1:
                 return [self.decode(clip) for clip in clips]
             return [Failure.of(clips[0], "decode", f"ffmpeg failed: {stderr_tail(stderr)}")]
-        return [self._collect(i, clip, readers) for i, clip in enumerate(clips)]
+        pairs = zip(branches, readers, strict=True)
+        slots = {(b.view, i): (b, first, r) for b, r in pairs for i, first in b.members}
+        return [self._collect(i, clip, slots) for i, clip in enumerate(clips)]
 
-    def command(
-        self, clips: Sequence[Clip], targets: Mapping[tuple[int, str], str], fmt: str = "rawvideo"
-    ) -> list[str]:
-        """The single ffmpeg command that decodes every view of ``clips`` (all from one source file).
+    def null_command(self, clips: Sequence[Clip]) -> list[str]:
+        """The ffmpeg command ``decode_pass(clips)`` runs, with null outputs: decoding alone, to time it."""
+        branches = self._branches(clips)
+        return self._command(clips, branches, ["-"] * len(branches), "null")
 
-        Args:
-            clips: spans of one file; the pass seeks to the earliest start and reads to the latest end.
-            targets: (clip index, view name) -> ffmpeg output (``pipe:N``, or ``-`` with ``fmt="null"``).
-            fmt: output format; ``rawvideo`` (RGB24) for decoding, ``null`` to time decoding alone.
-        """
-        return self._command(clips, self._plans(clips), targets, fmt)
+    def _branches(self, clips: Sequence[Clip]) -> list[_Branch]:
+        """One branch per view and slot grid: clips whose starts fall on a shared grid share one branch."""
+        branches: list[_Branch] = []
+        for name, view in self.config.views.items():
+            grids: list[_Branch] = []
+            for i in sorted(range(len(clips)), key=lambda k: clips[k].start_s):
+                plan = plan_view(view, clips[i])
+                if not any(grid.join(i, clips[i].start_s, plan) for grid in grids):
+                    grids.append(_Branch(name, plan, clips[i].start_s, [(i, 0)], plan.expected))
+            branches.extend(grids)
+        return branches
 
     def _command(
-        self,
-        clips: Sequence[Clip],
-        plans: Mapping[tuple[int, str], ViewPlan],
-        targets: Mapping[tuple[int, str], str],
-        fmt: str,
+        self, clips: Sequence[Clip], branches: Sequence[_Branch], targets: Sequence[str], fmt: str
     ) -> list[str]:
         # Seek a little before the first clip: the frame on screen at a clip's start began before it.
         origin = max(0.0, min(c.start_s for c in clips) - _SEEK_MARGIN_S)
@@ -155,45 +160,45 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         source = ffmpeg.input(
             clips[0].path, ss=f"{origin:.3f}", t=f"{end - origin:.3f}", threads=self.config.threads
         ).video
-        branches = source.split() if len(plans) > 1 else None
+        split = source.split() if len(branches) > 1 else None
         outputs = []
-        for b, ((i, name), plan) in enumerate(plans.items()):
-            stream = branches[b] if branches is not None else source
-            clip = clips[i]
-            # Clip time 0 = the clip's start; the fps filter then picks, for slot k, the last frame at or
-            # before k / fps (round=up), and start_time=0 drops the frames before the clip.
-            stream = stream.setpts(f"PTS-{clip.start_s - origin:.6f}/TB").trim(end=f"{clip.duration_s:.6f}")
+        probe = clips[0].probe
+        for k, (branch, target) in enumerate(zip(branches, targets, strict=True)):
+            plan = branch.plan
+            stream = split[k] if split is not None else source
+            # Branch time 0 = its anchor; the fps filter then picks, for slot k, the last frame at or before
+            # k / fps (round=up), and start_time=0 drops the frames before the anchor.
+            stream = stream.setpts(f"PTS-{branch.anchor_s - origin:.6f}/TB")
+            stream = stream.trim(end=f"{branch.n_slots / plan.fps:.6f}")
             stream = stream.filter("fps", fps=f"{plan.fps:.6f}", round="up", start_time=0)
             if plan.crop is not None:
                 stream = stream.filter("crop", *plan.crop)
-            if plan.crop is not None or (plan.width, plan.height) != (clip.probe.width, clip.probe.height):
+            if plan.crop is not None or (plan.width, plan.height) != (probe.width, probe.height):
                 stream = stream.filter("scale", plan.width, plan.height, flags="bicubic")
-            outputs.append(stream.output(targets[(i, name)], format=fmt, pix_fmt="rgb24"))
+            outputs.append(stream.output(target, format=fmt, pix_fmt="rgb24"))
         merged = ffmpeg.merge_outputs(*outputs)
         cmd: list[str] = merged.global_args("-hide_banner", "-nostats", "-loglevel", "error").compile()
         return cmd
 
-    def _plans(self, clips: Sequence[Clip]) -> dict[tuple[int, str], ViewPlan]:
-        return {
-            (i, name): plan_view(view, clip)
-            for i, clip in enumerate(clips)
-            for name, view in self.config.views.items()
-        }
-
     def _collect(
-        self, i: int, clip: Clip, readers: Mapping[tuple[int, str], _FrameReader]
+        self, i: int, clip: Clip, slots: Mapping[tuple[str, int], tuple[_Branch, int, _FrameReader]]
     ) -> DecodedClip | Failure:
         views = {}
-        for name in self.config.views:
-            reader = readers[(i, name)]
-            frames = reader.frames()
-            got, expected = len(frames.frames_THWC), reader.plan.expected
+        for name, view in self.config.views.items():
+            branch, first, reader = slots[(name, i)]
+            plan = plan_view(view, clip)
+            frames_THWC = reader.frames(branch.plan)[first : first + plan.expected]
+            got = len(frames_THWC)
             if got == 0:
                 return Failure.of(clip, "decode", f"view {name!r}: no frames decoded")
-            if got < self.config.min_frame_ratio * expected:
-                reason = f"view {name!r}: decoded {got} of ~{expected} frames (source truncated or corrupt)"
+            if got < self.config.min_frame_ratio * plan.expected:
+                reason = (
+                    f"view {name!r}: decoded {got} of ~{plan.expected} frames (source truncated or corrupt)"
+                )
                 return Failure.of(clip, "decode", reason)
-            views[name] = frames
+            if len(branch.members) > 1:
+                frames_THWC = frames_THWC.copy()  # clips own their frames, even when their spans overlap
+            views[name] = Frames(frames_THWC, plan.fps, clip.start_s + np.arange(got) / plan.fps)
         return DecodedClip(clip=clip, views=views)
 
 
@@ -216,12 +221,41 @@ class ViewPlan:
     crop: tuple[int, int, int, int] | None  # (w, h, x, y) in source pixels, before scaling
     width: int
     height: int
-    start_s: float
     expected: int
 
     @property
     def frame_bytes(self) -> int:
         return self.width * self.height * 3
+
+
+@dataclass
+class _Branch:
+    """One branch of a pass's filter graph: one view sampled on one slot grid, read from one pipe.
+
+    Slot k is at ``anchor_s + k / plan.fps``; ``members`` are (clip index, first slot) of the clips it serves.
+    """
+
+    view: str
+    plan: ViewPlan
+    anchor_s: float
+    members: list[tuple[int, int]]
+    n_slots: int
+
+    def join(self, i: int, start_s: float, plan: ViewPlan) -> bool:
+        """Add clip ``i`` when its frames lie on this grid, with no long gap; return whether it was added."""
+        same_view = (plan.fps, plan.crop, plan.width, plan.height) == (
+            self.plan.fps,
+            self.plan.crop,
+            self.plan.width,
+            self.plan.height,
+        )
+        slot = (start_s - self.anchor_s) * plan.fps
+        first = round(slot)
+        if not same_view or abs(slot - first) > 1e-3 or first > self.n_slots + plan.expected:
+            return False
+        self.members.append((i, first))
+        self.n_slots = max(self.n_slots, first + plan.expected)
+        return True
 
 
 def plan_view(view: ViewConfig, clip: Clip) -> ViewPlan:
@@ -233,7 +267,7 @@ def plan_view(view: ViewConfig, clip: Clip) -> ViewPlan:
     if view.max_frames is not None:
         expected = min(expected, view.max_frames)
     crop, (width, height) = _geometry(view, clip.probe.width, clip.probe.height)
-    return ViewPlan(fps, crop, width, height, clip.start_s, expected)
+    return ViewPlan(fps, crop, width, height, expected)
 
 
 def _geometry(view: ViewConfig, w: int, h: int) -> tuple[tuple[int, int, int, int] | None, tuple[int, int]]:
@@ -262,16 +296,16 @@ def _geometry(view: ViewConfig, w: int, h: int) -> tuple[tuple[int, int, int, in
 
 
 class _FrameReader:
-    """Drains one view's pipe on a thread into a preallocated buffer of ``plan.expected`` frames.
+    """Drains one branch's pipe on a thread into a preallocated buffer of ``n_frames`` frames.
 
-    The fps filter may emit one frame past the clip's end (the slot at exactly ``duration``); frames beyond
-    the expected count are read and discarded so that ffmpeg never blocks on a full pipe.
+    The fps filter may emit one frame past the end (the slot at exactly the trim point); frames beyond
+    ``n_frames`` are read and discarded so that ffmpeg never blocks on a full pipe.
     """
 
-    def __init__(self, fd: int, plan: ViewPlan) -> None:
+    def __init__(self, fd: int, n_frames: int, frame_bytes: int) -> None:
         self._file = os.fdopen(fd, "rb", buffering=0)
-        self.plan = plan
-        self._buf = np.empty(plan.expected * plan.frame_bytes, dtype=np.uint8)
+        self._buf = np.empty(n_frames * frame_bytes, dtype=np.uint8)
+        self._frame_bytes = frame_bytes
         self._used = 0
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -287,9 +321,7 @@ class _FrameReader:
     def join(self) -> None:
         self._thread.join()
 
-    def frames(self) -> Frames:
-        plan = self.plan
-        t = self._used // plan.frame_bytes
-        frames_THWC = self._buf[: t * plan.frame_bytes].reshape(t, plan.height, plan.width, 3)
-        timestamps_s = plan.start_s + np.arange(t) / plan.fps
-        return Frames(frames_THWC=frames_THWC, fps=plan.fps, timestamps_s=timestamps_s)
+    def frames(self, plan: ViewPlan) -> np.ndarray:
+        """The complete frames read, as a (T, H, W, 3) view of the buffer."""
+        t = self._used // self._frame_bytes
+        return self._buf[: t * self._frame_bytes].reshape(t, plan.height, plan.width, 3)
