@@ -130,22 +130,20 @@ def make_good_clips(root: Path) -> dict[str, GoodClip]:
     return clips
 
 
+def concat_shots(path: Path, *lavfi_sources: str) -> Path:
+    """Join lavfi sources (e.g. ``"color=red:size=64x64:rate=25:d=1"``) with hard cuts into one h264 file."""
+    inputs = [arg for src in lavfi_sources for arg in ("-f", "lavfi", "-i", src)]
+    joined = "".join(f"[{i}]" for i in range(len(lavfi_sources))) + f"concat=n={len(lavfi_sources)}:v=1"
+    x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    ffmpeg(*inputs, "-filter_complex", joined, *x264, str(path))
+    return path
+
+
 def make_scene_cut_clip(path: Path, first_s: float = 3.0, second_s: float = 4.0) -> Path:
     """Two visually unrelated shots joined by a hard cut at ``first_s``."""
-    ffmpeg(
-        *_src("320x240", first_s, kind="testsrc"),
-        *_src("320x240", second_s, kind="smptebars"),
-        "-filter_complex",
-        "[0][1]concat=n=2:v=1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        str(path),
+    return concat_shots(
+        path, f"testsrc=size=320x240:rate=25:d={first_s}", f"smptebars=size=320x240:rate=25:d={second_s}"
     )
-    return path
 
 
 def make_broken_inputs(root: Path, good: Path) -> dict[str, Path]:

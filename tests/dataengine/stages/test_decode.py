@@ -9,7 +9,7 @@ import pytest
 from dataengine.records import Clip, DecodedClip, Failure, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitConfig, SplitStage, ViewConfig
 from dataengine.stages.decode import passes
-from tests.media import GoodClip, ffmpeg, make_truncated_midstream
+from tests.media import GoodClip, concat_shots, make_truncated_midstream
 
 VIEWS = {
     "caption": ViewConfig(fps=2, max_frames=16, resize="short_side", size=64),
@@ -52,25 +52,8 @@ def test_every_good_clip_decodes_into_both_views(good_clips: dict[str, GoodClip]
 
 
 def test_frames_are_taken_at_their_timestamps(tmp_path: Path) -> None:
-    red_then_blue = tmp_path / "red_blue.mp4"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=red:size=64x64:rate=25:d=1",
-        "-f",
-        "lavfi",
-        "-i",
-        "color=blue:size=64x64:rate=25:d=1",
-        "-filter_complex",
-        "[0][1]concat=n=2:v=1",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        str(red_then_blue),
+    red_then_blue = concat_shots(
+        tmp_path / "red_blue.mp4", "color=red:size=64x64:rate=25:d=1", "color=blue:size=64x64:rate=25:d=1"
     )
     video = ProbeStage().probe(Source.from_uri(red_then_blue))
     assert isinstance(video, Video)
