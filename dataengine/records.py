@@ -2,8 +2,9 @@
 
 Legend for array names: ``frames_THWC`` is uint8 RGB, T frames of H rows x W columns x 3 channels.
 
-Flow: ``Source`` --probe--> ``Video`` --split--> ``Clip`` --decode--> ``DecodedClip``. Any stage may emit a
-``Failure`` instead of its output; failures are data (they end up in the manifest), never exceptions.
+Flow: ``Source`` --probe--> ``Video`` --split--> ``Clip`` --decode--> ``DecodedClip`` --caption-->
+``CaptionedClip``. Any stage may emit a ``Failure`` instead of its output; failures are data (they end up in
+the manifest), never exceptions.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import posixpath
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -200,3 +201,35 @@ class DecodedClip:
     @property
     def clip_id(self) -> str:
         return self.clip.clip_id
+
+
+class Caption(_Record):
+    """What the caption stage wrote for one clip, and with what: every caption names engine, model and prompt."""
+
+    caption: str = Field(description="dense prose rendered from the structured caption")
+    short_caption: str
+    structured: dict[str, Any] = Field(description="the structured caption (dataengine.caption.schema)")
+    engine: str
+    model: str
+    prompt_id: str
+    schema_version: str
+    attempts: int = Field(ge=1, description="generations until the quality gate passed (windows: the most)")
+    windows: int = Field(ge=1, description="1, or the number of frame windows fused into this caption")
+    output_tokens: int = Field(ge=0)
+    seconds: float = Field(ge=0, description="this clip's share of the engine's wall time")
+
+
+@dataclass(frozen=True)
+class CaptionedClip:
+    """A decoded clip with its caption; the decoded views travel on to the encode stage."""
+
+    decoded: DecodedClip
+    caption: Caption
+
+    @property
+    def clip(self) -> Clip:
+        return self.decoded.clip
+
+    @property
+    def clip_id(self) -> str:
+        return self.decoded.clip_id

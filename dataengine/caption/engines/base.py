@@ -1,0 +1,105 @@
+"""One interface for every captioning backend: requests in, raw outputs out, in order.
+
+An engine knows how to talk to one kind of model server or library; it does not judge outputs (the quality
+gate does) and it does not retry bad captions (the caption stage does). Transport problems that survive the
+engine's own retries come back as ``EngineOutput.error`` for that request only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from dataengine.caption.prompts import Prompt
+from dataengine.config import StageConfig
+from dataengine.records import Frames
+
+
+class SamplingConfig(StageConfig):
+    temperature: float = Field(0.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(768, ge=1, description="output tokens per request; hitting it = truncated")
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One generation: a prompt with its user text rendered, the frames (video prompts), a schema."""
+
+    prompt: Prompt
+    text: str
+    frames: Frames | None
+    schema: dict[str, Any] | None
+    sampling: SamplingConfig
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    token_ids: tuple[int, ...] = ()
+    error: str | None = None
+
+
+class CaptionEngine(ABC):
+    """Lifecycle as for stages: cheap constructor, ``setup()`` loads, ``generate()`` works, ``teardown()``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @property
+    def model_id(self) -> str:
+        model: str = self.config.model
+        return model
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Load the model or open the client; called once per worker."""
+
+    @abstractmethod
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        """Run ``requests`` (as one batch where the backend can); one output per request, in order."""
+
+    def teardown(self) -> None:  # noqa: B027 - optional hook
+        """Free the model or close the client."""
+
+
+def even_frames(frames: Frames) -> np.ndarray:
+    """frames_THWC with an even T (the last frame repeated when needed): Qwen-VL packs frames in pairs."""
+    frames_THWC = frames.frames_THWC
+    if len(frames_THWC) % 2:
+        frames_THWC = np.concatenate([frames_THWC, frames_THWC[-1:]])
+    return frames_THWC
+
+
+def video_metadata(frames_THWC: np.ndarray, fps: float) -> dict[str, Any]:
+    """The metadata Qwen-VL processors need with raw frames, so they neither resample nor guess timing."""
+    n = len(frames_THWC)
+    return {
+        "fps": fps,
+        "duration": n / fps,
+        "total_num_frames": n,
+        "frames_indices": list(range(n)),
+        "video_backend": "opencv",
+        "do_sample_frames": False,
+    }
+
+
+def chat_messages(request: EngineRequest) -> list[dict[str, Any]]:
+    """System + user messages in the processors' chat format; the video is a placeholder for the template."""
+    user: list[dict[str, Any]] = [{"type": "text", "text": request.text}]
+    if request.frames is not None:
+        user.insert(0, {"type": "video"})
+    return [
+        {"role": "system", "content": [{"type": "text", "text": request.prompt.system}]},
+        {"role": "user", "content": user},
+    ]
