@@ -8,6 +8,8 @@ dataengine demo --out out/demo                   # the embedded default, end to 
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -18,11 +20,14 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from dataengine import synth as synth_lib
+from dataengine.config import ConfigError
 from dataengine.inputs import InputsConfig, iter_sources
 from dataengine.media import require_ffmpeg
 from dataengine.records import Failure, Video
 from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig, ViewConfig
+from pipelines.captioning import caption_video, with_engine
 from pipelines.clips import ClipsReport, extract_clips
+from pipelines.recipes import apply_overrides, get_recipe
 
 app = typer.Typer(
     name="dataengine",
@@ -105,6 +110,40 @@ def clips(
 
 
 @app.command()
+def caption(
+    video: Annotated[str, typer.Argument(help="a video file, or an http(s):// or s3:// URI")],
+    recipe: Annotated[
+        str, typer.Option(help="named configuration: demo (CPU, tiny built-in VLM), gpu-qwen25vl-7b")
+    ] = "demo",
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm (in-process), openai (a server: --base-url), transformers; default: the recipe's"
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint for --engine openai, e.g. http://127.0.0.1:8000/v1"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a recipe key, e.g. --set caption.sampling.max_tokens=512"),
+    ] = None,
+    max_windows: Annotated[int, typer.Option(min=1, help="caption at most this many frame windows")] = 8,
+) -> None:
+    """Caption one video and print one JSON document (caption, short_caption, structured, engine, model,
+    prompt_id, timings). Exit code 1 when it cannot be captioned: the JSON says at which stage and why."""
+    require_ffmpeg()
+    config = apply_overrides(get_recipe(recipe), overrides or [])
+    if engine is not None:
+        config = with_engine(config, engine, base_url)
+    document = caption_video(video, config, max_windows=max_windows)
+    print(json.dumps(document, indent=2))
+    if "error" in document:
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="where the demo writes everything")] = Path("out/demo"),
     n: Annotated[int, typer.Option(min=1, help="synthetic videos to make")] = 6,
@@ -163,9 +202,12 @@ def _report(report: ClipsReport) -> None:
 
 def main() -> None:
     """Console entry point: configuration mistakes end with a one-paragraph message and exit code 2."""
+    # Results go to stdout (e.g. caption JSON); vLLM's logs go to stderr, warnings and worse only.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
         app()
-    except ValidationError as exc:
+    except (ValidationError, ConfigError) as exc:
         console.print(f"[bold red]configuration error[/]: {exc}")
         raise SystemExit(2) from None
 

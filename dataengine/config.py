@@ -9,3 +9,7 @@ class StageConfig(BaseModel):
     """Base of every component config. A misspelled key is a validation error, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A configuration mistake the user can fix (unknown recipe, key or model name); the message says how."""

@@ -204,7 +204,7 @@ class DecodedClip:
 
 
 class Caption(_Record):
-    """What the caption stage wrote for one clip, and with what: every caption names engine, model and prompt."""
+    """What the caption stage wrote for one clip, and with what: engine, model and prompt are always named."""
 
     caption: str = Field(description="dense prose rendered from the structured caption")
     short_caption: str

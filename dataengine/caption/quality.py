@@ -23,6 +23,8 @@ _REFUSAL = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[\w']+")
+# JSON escapes let a model emit control characters (unpaired surrogates already fail JSON parsing).
+_INVALID_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class QualityConfig(StageConfig):
@@ -62,11 +64,15 @@ def judge(text: str, finish_reason: str | None, config: QualityConfig) -> Verdic
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "document"
         return Verdict(reason=f"off-schema output at {where}: {first['msg']}")
+    strings = _strings(caption.model_dump())
+    bad = next((s for s in strings if _INVALID_CHAR.search(s)), None)
+    if bad is not None:
+        return Verdict(reason=f"invalid characters (control codes) in {bad[:40]!r}")
     words = _words(render_caption(caption))
     if len(words) < config.min_words:
         return Verdict(reason=f"empty caption: {len(words)} words")
     # Degenerate models loop inside one field; a long healthy caption would dilute that loop.
-    for text in (" ".join(words), *_strings(caption.model_dump())):
+    for text in (" ".join(words), *strings):
         problem = repetition_problem(_words(text), config)
         if problem:
             return Verdict(reason=problem)

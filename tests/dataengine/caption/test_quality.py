@@ -22,6 +22,8 @@ def test_a_good_caption_passes() -> None:
         ("I'm sorry, but I can't help with describing this video.", "stop", "refusal-like"),
         ('{"summary": "a cat"}', "stop", "off-schema output at subjects: Field required"),
         ("not json at all", "stop", "off-schema output"),
+        (GOOD.model_dump_json().replace("SCENE 1", "SCENE \\udbfc"), "stop", "Invalid JSON"),
+        (GOOD.model_dump_json().replace("SCENE 1", "SCENE \\u0007"), "stop", "invalid characters"),
     ],
 )
 def test_bad_outputs_are_rejected_with_a_reason(text: str, finish: str, reason: str) -> None:

@@ -1,0 +1,32 @@
+"""Where a caption model comes from: a local folder, a hub id, or a model this project builds itself.
+
+``builtin:tiny-qwen2_5_vl`` and ``builtin:tiny-qwen3_vl`` are randomly initialised tiny VLMs built offline
+(see ``tiny_vlm.py``) and cached on disk; they make the whole loop run on a machine with no GPU and no hub.
+Everything else is passed to the loaders unchanged.
+"""
+
+from __future__ import annotations
+
+from dataengine.caption.tiny_vlm import TinyVLMConfig, ensure_tiny_vlm
+from dataengine.config import ConfigError
+
+BUILTIN = "builtin:"
+BUILTIN_MODELS = {
+    "tiny-qwen2_5_vl": TinyVLMConfig(family="qwen2_5_vl"),
+    "tiny-qwen3_vl": TinyVLMConfig(family="qwen3_vl"),
+}
+
+
+def resolve_model(model: str) -> str:
+    """A path or hub id the loaders accept; ``builtin:`` names are built (once) and cached.
+
+    Raises:
+        ConfigError: an unknown ``builtin:`` name (the message lists the known ones).
+    """
+    if not model.startswith(BUILTIN):
+        return model
+    name = model.removeprefix(BUILTIN)
+    if name not in BUILTIN_MODELS:
+        known = ", ".join(BUILTIN + n for n in BUILTIN_MODELS)
+        raise ConfigError(f"unknown built-in model {model!r}; known: {known}")
+    return str(ensure_tiny_vlm(config=BUILTIN_MODELS[name]))

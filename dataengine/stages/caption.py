@@ -1,0 +1,187 @@
+"""Caption: decoded clips -> structured, quality-gated, reconstruction-grade captions.
+
+DecodedClip --> CaptionedClip | Failure(stage="caption"). One engine call carries every clip of the batch
+(and every window of long clips). Each output goes through the quality gate; rejected ones are generated
+again with changed sampling (a higher temperature and a new seed) up to ``max_attempts`` times, and a clip
+that never passes is recorded with the reasons of every attempt. Clips with more frames than
+``window_frames`` are captioned window by window, then the window captions are fused by a text-only pass
+through the same engine, which goes through the same gate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from dataengine.caption.engines import CaptionEngine, EngineConfig, build_engine
+from dataengine.caption.engines.base import EngineRequest, SamplingConfig
+from dataengine.caption.prompts import get_prompt
+from dataengine.caption.quality import QualityConfig, judge
+from dataengine.caption.schema import (
+    SCHEMA_VERSION,
+    StructuredCaption,
+    json_schema,
+    render_caption,
+    render_short,
+)
+from dataengine.config import StageConfig
+from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Frames
+from dataengine.stages.base import Stage
+
+
+class CaptionConfig(StageConfig):
+    engine: EngineConfig
+    view: str = Field("caption", description="which decoded view is captioned")
+    prompt_id: str = "dense-v1"
+    fuse_prompt_id: str = "fuse-v1"
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    guided: bool = Field(True, description="constrain output to the caption JSON schema")
+    window_frames: int = Field(16, ge=2, description="longer views are captioned in windows, then fused")
+    max_attempts: int = Field(3, ge=1, description="generations per caption before recording a failure")
+    retry_temperature: float = Field(0.7, gt=0, description="temperature of the first retry; +0.15 per retry")
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+
+
+@dataclass
+class _Job:
+    """One caption to produce: a window of a clip's frames, or the fusion of a clip's windows."""
+
+    clip: int
+    request: EngineRequest
+    reasons: list[str] = field(default_factory=list)
+    result: StructuredCaption | None = None
+    tokens: int = 0
+
+
+class CaptionStage(Stage[DecodedClip, CaptionedClip]):
+    name = "caption"
+    input_type = DecodedClip
+    output_type = CaptionedClip
+    config: CaptionConfig
+
+    def __init__(self, config: CaptionConfig) -> None:
+        super().__init__(config)
+        self.engine: CaptionEngine = build_engine(config.engine)
+
+    def setup(self) -> None:
+        self.engine.setup()
+
+    def teardown(self) -> None:
+        self.engine.teardown()
+
+    def process_batch(self, batch: Sequence[DecodedClip]) -> list[CaptionedClip | Failure]:
+        started = time.perf_counter()
+        windows = [self._window_jobs(i, d) for i, d in enumerate(batch)]
+        self._run([job for jobs in windows for job in jobs])
+        fused: dict[int, _Job] = {}
+        for i, jobs in enumerate(windows):
+            if len(jobs) > 1 and all(job.result is not None for job in jobs):
+                fused[i] = self._fuse_job(i, batch[i], jobs)
+        self._run(list(fused.values()))
+        seconds = (time.perf_counter() - started) / max(1, len(batch))
+        return [self._result(d, windows[i], fused.get(i), seconds) for i, d in enumerate(batch)]
+
+    def _window_jobs(self, i: int, decoded: DecodedClip) -> list[_Job]:
+        frames = decoded.views[self.config.view]
+        n = self.config.window_frames
+        parts = (
+            [frames]
+            if len(frames.frames_THWC) <= n
+            else [_slice(frames, s, n) for s in range(0, len(frames.frames_THWC), n)]
+        )
+        prompt = get_prompt(self.config.prompt_id)
+        jobs = []
+        for part in parts:
+            t = len(part.frames_THWC)
+            text = prompt.render(duration_s=t / part.fps, n_frames=t, fps=part.fps)
+            jobs.append(_Job(i, EngineRequest(prompt, text, part, self._schema(), self.config.sampling)))
+        return jobs
+
+    def _fuse_job(self, i: int, decoded: DecodedClip, jobs: list[_Job]) -> _Job:
+        prompt = get_prompt(self.config.fuse_prompt_id)
+        start = decoded.views[self.config.view].timestamps_s[0]
+        lines = []
+        for job in jobs:
+            assert job.result is not None and job.request.frames is not None
+            offset = job.request.frames.timestamps_s[0] - start
+            lines.append(f"[{offset:.1f} s] {job.result.model_dump_json()}")
+        text = prompt.render(duration_s=decoded.clip.duration_s, windows="\n".join(lines))
+        return _Job(i, EngineRequest(prompt, text, None, self._schema(), self.config.sampling))
+
+    def _run(self, jobs: list[_Job]) -> None:
+        """Generate ``jobs``; regenerate rejected ones with changed sampling until they pass or run out."""
+        pending = jobs
+        for attempt in range(self.config.max_attempts):
+            if not pending:
+                return
+            requests = [self._resampled(job.request, attempt) for job in pending]
+            outputs = self.engine.generate(requests)
+            retry = []
+            for job, out in zip(pending, outputs, strict=True):
+                job.tokens += out.output_tokens
+                verdict = (
+                    judge(out.text, out.finish_reason, self.config.quality) if out.error is None else None
+                )
+                if verdict is not None and verdict.ok:
+                    job.result = verdict.caption
+                else:
+                    job.reasons.append(out.error or (verdict.reason if verdict else "") or "rejected")
+                    retry.append(job)
+            pending = retry
+
+    def _resampled(self, request: EngineRequest, attempt: int) -> EngineRequest:
+        if attempt == 0:
+            return request
+        base = request.sampling
+        sampling = base.model_copy(update={
+            "temperature": self.config.retry_temperature + 0.15 * (attempt - 1),
+            "seed": base.seed + 1000 * attempt,
+        })  # fmt: skip
+        return EngineRequest(request.prompt, request.text, request.frames, request.schema, sampling)
+
+    def _schema(self) -> dict[str, object] | None:
+        return json_schema() if self.config.guided else None
+
+    def _result(
+        self, decoded: DecodedClip, windows: list[_Job], fused: _Job | None, seconds: float
+    ) -> CaptionedClip | Failure:
+        final = fused if fused is not None else windows[0] if len(windows) == 1 else None
+        jobs = [*windows, *([fused] if fused else [])]
+        if final is None or final.result is None:
+            failed = [job for job in jobs if job.result is None]
+            what = (
+                "fusion"
+                if fused is not None and fused.result is None
+                else f"{len(failed)} of {len(windows)} windows"
+            )
+            reasons = "; ".join(dict.fromkeys(r for job in failed for r in job.reasons))
+            attempts = self.config.max_attempts
+            return Failure.of(
+                decoded.clip,
+                "caption",
+                f"{what} failed the quality gate after {attempts} attempts: {reasons}",
+            )
+        structured = final.result
+        caption = Caption(
+            caption=render_caption(structured),
+            short_caption=render_short(structured),
+            structured=structured.model_dump(mode="json"),
+            engine=self.engine.name,
+            model=self.engine.model_id,
+            prompt_id=self.config.prompt_id
+            if fused is None
+            else f"{self.config.prompt_id}+{self.config.fuse_prompt_id}",
+            schema_version=SCHEMA_VERSION,
+            attempts=max(len(job.reasons) + 1 for job in jobs),
+            windows=len(windows),
+            output_tokens=sum(job.tokens for job in jobs),
+            seconds=seconds,
+        )
+        return CaptionedClip(decoded=decoded, caption=caption)
+
+
+def _slice(frames: Frames, start: int, n: int) -> Frames:
+    return Frames(frames.frames_THWC[start : start + n], frames.fps, frames.timestamps_s[start : start + n])
