@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dataengine.caption.engines import CaptionEngine, build_engine
+from dataengine.caption.models import resolve_model
+from dataengine.records import DecodedClip, Source
+from dataengine.stages import DecodeStage, ProbeStage, SplitStage
+from dataengine.synth import synthesize
+from pipelines.local import run_chain
+from pipelines.recipes import demo
 from tests.media import GoodClip, make_broken_inputs, make_good_clips, make_scene_cut_clip
 
 
@@ -25,3 +39,75 @@ def broken_inputs(
 def scene_cut_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 s of testsrc, a hard cut, then 4 s of SMPTE bars."""
     return make_scene_cut_clip(tmp_path_factory.mktemp("cut") / "cut.mp4")
+
+
+# --- captioning: decoded clips, one in-process vLLM engine and one vLLM server per session ----------------
+
+
+@pytest.fixture(scope="session")
+def caption_clips(tmp_path_factory: pytest.TempPathFactory) -> list[DecodedClip]:
+    """Decoded clips of three synthetic videos, as the demo recipe decodes them (8 frames at 112 px)."""
+    recipe = demo()
+    videos = synthesize(tmp_path_factory.mktemp("caption_videos"), 3, seed=5, max_shots=1)
+    sources = [Source.from_uri(v) for v in videos]
+    stages = [ProbeStage(recipe.probe), SplitStage(recipe.split), DecodeStage(recipe.decode)]
+    clips = [r for r in run_chain(stages, sources) if isinstance(r, DecodedClip)]
+    assert len(clips) >= 3
+    return clips
+
+
+@pytest.fixture(scope="session")
+def vllm_engine() -> Iterator[CaptionEngine]:
+    """The demo recipe's in-process vLLM engine (tiny built-in Qwen2.5-VL), set up once per session."""
+    engine = build_engine(demo().caption.engine)
+    engine.setup()
+    yield engine
+    engine.teardown()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server for the tiny VLM on 127.0.0.1; yields its base URL."""
+    model = resolve_model(demo().caption.engine.model)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+        "--served-model-name", SERVED_MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--max-model-len", "4096", "--enforce-eager", "--limit-mm-per-prompt", '{"video": 1, "image": 0}',
+        "--media-io-kwargs", '{"video": {"num_frames": -1}}',
+        "--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}',
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, timeout_s=180)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+SERVED_MODEL = "tiny-vlm"
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"vLLM server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")

@@ -62,15 +62,20 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
     output_type = CaptionedClip
     config: CaptionConfig
 
-    def __init__(self, config: CaptionConfig) -> None:
+    def __init__(self, config: CaptionConfig, engine: CaptionEngine | None = None) -> None:
+        """``engine``: an engine that is already set up, to share (a server, a test session); the stage then
+        neither sets it up nor tears it down. Without it the stage builds one from ``config.engine``."""
         super().__init__(config)
-        self.engine: CaptionEngine = build_engine(config.engine)
+        self._owns_engine = engine is None
+        self.engine: CaptionEngine = engine if engine is not None else build_engine(config.engine)
 
     def setup(self) -> None:
-        self.engine.setup()
+        if self._owns_engine:
+            self.engine.setup()
 
     def teardown(self) -> None:
-        self.engine.teardown()
+        if self._owns_engine:
+            self.engine.teardown()
 
     def process_batch(self, batch: Sequence[DecodedClip]) -> list[CaptionedClip | Failure]:
         started = time.perf_counter()

@@ -13,19 +13,14 @@ import json
 import random
 import socket
 import subprocess
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from PIL import Image
 
 from dataengine.caption.engines.base import EngineRequest, SamplingConfig
@@ -33,98 +28,15 @@ from dataengine.caption.engines.openai_engine import OpenAIEngine, OpenAIEngineC
 from dataengine.caption.prompts import DENSE, FUSE
 from dataengine.caption.schema import json_schema
 from dataengine.records import Frames
+from tests.fake_openai import MODEL, FakeServer, Plan, Reply, ServerState, serve
 
-MODEL = "tiny-vlm"
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    delay_s: float = 0.0
-
-
-Plan = Callable[[str, int], Reply]  # (request key, 1-based attempt) -> what to answer
 MakeEngine = Callable[..., OpenAIEngine]  # keyword overrides of the test config -> an engine after setup()
-
-
-@dataclass
-class ServerState:
-    """What a test told the server and what it saw; fresh per test (stale handlers keep their own)."""
-
-    plan: Plan = lambda key, attempt: Reply()
-    bodies: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    attempts: Counter[str] = field(default_factory=Counter)
-    in_flight: int = 0
-    max_in_flight: int = 0
-
-
-class FakeServer:
-    def __init__(self) -> None:
-        self.state = ServerState()
-        self.app = FastAPI()
-        self.app.post("/v1/chat/completions")(self._complete)
-
-    async def _complete(self, request: Request) -> JSONResponse:
-        state = self.state
-        body = await request.json()
-        key = body["messages"][-1]["content"][-1]["text"]
-        state.bodies.append(body)
-        state.headers.append(dict(request.headers))
-        state.attempts[key] += 1
-        reply = state.plan(key, state.attempts[key])
-        state.in_flight += 1
-        state.max_in_flight = max(state.max_in_flight, state.in_flight)
-        try:
-            await _sleep_unless_disconnected(request, reply.delay_s)
-        finally:
-            state.in_flight -= 1
-        if reply.status != 200:
-            message = f"fake failure {reply.status} for {key}"
-            error = {"message": message, "type": "fake", "code": reply.status}
-            return JSONResponse({"error": error}, status_code=reply.status)
-        return JSONResponse(_completion(key))
-
-
-async def _sleep_unless_disconnected(request: Request, delay_s: float) -> None:
-    """Stall like a slow server, but stop once the client has given up (so shutdown need not wait)."""
-    deadline = time.monotonic() + delay_s
-    while (left := deadline - time.monotonic()) > 0 and not await request.is_disconnected():
-        await asyncio.sleep(min(left, 0.05))
-
-
-def _completion(key: str) -> dict[str, Any]:
-    message = {"role": "assistant", "content": json.dumps({"summary": key})}
-    return {
-        "id": f"cmpl-{key}",
-        "object": "chat.completion",
-        "created": 0,
-        "model": MODEL,
-        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
-    }
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[FakeServer, str]]:
-    fake = FakeServer()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        fake.app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1, access_log=False
-    )
-    runner = uvicorn.Server(config)
-    thread = threading.Thread(target=runner.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not runner.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "fake server did not start"
-        time.sleep(0.01)
-    yield fake, f"http://127.0.0.1:{port}/v1"
-    runner.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve() as running:
+        yield running
 
 
 @pytest.fixture

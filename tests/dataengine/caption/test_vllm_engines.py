@@ -1,0 +1,103 @@
+"""The caption stage on the real vLLM engine (CPU build) with the tiny built-in VLM: in process, through a
+real vLLM OpenAI-compatible server, and token parity with transformers. Its captions are nonsense words;
+what is tested is that everything around them is real and every output goes through the quality gate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dataengine.caption.engines import (
+    CaptionEngine,
+    OpenAIEngineConfig,
+    TransformersEngineConfig,
+    build_engine,
+)
+from dataengine.caption.engines.base import EngineRequest, SamplingConfig
+from dataengine.caption.prompts import DENSE
+from dataengine.caption.schema import StructuredCaption, render_caption
+from dataengine.records import CaptionedClip, DecodedClip, Failure
+from dataengine.stages.caption import CaptionStage
+from pipelines.recipes import demo
+from tests.conftest import SERVED_MODEL
+
+pytestmark = pytest.mark.slow
+
+
+def check_results(results: list[CaptionedClip | Failure], engine: str, model: str) -> None:
+    assert any(isinstance(r, CaptionedClip) for r in results), [getattr(r, "reason", "") for r in results]
+    for result in results:
+        if isinstance(result, Failure):
+            assert result.stage == "caption" and "quality gate" in result.reason
+            continue
+        caption = result.caption
+        assert (caption.engine, caption.model) == (engine, model)
+        assert caption.prompt_id.startswith("dense-v1") and caption.schema_version == "1"
+        assert caption.caption == render_caption(StructuredCaption.model_validate(caption.structured))
+        assert 1 <= caption.attempts <= 3 and caption.output_tokens > 0
+
+
+def test_a_batch_through_the_in_process_engine(
+    vllm_engine: CaptionEngine, caption_clips: list[DecodedClip]
+) -> None:
+    stage = CaptionStage(demo().caption, engine=vllm_engine)
+    results = stage.process_batch(caption_clips)
+    assert [r.clip_id for r in results] == [c.clip_id for c in caption_clips]
+    check_results(results, "vllm", "builtin:tiny-qwen2_5_vl")
+
+
+def test_windows_and_fusion_on_the_in_process_engine(
+    vllm_engine: CaptionEngine, caption_clips: list[DecodedClip]
+) -> None:
+    config = demo().caption.model_copy(update={"window_frames": 4})
+    (result,) = CaptionStage(config, engine=vllm_engine).process_batch(caption_clips[:1])
+    if isinstance(result, CaptionedClip):
+        assert result.caption.windows == 2 and result.caption.prompt_id == "dense-v1+fuse-v1"
+    else:
+        assert "quality gate" in result.reason
+
+
+def test_the_openai_engine_against_a_real_vllm_server(
+    vllm_server: str, caption_clips: list[DecodedClip]
+) -> None:
+    engine = OpenAIEngineConfig(model=SERVED_MODEL, base_url=vllm_server, timeout_s=60)
+    stage = CaptionStage(demo().caption.model_copy(update={"engine": engine}))
+    with stage:
+        results = stage.process_batch(caption_clips)
+    check_results(results, "openai", SERVED_MODEL)
+
+
+def test_transformers_and_vllm_give_the_same_tokens(
+    vllm_engine: CaptionEngine, caption_clips: list[DecodedClip]
+) -> None:
+    frames = caption_clips[0].views["caption"]
+    text = DENSE.render(duration_s=2.0, n_frames=len(frames.frames_THWC), fps=frames.fps)
+    request = EngineRequest(DENSE, text, frames, None, SamplingConfig(temperature=0.0, max_tokens=24))
+    hf = build_engine(TransformersEngineConfig(model=demo().caption.engine.model, dtype="float32"))
+    hf.setup()
+    try:
+        (ours,) = hf.generate([request])
+    finally:
+        hf.teardown()
+    (theirs,) = vllm_engine.generate([request])
+    assert len(ours.token_ids) == 24
+    assert ours.token_ids == theirs.token_ids
+
+
+def test_dataengine_caption_prints_the_caption_json(caption_clips: list[DecodedClip]) -> None:
+    video = caption_clips[0].clip.path
+    cli = str(Path(sys.executable).with_name("dataengine"))
+    done = subprocess.run([cli, "caption", video], capture_output=True, text=True, timeout=600, check=False)
+    document = json.loads(done.stdout)
+    for key in ("uri", "video_id", "clip_id", "engine", "model", "prompt_id", "timings"):
+        assert key in document, key
+    if done.returncode == 0:
+        for key in ("caption", "short_caption", "structured"):
+            assert key in document, key
+        assert document["engine"] == "vllm" and document["model"] == "builtin:tiny-qwen2_5_vl"
+    else:
+        assert done.returncode == 1 and document["error"]["stage"] == "caption"
