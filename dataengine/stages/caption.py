@@ -37,6 +37,7 @@ class CaptionConfig(StageConfig):
     view: str = Field("caption", description="which decoded view is captioned")
     prompt_id: str = "dense-v1"
     fuse_prompt_id: str = "fuse-v1"
+    enhance_prompt_id: str = "enhance-v1"
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     guided: bool = Field(True, description="constrain output to the caption JSON schema")
     window_frames: int = Field(16, ge=2, description="longer views are captioned in windows, then fused")
@@ -88,6 +89,24 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         self._run(list(fused.values()))
         seconds = (time.perf_counter() - started) / max(1, len(batch))
         return [self._result(d, windows[i], fused.get(i), seconds) for i, d in enumerate(batch)]
+
+    def enhance(self, short_captions: Sequence[str]) -> list[StructuredCaption | str]:
+        """Rewrite short captions (titles, alt text) as structured captions with a text-only pass.
+
+        Returns, per input, the structured caption or the reasons it failed the quality gate.
+        """
+        prompt = get_prompt(self.config.enhance_prompt_id)
+        jobs = [
+            _Job(
+                i,
+                EngineRequest(
+                    prompt, prompt.render(caption=text), None, self._schema(), self.config.sampling
+                ),
+            )
+            for i, text in enumerate(short_captions)
+        ]
+        self._run(jobs)
+        return [job.result if job.result is not None else "; ".join(job.reasons) for job in jobs]
 
     def _window_jobs(self, i: int, decoded: DecodedClip) -> list[_Job]:
         frames = decoded.views[self.config.view]

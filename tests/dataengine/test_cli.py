@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DATAENGINE, *args], capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.parametrize("command", ["", "synth", "probe", "clips", "demo"])
+@pytest.mark.parametrize("command", ["", "synth", "probe", "clips", "caption", "demo"])
 def test_help_answers(command: str) -> None:
     done = run(*([command] if command else []), "--help")
     assert done.returncode == 0, done.stderr
@@ -55,3 +55,27 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "demo" / "clips" / "clips.jsonl").stat().st_size > 0
     assert "contact_sheet.jpg" in done.stderr
+
+
+def test_caption_rejects_unknown_recipes_and_keys(tmp_path: Path) -> None:
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")
+    unknown_recipe = run("caption", str(video), "--recipe", "nope")
+    assert unknown_recipe.returncode == 2 and "known recipes: demo" in unknown_recipe.stderr
+    unknown_key = run("caption", str(video), "--set", "caption.sampling.max_tokenz=5")
+    assert unknown_key.returncode == 2
+    assert (
+        "unknown key 'caption.sampling.max_tokenz'" in unknown_key.stderr
+        and "max_tokens" in unknown_key.stderr
+    )
+    bad_value = run("caption", str(video), "--set", "caption.sampling.max_tokens=-1")
+    assert bad_value.returncode == 2 and "greater than or equal to 1" in bad_value.stderr
+
+
+def test_caption_of_a_broken_file_says_where_and_why(tmp_path: Path) -> None:
+    video = tmp_path / "empty.mp4"
+    video.write_bytes(b"")
+    done = run("caption", str(video))
+    assert done.returncode == 1
+    document = json.loads(done.stdout)
+    assert document["error"] == {"stage": "probe", "reason": "empty file (0 bytes)"}

@@ -119,3 +119,17 @@ def test_under_faults_every_clip_ends_captioned_or_recorded(
     assert len(results) == len(batch)
     assert all(isinstance(r, CaptionedClip) or (isinstance(r, Failure) and r.reason) for r in results)
     assert time.monotonic() - started < 60
+
+
+def test_enhance_turns_short_captions_into_structured_ones(server: tuple[FakeServer, str]) -> None:
+    stage = make_stage(server)
+    server[0].state.plan = lambda key, attempt: Reply(
+        content=GOOD.model_dump_json() if "circle" in key else ""
+    )
+    try:
+        results = stage.enhance(["a red circle on blue", "nothing useful"])
+    finally:
+        stage.teardown()
+    assert results[0] == GOOD
+    assert isinstance(results[1], str) and "empty output" in results[1]
+    assert "a red circle on blue" in server[0].state.bodies[0]["messages"][-1]["content"][-1]["text"]
