@@ -1,0 +1,209 @@
+"""Caption stage vs vLLM's speed of light, measured side by side in one run on one engine instance.
+
+    .venv/bin/python bench/caption.py                  # 8 synthetic videos, best of 3
+    .venv/bin/python bench/caption.py --quick          # 2 videos, best of 2
+    .venv/bin/python bench/caption.py --n-videos 16 --repeat 5 --json
+
+Inputs are synthetic videos (``dataengine.synth``) probed, split and decoded as the ``demo`` recipe does
+(untimed). The demo engine (tiny built-in Qwen2.5-VL, in-process vLLM on CPU) is built and set up once; its
+setup time is printed apart. One warm-up ``process_batch`` runs first and records the requests the stage
+sends in its first engine call (every clip's first attempt: the demo view has at most ``window_frames``
+frames, so no windows and no fusion). Then, in alternating order, best of ``--repeat``:
+
+* ours: ``CaptionStage(config, engine).process_batch(clips)``, with everything it does: frame prep
+  (``even_frames``, metadata), chat-template rendering, schema, guided decoding, the quality gate and the
+  retries of rejected outputs, as they happen. Case ``demo`` is the recipe as is; case ``1 attempt`` sets
+  ``max_attempts=1``, so ours does exactly sol's work and the ratio shows the per-call overhead alone.
+* sol: the same ``vllm.LLM`` (``engine._llm``) given the first-attempt requests as prompt dicts
+  (``engine.prompt_input``) and ``SamplingParams`` (``VLLMEngine.sampling_params``) built once outside the
+  timer, in ONE ``llm.generate`` call: same frames, prompts, schema, sampling and max_tokens.
+
+The engine the stage sees is a pass-through that counts engine calls, requests (attempts) and the output
+tokens of every generation, accepted or not. Ours' rate is ALL those tokens / wall: a rejected generation
+cost the engine as much as an accepted one, so counting only accepted captions would charge the gate's
+verdict to our overhead, while dropping the retries' wall time would hide it. Retries are extra work sol
+does not do, in smaller, less efficient batches; ``attempts`` and ``calls`` show how much. Rates are output
+tokens/s; ratio = ours / sol, goal >= 0.9. Repeated identical inputs hit vLLM's caches equally on both sides.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dataengine.caption.engines import CaptionEngine, EngineOutput, EngineRequest, build_engine
+from dataengine.caption.engines.vllm_engine import VLLMEngine
+from dataengine.records import CaptionedClip, DecodedClip, Failure, Source
+from dataengine.stages import DecodeStage, ProbeStage, SplitStage
+from dataengine.stages.base import Stage
+from dataengine.stages.caption import CaptionConfig, CaptionStage
+from dataengine.synth import synthesize
+from pipelines.local import run_chain
+from pipelines.recipes import demo
+
+Row = dict[str, object]  # one case: counts, best rates, ratio, every run's wall and tokens
+CASES = {"demo": {}, "1 attempt": {"max_attempts": 1}}
+
+
+class _Counting(CaptionEngine):
+    """Passes every ``generate`` to a set-up engine; records each call's requests and its output tokens."""
+
+    name = "vllm"
+
+    def __init__(self, inner: CaptionEngine) -> None:
+        super().__init__(inner.config)
+        self.inner = inner
+        self.calls: list[list[EngineRequest]] = []
+        self.tokens = 0
+
+    def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
+        outputs = self.inner.generate(requests)
+        self.calls.append(list(requests))
+        self.tokens += sum(out.output_tokens for out in outputs)
+        return outputs
+
+
+def _decoded_clips(work: Path, n_videos: int) -> list[DecodedClip]:
+    recipe = demo()
+    videos = synthesize(work, n_videos, seed=5, max_shots=1)
+    stages: list[Stage[Any, Any]] = [ProbeStage(recipe.probe), SplitStage(recipe.split)]
+    stages.append(DecodeStage(recipe.decode))
+    results = list(run_chain(stages, [Source.from_uri(v) for v in videos]))
+    clips = [r for r in results if isinstance(r, DecodedClip)]
+    if not clips:
+        sys.exit(f"bench: no decoded clips from {n_videos} videos: {results}")
+    return clips
+
+
+def _ours(stage: CaptionStage, counter: _Counting, clips: list[DecodedClip]) -> dict[str, Any]:
+    counter.calls.clear()
+    counter.tokens = 0
+    start = time.perf_counter()
+    results = stage.process_batch(clips)
+    wall = time.perf_counter() - start
+    ok = [r.caption for r in results if isinstance(r, CaptionedClip)]
+    if sum(c.output_tokens for c in ok) > counter.tokens:
+        sys.exit("bench: captions report more tokens than the engine generated")
+    attempts = sum(len(call) for call in counter.calls)
+    failed = sum(isinstance(r, Failure) for r in results)
+    return {"wall": wall, "tokens": counter.tokens, "calls": len(counter.calls), "attempts": attempts,
+            "failed": failed, "accepted_tokens": sum(c.output_tokens for c in ok)}  # fmt: skip
+
+
+def _sol(llm: Any, prompts: list[dict[str, Any]], params: list[Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    results = llm.generate(prompts, params, use_tqdm=False)
+    wall = time.perf_counter() - start
+    return {"wall": wall, "tokens": sum(len(r.outputs[0].token_ids) for r in results)}
+
+
+def _bench(engine: VLLMEngine, config: CaptionConfig, clips: list[DecodedClip], repeat: int) -> list[Row]:
+    """Best-of-``repeat`` rates of every case and of sol, alternating which goes first."""
+    counter = _Counting(engine)
+    stages = {case: CaptionStage(config.model_copy(update=u), engine=counter) for case, u in CASES.items()}
+    stages["demo"].process_batch(clips)  # warm-up; its first engine call holds every first attempt
+    first = counter.calls[0]
+    if len(first) != len(clips):
+        sys.exit(f"bench: first engine call has {len(first)} requests for {len(clips)} clips (windows?)")
+    prompts = [engine.prompt_input(r) for r in first]
+    params = [VLLMEngine.sampling_params(r) for r in first]
+    _sol(engine._llm, prompts, params)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in [*CASES, "sol"]}
+    for r in range(repeat):
+        for side in [*CASES, "sol"] if r % 2 == 0 else ["sol", *reversed(CASES)]:
+            if side == "sol":
+                runs[side].append(_sol(engine._llm, prompts, params))
+            else:
+                runs[side].append(_ours(stages[side], counter, clips))
+    sol_rates = [run["tokens"] / run["wall"] for run in runs["sol"]]
+    rows = []
+    for case in CASES:
+        rates = [run["tokens"] / run["wall"] for run in runs[case]]
+        best = runs[case][rates.index(max(rates))]
+        spread = max(max(rates) / statistics.median(rates), max(sol_rates) / statistics.median(sol_rates)) - 1
+        rows.append({
+            "case": case, "clips": len(clips), "ours_tok_s": max(rates), "sol_tok_s": max(sol_rates),
+            "ratio": max(rates) / max(sol_rates), "ours_clips_s": len(clips) / best["wall"],
+            "sol_clips_s": len(clips) / min(run["wall"] for run in runs["sol"]),
+            "calls": best["calls"], "attempts": best["attempts"], "failed": best["failed"],
+            "ours_tokens": best["tokens"], "accepted_tokens": best["accepted_tokens"],
+            "sol_tokens": runs["sol"][0]["tokens"], "spread": spread, "ours_runs": runs[case],
+            "sol_runs": runs["sol"],
+        })  # fmt: skip
+    return rows
+
+
+def _table(rows: list[Row], setup_s: float, repeat: int) -> Table:
+    title = f"caption stage vs llm.generate (demo engine, setup {setup_s:.1f} s, not in any rate)"
+    caption = (
+        f"best of {repeat}. tok/s: output tokens/s, ours counting every generation incl. retries and "
+        "rejected ones; sol: one llm.generate of the first attempts. attempts: requests over calls engine "
+        "calls; spread: worst side's best/median - 1 (noise). Goal: ratio >= 0.9"
+    )
+    table = Table(title=title, caption=caption)
+    cols = ["case", "clips", "ours tok/s", "sol tok/s", "ratio", "ours clip/s", "attempts", "failed"]
+    for col in [*cols, "spread"]:
+        table.add_column(col, justify="left" if col == "case" else "right", no_wrap=col == "case")
+    for row in rows:
+        table.add_row(
+            str(row["case"]),
+            str(row["clips"]),
+            f"{row['ours_tok_s']:,.0f}",
+            f"{row['sol_tok_s']:,.0f}",
+            _ratio(row["ratio"]),
+            f"{row['ours_clips_s']:.2f}",
+            f"{row['attempts']} / {row['calls']}",
+            str(row["failed"]),
+            f"{row['spread']:.0%}",
+        )
+    return table
+
+
+def _ratio(value: object) -> str:
+    assert isinstance(value, float)
+    return f"[{'green' if value >= 0.9 else 'red'}]{value:.2f}[/]"
+
+
+def main(argv: list[str] | None = None) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--n-videos", type=int, default=8, help="synthetic videos to caption")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per side; the best is reported")
+    parser.add_argument("--quick", action="store_true", help="2 videos, best of 2")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line holding every number")
+    args = parser.parse_args(argv)
+    n_videos, repeat = (2, min(args.repeat, 2)) if args.quick else (args.n_videos, args.repeat)
+    if n_videos < 1 or repeat < 1:
+        parser.error("--n-videos and --repeat must be >= 1")
+    console = Console(width=120)
+    config = demo().caption
+    with tempfile.TemporaryDirectory(prefix="bench-caption-") as tmp:
+        clips = _decoded_clips(Path(tmp), n_videos)
+    engine = build_engine(config.engine)
+    assert isinstance(engine, VLLMEngine)
+    start = time.perf_counter()
+    engine.setup()
+    setup_s = time.perf_counter() - start
+    rows = _bench(engine, config, clips, repeat)
+    console.print(_table(rows, setup_s, repeat))
+    if args.json:
+        print(json.dumps({"n_videos": n_videos, "repeat": repeat, "setup_s": setup_s, "cases": rows}))
+    engine.teardown()
+
+
+if __name__ == "__main__":
+    main()
