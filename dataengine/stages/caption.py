@@ -10,15 +10,17 @@ through the same engine, which goes through the same gate.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 from pydantic import Field
 
 from dataengine.caption.engines import CaptionEngine, EngineConfig, build_engine
 from dataengine.caption.engines.base import EngineRequest, SamplingConfig
-from dataengine.caption.prompts import get_prompt
+from dataengine.caption.prompts import Prompt, get_prompt
 from dataengine.caption.quality import QualityConfig, judge
 from dataengine.caption.schema import (
     SCHEMA_VERSION,
@@ -96,33 +98,21 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         Returns, per input, the structured caption or the reasons it failed the quality gate.
         """
         prompt = get_prompt(self.config.enhance_prompt_id)
-        jobs = [
-            _Job(
-                i,
-                EngineRequest(
-                    prompt, prompt.render(caption=text), None, self._schema(), self.config.sampling
-                ),
-            )
-            for i, text in enumerate(short_captions)
-        ]
+        jobs = [self._job(i, prompt, prompt.render(caption=text)) for i, text in enumerate(short_captions)]
         self._run(jobs)
         return [job.result if job.result is not None else "; ".join(job.reasons) for job in jobs]
 
     def _window_jobs(self, i: int, decoded: DecodedClip) -> list[_Job]:
-        frames = decoded.views[self.config.view]
-        n = self.config.window_frames
-        parts = (
-            [frames]
-            if len(frames.frames_THWC) <= n
-            else [_slice(frames, s, n) for s in range(0, len(frames.frames_THWC), n)]
-        )
         prompt = get_prompt(self.config.prompt_id)
         jobs = []
-        for part in parts:
+        for part in _windows(decoded.views[self.config.view], self.config.window_frames):
             t = len(part.frames_THWC)
             text = prompt.render(duration_s=t / part.fps, n_frames=t, fps=part.fps)
-            jobs.append(_Job(i, EngineRequest(prompt, text, part, self._schema(), self.config.sampling)))
+            jobs.append(self._job(i, prompt, text, part))
         return jobs
+
+    def _job(self, i: int, prompt: Prompt, text: str, frames: Frames | None = None) -> _Job:
+        return _Job(i, EngineRequest(prompt, text, frames, self._schema(), self.config.sampling))
 
     def _fuse_job(self, i: int, decoded: DecodedClip, jobs: list[_Job]) -> _Job:
         prompt = get_prompt(self.config.fuse_prompt_id)
@@ -133,7 +123,7 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             offset = job.request.frames.timestamps_s[0] - start
             lines.append(f"[{offset:.1f} s] {job.result.model_dump_json()}")
         text = prompt.render(duration_s=decoded.clip.duration_s, windows="\n".join(lines))
-        return _Job(i, EngineRequest(prompt, text, None, self._schema(), self.config.sampling))
+        return self._job(i, prompt, text)
 
     def _run(self, jobs: list[_Job]) -> None:
         """Generate ``jobs``; regenerate rejected ones with changed sampling until they pass or run out."""
@@ -172,32 +162,26 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
     def _result(
         self, decoded: DecodedClip, windows: list[_Job], fused: _Job | None, seconds: float
     ) -> CaptionedClip | Failure:
-        final = fused if fused is not None else windows[0] if len(windows) == 1 else None
         jobs = [*windows, *([fused] if fused else [])]
+        final = fused if len(windows) > 1 else windows[0]
         if final is None or final.result is None:
             failed = [job for job in jobs if job.result is None]
-            what = (
-                "fusion"
-                if fused is not None and fused.result is None
-                else f"{len(failed)} of {len(windows)} windows"
-            )
+            what = "fusion" if fused is not None else f"{len(failed)} of {len(windows)} windows"
             reasons = "; ".join(dict.fromkeys(r for job in failed for r in job.reasons))
-            attempts = self.config.max_attempts
-            return Failure.of(
-                decoded.clip,
-                "caption",
-                f"{what} failed the quality gate after {attempts} attempts: {reasons}",
-            )
-        structured = final.result
+            reason = f"{what} failed the quality gate after {self.config.max_attempts} attempts: {reasons}"
+            return Failure.of(decoded.clip, "caption", reason)
+        prompt_id = (
+            self.config.prompt_id
+            if fused is None
+            else f"{self.config.prompt_id}+{self.config.fuse_prompt_id}"
+        )
         caption = Caption(
-            caption=render_caption(structured),
-            short_caption=render_short(structured),
-            structured=structured.model_dump(mode="json"),
+            caption=render_caption(final.result),
+            short_caption=render_short(final.result),
+            structured=final.result.model_dump(mode="json"),
             engine=self.engine.name,
             model=self.engine.model_id,
-            prompt_id=self.config.prompt_id
-            if fused is None
-            else f"{self.config.prompt_id}+{self.config.fuse_prompt_id}",
+            prompt_id=prompt_id,
             schema_version=SCHEMA_VERSION,
             attempts=max(len(job.reasons) + 1 for job in jobs),
             windows=len(windows),
@@ -207,5 +191,12 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         return CaptionedClip(decoded=decoded, caption=caption)
 
 
-def _slice(frames: Frames, start: int, n: int) -> Frames:
-    return Frames(frames.frames_THWC[start : start + n], frames.fps, frames.timestamps_s[start : start + n])
+def _windows(frames: Frames, size: int) -> list[Frames]:
+    """``frames`` cut into the fewest windows of at most ``size`` frames, as equal in length as possible."""
+    t = len(frames.frames_THWC)
+    n = -(-t // size)
+    bounds = np.linspace(0, t, n + 1).round().astype(int)
+    return [
+        Frames(frames.frames_THWC[a:b], frames.fps, frames.timestamps_s[a:b])
+        for a, b in itertools.pairwise(bounds)
+    ]
