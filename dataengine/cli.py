@@ -24,7 +24,8 @@ from dataengine.config import ConfigError
 from dataengine.inputs import InputsConfig, iter_sources
 from dataengine.media import require_ffmpeg
 from dataengine.records import Failure, Video
-from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig, ViewConfig
+from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig
+from dataengine.stages.caption import CaptionConfig
 from pipelines.captioning import caption_video, with_engine
 from pipelines.clips import ClipsReport, extract_clips
 from pipelines.recipes import apply_overrides, get_recipe
@@ -148,24 +149,26 @@ def demo(
     out: Annotated[Path, typer.Option(help="where the demo writes everything")] = Path("out/demo"),
     n: Annotated[int, typer.Option(min=1, help="synthetic videos to make")] = 6,
 ) -> None:
-    """Run the embedded default end to end on synthetic videos (no GPU, no model hub needed)."""
+    """Run the embedded default end to end on synthetic videos (no GPU, no model hub needed): synthesise,
+    probe, split, decode and caption with the demo recipe (in-process vLLM on the tiny built-in VLM)."""
     require_ffmpeg()
+    recipe = get_recipe("demo")
     videos = out / "videos"
     console.rule("[bold]1/2 synthesise videos with ground truth")
     synth_lib.synthesize(videos, n, seed=0, max_shots=3)
     console.print(f"{n} videos in {videos}")
-    console.rule("[bold]2/2 probe -> split -> decode")
-    views = {
-        "caption": ViewConfig(fps=2, max_frames=16, resize="short_side", size=224),
-        "latents": ViewConfig(fps=8, max_frames=33, resize="crop", width=64, height=64),
-    }
-    report = _extract(
-        [str(videos)], out / "clips", SplitConfig(window_s=2.0, max_clip_s=4.0), DecodeConfig(views=views)
-    )
+    console.rule("[bold]2/2 probe -> split -> decode -> caption (recipe: demo)")
+    report = _extract([str(videos)], out / "clips", recipe.split, recipe.decode, recipe.caption)
     _report(report)
 
 
-def _extract(inputs: list[str], out: Path, split_cfg: SplitConfig, decode_cfg: DecodeConfig) -> ClipsReport:
+def _extract(
+    inputs: list[str],
+    out: Path,
+    split_cfg: SplitConfig,
+    decode_cfg: DecodeConfig,
+    caption_cfg: CaptionConfig | None = None,
+) -> ClipsReport:
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -180,6 +183,7 @@ def _extract(inputs: list[str], out: Path, split_cfg: SplitConfig, decode_cfg: D
             out,
             split=split_cfg,
             decode=decode_cfg,
+            caption=caption_cfg,
             on_result=lambda r: progress.advance(task, 0 if isinstance(r, Failure) else 1),
         )
 
@@ -188,6 +192,8 @@ def _report(report: ClipsReport) -> None:
     table = Table("what", "count", title="summary")
     table.add_row("videos with clips", str(len(report.videos)))
     table.add_row("clips decoded", str(report.clips))
+    if report.captioned:
+        table.add_row("clips captioned", str(report.captioned))
     for view, frames in report.frames.items():
         table.add_row(f"frames ({view} view)", str(frames))
     for (stage, kind), count in sorted(report.failures.items()):
@@ -202,9 +208,9 @@ def _report(report: ClipsReport) -> None:
 
 def main() -> None:
     """Console entry point: configuration mistakes end with a one-paragraph message and exit code 2."""
-    # Results go to stdout (e.g. caption JSON); vLLM's logs go to stderr, warnings and worse only.
+    # Results go to stdout (e.g. caption JSON); vLLM's logs go to stderr, errors only (VLLM_LOGGING_LEVEL).
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         app()
     except (ValidationError, ConfigError) as exc:

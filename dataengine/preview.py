@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,11 +12,17 @@ from dataengine.records import DecodedClip
 
 
 def contact_sheet(
-    clips: Sequence[DecodedClip], view: str, path: Path, frames_per_clip: int = 6, tile_h: int = 96
+    clips: Sequence[DecodedClip],
+    view: str,
+    path: Path,
+    captions: Sequence[str] | None = None,
+    frames_per_clip: int = 6,
+    tile_h: int = 96,
 ) -> Path:
     """Write a JPEG grid: one row per clip, ``frames_per_clip`` evenly spaced frames of ``view`` per row.
 
-    Each row is labelled with the clip's source name and time span. Returns ``path``.
+    Each row is labelled with the clip's source name, time span, id and, when given, its caption (the start
+    of it, wrapped). Returns ``path``.
     """
     label_w, pad = 220, 4
     rows = [_row(c, view, frames_per_clip, tile_h) for c in clips]
@@ -26,11 +33,10 @@ def contact_sheet(
         y = i * (tile_h + pad)
         sheet.paste(row, (label_w, y))
         name = Path(clip.clip.uri).name
-        draw.text(
-            (6, y + 6),
-            f"{name[:30]}\n{clip.clip.start_s:.2f}-{clip.clip.end_s:.2f} s\n{clip.clip.clip_id[:12]}",
-            fill=(230, 230, 230),
-        )
+        label = f"{name[:30]}\n{clip.clip.start_s:.2f}-{clip.clip.end_s:.2f} s\n{clip.clip.clip_id[:12]}"
+        if captions is not None:
+            label += "\n" + "\n".join(textwrap.wrap(captions[i], 34)[:3])
+        draw.text((6, y + 6), label, fill=(230, 230, 230))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, quality=88)
     return path

@@ -1,8 +1,9 @@
-"""Inputs -> probe -> split -> decode in this process, writing what came out where people can look at it.
+"""Inputs -> probe -> split -> decode (-> caption) in this process, writing what came out where people can
+look at it.
 
-DIR/clips.jsonl       one Clip record per decoded clip, with the shape of every decoded view
+DIR/clips.jsonl       one record per clip: the Clip, the shape of every decoded view, and its caption if any
 DIR/failures.jsonl    one Failure record per input, video or span that did not make it (stage + reason)
-DIR/contact_sheet.jpg frames of the first clips' first view
+DIR/contact_sheet.jpg frames of the first clips' first view, with their captions
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from dataengine.inputs import InputsConfig, iter_sources
 from dataengine.preview import contact_sheet
-from dataengine.records import DecodedClip, Failure
+from dataengine.records import CaptionedClip, DecodedClip, Failure
 from dataengine.stages import (
     DecodeConfig,
     DecodeStage,
@@ -26,6 +27,7 @@ from dataengine.stages import (
     SplitStage,
     Stage,
 )
+from dataengine.stages.caption import CaptionConfig, CaptionStage
 from pipelines.local import run_chain
 
 _SHEET_ROWS = 32
@@ -38,6 +40,14 @@ class ClipsReport:
     frames: Counter[str] = field(default_factory=Counter)
     failures: Counter[tuple[str, str]] = field(default_factory=Counter)
     videos: set[str] = field(default_factory=set)
+    captioned: int = 0
+
+    def count(self, decoded: DecodedClip, captioned: bool) -> None:
+        self.clips += 1
+        self.captioned += captioned
+        self.videos.add(decoded.clip.video_id)
+        for name, view in decoded.views.items():
+            self.frames[name] += view.shape[0]
 
     @property
     def files(self) -> dict[str, Path]:
@@ -51,33 +61,48 @@ def extract_clips(
     split: SplitConfig | None = None,
     decode: DecodeConfig | None = None,
     inputs: InputsConfig | None = None,
-    on_result: Callable[[DecodedClip | Failure], None] | None = None,
+    caption: CaptionConfig | None = None,
+    on_result: Callable[[DecodedClip | CaptionedClip | Failure], None] | None = None,
 ) -> ClipsReport:
-    """Run the clip stages over ``specs`` and write the files listed in the module docstring."""
+    """Run the clip stages (and the caption stage, given its config) over ``specs``; write the files listed
+    in the module docstring."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ClipsReport(out_dir)
     stages: list[Stage[Any, Any]] = [ProbeStage(probe), SplitStage(split), DecodeStage(decode)]
-    decoded: list[DecodedClip] = []
+    if caption is not None:
+        stages.append(CaptionStage(caption))
+    sheet: list[tuple[DecodedClip, str]] = []
     sources = iter_sources(specs, inputs or InputsConfig())
     with report.files["clips.jsonl"].open("w") as clips_f, report.files["failures.jsonl"].open("w") as fail_f:
-        for result in run_chain(stages, sources):
+        for result in run_chain(stages, sources, batch_size=8):
             if isinstance(result, Failure):
                 fail_f.write(result.model_dump_json() + "\n")
                 report.failures[(result.stage, result.kind)] += 1
             else:
-                shapes = {name: list(v.shape) for name, v in result.views.items()}
-                clips_f.write(json.dumps({**result.clip.model_dump(mode="json"), "views": shapes}) + "\n")
-                report.clips += 1
-                report.videos.add(result.clip.video_id)
-                for name, view in result.views.items():
-                    report.frames[name] += view.shape[0]
-                if len(decoded) < _SHEET_ROWS:
-                    decoded.append(_thumbnail(result))
+                decoded = result.decoded if isinstance(result, CaptionedClip) else result
+                text = result.caption.caption if isinstance(result, CaptionedClip) else ""
+                clips_f.write(json.dumps(_record(result)) + "\n")
+                report.count(decoded, captioned=isinstance(result, CaptionedClip))
+                if len(sheet) < _SHEET_ROWS:
+                    sheet.append((_thumbnail(decoded), text))
             if on_result is not None:
                 on_result(result)
-    if decoded:
-        contact_sheet(decoded, next(iter(decoded[0].views)), report.files["contact_sheet.jpg"])
+    if sheet:
+        clips = [clip for clip, _ in sheet]
+        captions = [text for _, text in sheet] if caption is not None else None
+        contact_sheet(clips, next(iter(clips[0].views)), report.files["contact_sheet.jpg"], captions)
     return report
+
+
+def _record(result: DecodedClip | CaptionedClip) -> dict[str, Any]:
+    decoded = result.decoded if isinstance(result, CaptionedClip) else result
+    record = {
+        **decoded.clip.model_dump(mode="json"),
+        "views": {n: list(v.shape) for n, v in decoded.views.items()},
+    }
+    if isinstance(result, CaptionedClip):
+        record["caption"] = result.caption.model_dump(mode="json")
+    return record
 
 
 def _thumbnail(clip: DecodedClip, n: int = 6) -> DecodedClip:

@@ -24,6 +24,7 @@ _REFUSAL = re.compile(
 )
 _WORD = re.compile(r"[\w']+")
 # JSON escapes let a model emit control characters (unpaired surrogates already fail JSON parsing).
+_CHAR_RUN = re.compile(r"(\S)\1{11,}")
 _INVALID_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -50,8 +51,11 @@ class Verdict:
         return self.caption is not None
 
 
-def judge(text: str, finish_reason: str | None, config: QualityConfig) -> Verdict:
-    """Judge one engine output (the raw text and why generation stopped)."""
+def judge(
+    text: str, finish_reason: str | None, config: QualityConfig, duration_s: float | None = None
+) -> Verdict:
+    """Judge one engine output (the raw text and why generation stopped); with ``duration_s``, event times
+    must lie within the clip (with a one-second margin)."""
     if not text.strip():
         return Verdict(reason="empty output")
     if finish_reason == "length":
@@ -68,6 +72,19 @@ def judge(text: str, finish_reason: str | None, config: QualityConfig) -> Verdic
     bad = next((s for s in strings if _INVALID_CHAR.search(s)), None)
     if bad is not None:
         return Verdict(reason=f"invalid characters (control codes) in {bad[:40]!r}")
+    if duration_s is not None:
+        late = [
+            e for e in caption.events if max(e.start_s, e.end_s) > duration_s + 1.0 or e.end_s < e.start_s
+        ]
+        if late:
+            e = late[0]
+            return Verdict(
+                reason=f"event at {e.start_s:g}-{e.end_s:g} s lies outside the {duration_s:.1f} s clip"
+            )
+    if match := _CHAR_RUN.search(" ".join(strings)):
+        return Verdict(
+            reason=f"repetitive: {match.group(0)[:12]!r}... (one character {len(match.group(0))} times)"
+        )
     words = _words(render_caption(caption))
     if len(words) < config.min_words:
         return Verdict(reason=f"empty caption: {len(words)} words")

@@ -54,6 +54,7 @@ class _Job:
 
     clip: int
     request: EngineRequest
+    duration_s: float | None  # the span the caption covers, to check event times against
     reasons: list[str] = field(default_factory=list)
     result: StructuredCaption | None = None
     tokens: int = 0
@@ -108,11 +109,14 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         for part in _windows(decoded.views[self.config.view], self.config.window_frames):
             t = len(part.frames_THWC)
             text = prompt.render(duration_s=t / part.fps, n_frames=t, fps=part.fps)
-            jobs.append(self._job(i, prompt, text, part))
+            jobs.append(self._job(i, prompt, text, t / part.fps, part))
         return jobs
 
-    def _job(self, i: int, prompt: Prompt, text: str, frames: Frames | None = None) -> _Job:
-        return _Job(i, EngineRequest(prompt, text, frames, self._schema(), self.config.sampling))
+    def _job(
+        self, i: int, prompt: Prompt, text: str, duration_s: float | None = None, frames: Frames | None = None
+    ) -> _Job:
+        request = EngineRequest(prompt, text, frames, self._schema(), self.config.sampling)
+        return _Job(i, request, duration_s)
 
     def _fuse_job(self, i: int, decoded: DecodedClip, jobs: list[_Job]) -> _Job:
         prompt = get_prompt(self.config.fuse_prompt_id)
@@ -123,7 +127,7 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             offset = job.request.frames.timestamps_s[0] - start
             lines.append(f"[{offset:.1f} s] {job.result.model_dump_json()}")
         text = prompt.render(duration_s=decoded.clip.duration_s, windows="\n".join(lines))
-        return self._job(i, prompt, text)
+        return self._job(i, prompt, text, decoded.clip.duration_s)
 
     def _run(self, jobs: list[_Job]) -> None:
         """Generate ``jobs``; regenerate rejected ones with changed sampling until they pass or run out."""
@@ -137,7 +141,9 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             for job, out in zip(pending, outputs, strict=True):
                 job.tokens += out.output_tokens
                 verdict = (
-                    judge(out.text, out.finish_reason, self.config.quality) if out.error is None else None
+                    judge(out.text, out.finish_reason, self.config.quality, job.duration_s)
+                    if out.error is None
+                    else None
                 )
                 if verdict is not None and verdict.ok:
                     job.result = verdict.caption

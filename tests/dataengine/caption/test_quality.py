@@ -59,3 +59,10 @@ def test_an_empty_structure_is_rejected() -> None:
         }
     )
     assert "empty caption" in (judge(empty.model_dump_json(), "stop", CFG).reason or "")
+
+
+def test_character_runs_and_events_outside_the_clip_are_rejected() -> None:
+    assert "one character" in (judge(_with(style="vvvvvvvvvvvvvvvvvv"), "stop", CFG).reason or "")
+    assert judge(GOOD.model_dump_json(), "stop", CFG, duration_s=2.0).ok
+    late = judge(GOOD.model_dump_json(), "stop", CFG, duration_s=0.5)
+    assert "outside the 0.5 s clip" in (late.reason or "")
