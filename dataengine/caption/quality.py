@@ -31,7 +31,7 @@ _INVALID_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 class QualityConfig(StageConfig):
     ngram: int = Field(3, ge=1, description="word n-gram size for the repetition test")
     max_repeated_ngrams: float = Field(
-        0.5, gt=0, le=1, description="reject when this share of n-grams are repeats of earlier ones"
+        0.3, gt=0, le=1, description="reject when this share of n-grams are repeats of earlier ones"
     )
     max_same_word_run: int = Field(
         8, ge=2, description="reject when one word repeats this many times in a row"

@@ -9,6 +9,7 @@ structure always gives the same prose.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -60,9 +61,18 @@ class StructuredCaption(_Part):
     on_screen_text: list[Short] = Field(max_length=6, description="text visible in the frame, verbatim")
 
 
-def json_schema() -> dict[str, Any]:
-    """The JSON schema handed to guided decoding (bounded: maxLength, maxItems, numeric ranges)."""
-    return StructuredCaption.model_json_schema()
+def json_schema(duration_s: float | None = None) -> dict[str, Any]:
+    """The JSON schema handed to guided decoding (bounded: maxLength, maxItems, numeric ranges).
+
+    With ``duration_s``, event times are bounded by the span being captioned, so guided decoding cannot
+    place an event after the clip ends.
+    """
+    schema = StructuredCaption.model_json_schema()
+    if duration_s is not None:
+        limit = math.ceil(duration_s * 10) / 10
+        for name in ("start_s", "end_s"):
+            schema["$defs"]["Event"]["properties"][name]["maximum"] = limit
+    return schema
 
 
 def render_caption(caption: StructuredCaption) -> str:

@@ -115,7 +115,8 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
     def _job(
         self, i: int, prompt: Prompt, text: str, duration_s: float | None = None, frames: Frames | None = None
     ) -> _Job:
-        request = EngineRequest(prompt, text, frames, self._schema(), self.config.sampling)
+        schema = json_schema(duration_s) if self.config.guided else None
+        request = EngineRequest(prompt, text, frames, schema, self.config.sampling)
         return _Job(i, request, duration_s)
 
     def _fuse_job(self, i: int, decoded: DecodedClip, jobs: list[_Job]) -> _Job:
@@ -161,9 +162,6 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             "seed": base.seed + 1000 * attempt,
         })  # fmt: skip
         return EngineRequest(request.prompt, request.text, request.frames, request.schema, sampling)
-
-    def _schema(self) -> dict[str, object] | None:
-        return json_schema() if self.config.guided else None
 
     def _result(
         self, decoded: DecodedClip, windows: list[_Job], fused: _Job | None, seconds: float

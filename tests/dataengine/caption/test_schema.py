@@ -62,3 +62,9 @@ def test_prompts_have_unique_ids_and_render() -> None:
     assert "2.0 seconds long (4 frames at 2.00 fps)" in text
     with pytest.raises(KeyError, match="known"):
         get_prompt("nope")
+
+
+def test_event_times_can_be_bounded_by_the_clip() -> None:
+    event = json_schema(duration_s=2.04)["$defs"]["Event"]["properties"]
+    assert event["start_s"]["maximum"] == event["end_s"]["maximum"] == 2.1
+    assert json_schema()["$defs"]["Event"]["properties"]["end_s"]["maximum"] == 3600
