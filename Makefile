@@ -28,6 +28,7 @@ format: setup
 
 bench: setup      ## every benchmark in bench/, each printing its ratio to the speed of light
 	$(PY) bench/decode.py
+	$(PY) bench/caption.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
