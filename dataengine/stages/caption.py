@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from dataengine.caption.engines import CaptionEngine, EngineConfig, build_engine
-from dataengine.caption.engines.base import EngineRequest, SamplingConfig
+from dataengine.caption.engines.base import EngineOutput, EngineRequest, SamplingConfig
 from dataengine.caption.prompts import Prompt, get_prompt
 from dataengine.caption.quality import QualityConfig, judge
 from dataengine.caption.schema import (
@@ -132,26 +132,22 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
 
     def _run(self, jobs: list[_Job]) -> None:
         """Generate ``jobs``; regenerate rejected ones with changed sampling until they pass or run out."""
-        pending = jobs
-        for attempt in range(self.config.max_attempts):
-            if not pending:
-                return
-            requests = [self._resampled(job.request, attempt) for job in pending]
-            outputs = self.engine.generate(requests)
-            retry = []
-            for job, out in zip(pending, outputs, strict=True):
-                job.tokens += out.output_tokens
-                verdict = (
-                    judge(out.text, out.finish_reason, self.config.quality, job.duration_s)
-                    if out.error is None
-                    else None
-                )
-                if verdict is not None and verdict.ok:
-                    job.result = verdict.caption
-                else:
-                    job.reasons.append(out.error or (verdict.reason if verdict else "") or "rejected")
-                    retry.append(job)
-            pending = retry
+
+        def on_output(k: int, out: EngineOutput) -> EngineRequest | None:
+            job = jobs[k]
+            job.tokens += out.output_tokens
+            verdict = (
+                None if out.error else judge(out.text, out.finish_reason, self.config.quality, job.duration_s)
+            )
+            if verdict is not None and verdict.ok:
+                job.result = verdict.caption
+                return None
+            job.reasons.append(out.error or (verdict.reason if verdict else None) or "rejected")
+            attempts = len(job.reasons)
+            return self._resampled(job.request, attempts) if attempts < self.config.max_attempts else None
+
+        if jobs:
+            self.engine.generate_until([job.request for job in jobs], on_output)
 
     def _resampled(self, request: EngineRequest, attempt: int) -> EngineRequest:
         if attempt == 0:

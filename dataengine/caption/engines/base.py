@@ -8,7 +8,7 @@ engine's own retries come back as ``EngineOutput.error`` for that request only.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -68,6 +68,27 @@ class CaptionEngine(ABC):
     @abstractmethod
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
         """Run ``requests`` (as one batch where the backend can); one output per request, in order."""
+
+    def generate_until(
+        self,
+        requests: Sequence[EngineRequest],
+        on_output: Callable[[int, EngineOutput], EngineRequest | None],
+    ) -> None:
+        """Generate ``requests``; hand each output to ``on_output(index, output)``, which returns a follow-up
+        request for the same index (a retry) or None. Runs until no follow-up is pending.
+
+        This default works in rounds of ``generate`` calls; engines that can add work to a running batch
+        override it so that a retry starts as soon as its rejected output is known.
+        """
+        pending = dict(enumerate(requests))
+        while pending:
+            keys = list(pending)
+            outputs = self.generate([pending[k] for k in keys])
+            pending = {}
+            for key, output in zip(keys, outputs, strict=True):
+                follow_up = on_output(key, output)
+                if follow_up is not None:
+                    pending[key] = follow_up
 
     def teardown(self) -> None:  # noqa: B027 - optional hook
         """Free the model or close the client."""

@@ -8,7 +8,8 @@ guided decoding keeps every output inside the caption schema.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from pydantic import Field
@@ -89,6 +90,37 @@ class VLLMEngine(CaptionEngine):
         params = [self.sampling_params(r) for r in requests]
         results = self._llm.generate(prompts, params, use_tqdm=False)
         return [_output(result) for result in results]
+
+    def generate_until(
+        self,
+        requests: Sequence[EngineRequest],
+        on_output: Callable[[int, EngineOutput], EngineRequest | None],
+    ) -> None:
+        """Continuous batching: a retry joins the running batch as soon as its output has been judged."""
+        from vllm.sampling_params import RequestOutputKind
+
+        if self._llm is None:
+            raise RuntimeError("VLLMEngine.generate_until() before setup()")
+        engine = self._llm.llm_engine
+        batch = uuid.uuid4().hex[:8]
+        owner: dict[str, int] = {}
+
+        def submit(index: int, request: EngineRequest) -> None:
+            request_id = f"dataengine-{batch}-{len(owner)}"
+            params = self.sampling_params(request)
+            params.output_kind = RequestOutputKind.FINAL_ONLY
+            owner[request_id] = index
+            engine.add_request(request_id, self.prompt_input(request), params)
+
+        for index, request in enumerate(requests):
+            submit(index, request)
+        while engine.has_unfinished_requests():
+            for result in engine.step():
+                if result.finished and result.request_id in owner:
+                    index = owner[result.request_id]
+                    follow_up = on_output(index, _output(result))
+                    if follow_up is not None:
+                        submit(index, follow_up)
 
     def prompt_input(self, request: EngineRequest) -> dict[str, Any]:
         """The vLLM prompt dict: chat-template text plus the frames and their metadata for video prompts."""
