@@ -39,7 +39,6 @@ import os
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-import argparse
 import json
 import logging
 import statistics
@@ -50,6 +49,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from common import base_parser, ratio_cell
 from rich.console import Console
 from rich.table import Table
 
@@ -205,7 +205,7 @@ def _table(rows: list[Row], setup_s: float, repeat: int) -> Table:
             str(row["clips"]),
             f"{row['ours_tok_s']:,.0f}",
             f"{row['sol_tok_s']:,.0f}",
-            _ratio(row["ratio"]),
+            ratio_cell(row["ratio"], 0.9),
             f"{row['ours_clips_s']:.2f}",
             f"{row['ours_tokens']:,} / {row['sol_tokens']:,}",
             f"{row['attempts']} / {row['calls']}",
@@ -215,18 +215,10 @@ def _table(rows: list[Row], setup_s: float, repeat: int) -> Table:
     return table
 
 
-def _ratio(value: object) -> str:
-    assert isinstance(value, float)
-    return f"[{'green' if value >= 0.9 else 'red'}]{value:.2f}[/]"
-
-
 def main(argv: list[str] | None = None) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser = base_parser(__doc__)
     parser.add_argument("--n-videos", type=int, default=8, help="synthetic videos to caption")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per side; the best is reported")
     parser.add_argument("--quick", action="store_true", help="2 videos instead of --n-videos")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line holding every number")
     args = parser.parse_args(argv)
     n_videos, repeat = 2 if args.quick else args.n_videos, args.repeat
     if n_videos < 1 or repeat < 1:

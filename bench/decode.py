@@ -21,7 +21,6 @@ h264 at 25 fps with a keyframe every 2 s (typical of web video). "Full decode" i
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import ffmpeg
+from common import base_parser, ratio_cell
 from rich.console import Console
 from rich.table import Table
 
@@ -208,9 +208,9 @@ def _table(label: str, full_fps: float, rows: list[Row], repeat: int) -> Table:
             str(row["clips"]),
             f"{row['ours_src_fps']:,.0f}",
             f"{row['sol_src_fps']:,.0f}",
-            _ratio(row["ratio"]),
+            ratio_cell(row["ratio"], 0.8),
             f"{row['file_src_fps']:,.0f}",
-            _ratio(row["ratio_file"]),
+            ratio_cell(row["ratio_file"], 0.8),
             f"{row['ours_out_fps']:,.0f}",
             f"{row['ours_clips_per_s']:.1f}",
             f"{row['spread']:.0%}",
@@ -218,20 +218,12 @@ def _table(label: str, full_fps: float, rows: list[Row], repeat: int) -> Table:
     return table
 
 
-def _ratio(value: object) -> str:
-    assert isinstance(value, float)
-    return f"[{'green' if value >= 0.8 else 'red'}]{value:.2f}[/]"
-
-
 def main(argv: list[str] | None = None) -> None:
-    raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser = base_parser(__doc__)
     parser.add_argument("--inputs", nargs="+", help="video files or directories (default: make two)")
     parser.add_argument("--work", type=Path, help="where default inputs are made (default: a temp dir)")
-    parser.add_argument("--repeat", type=int, default=3, help="timed runs per side; the best is reported")
     parser.add_argument("--window-s", type=float, default=2.0, help="clip length in seconds")
     parser.add_argument("--quick", action="store_true", help="4 s default inputs, at most 2 clips each")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line holding every number")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.window_s <= 0:
         parser.error("--repeat must be >= 1 and --window-s > 0")
