@@ -2,12 +2,16 @@
 
 from dataengine.stages.base import Stage, StageConfig, check_chain
 from dataengine.stages.decode import DecodeConfig, DecodeStage, ViewConfig
+from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
 from dataengine.stages.probe import ProbeConfig, ProbeStage
 from dataengine.stages.split import SplitConfig, SplitStage
 
 __all__ = [
     "DecodeConfig",
     "DecodeStage",
+    "EncodeConfig",
+    "EncodeStage",
+    "EncodedClip",
     "ProbeConfig",
     "ProbeStage",
     "SplitConfig",
