@@ -1,0 +1,88 @@
+"""An encoded clip as a WebDataset sample and a manifest row, in the format DESIGN.md fixes.
+
+    key            the clip id (32 hex characters, no dots)
+    latents.npy    float16 C x T x H x W, raw (un-normalised); ``json["vae"]`` holds the stats to normalise
+    txt            the dense prose caption
+    json           structured caption, short caption, source uri, time span, fps, size, model ids, VAE info
+    jpg            a preview frame (the middle frame of the preview view), when that view exists
+
+A trainer needs no project code to read these: plain ``webdataset`` or ``ray.data.read_webdataset``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dataengine.records import Failure
+from dataengine.stages.encode import EncodedClip
+
+
+def to_sample(
+    encoded: EncodedClip, latents_view: str = "latents", preview_view: str = "caption"
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The (key, sample members, manifest row) of one encoded clip."""
+    clip, caption = encoded.clip, encoded.captioned.caption
+    views = encoded.captioned.decoded.views
+    frames = views[latents_view]
+    _, height, width, _ = frames.shape
+    models = {
+        "caption": caption.model,
+        "caption_engine": caption.engine,
+        "vae": str(encoded.vae.get("model")),
+    }
+    meta = {
+        "clip_id": clip.clip_id,
+        "video_id": clip.video_id,
+        "source": clip.uri,
+        "start_s": clip.start_s,
+        "end_s": clip.end_s,
+        "fps": frames.fps,
+        "width": width,
+        "height": height,
+        "n_frames": encoded.frames_used,
+        "frame_rule": encoded.frame_rule,
+        "caption": caption.caption,
+        "short_caption": caption.short_caption,
+        "structured": caption.structured,
+        "prompt_id": caption.prompt_id,
+        "schema_version": caption.schema_version,
+        "models": models,
+        "vae": encoded.vae,
+        "latent_shape": list(encoded.latents_CTHW.shape),
+    }
+    sample: dict[str, Any] = {"latents.npy": encoded.latents_CTHW, "txt": caption.caption, "json": meta}
+    if preview_view in views:
+        preview = views[preview_view].frames_THWC
+        sample["jpg"] = preview[len(preview) // 2]
+    row = {
+        "clip_id": clip.clip_id,
+        "video_id": clip.video_id,
+        "source": clip.uri,
+        "start_s": clip.start_s,
+        "end_s": clip.end_s,
+        "fps": frames.fps,
+        "width": width,
+        "height": height,
+        "n_frames": encoded.frames_used,
+        "latent_shape": list(encoded.latents_CTHW.shape),
+        "caption": caption.caption,
+        "short_caption": caption.short_caption,
+        "caption_tokens": caption.output_tokens,
+        "model_ids": models,
+        "timings": {"caption_s": caption.seconds},
+    }
+    return clip.clip_id, sample, row
+
+
+def failure_row(failure: Failure) -> dict[str, Any]:
+    """The manifest row of a clip (or video, or input) that produced no sample."""
+    return {
+        "clip_id": failure.clip_id,
+        "video_id": failure.video_id,
+        "source": failure.uri,
+        "start_s": failure.start_s,
+        "end_s": failure.end_s,
+        "status": "dropped" if failure.kind == "dropped" else "failed",
+        "stage": failure.stage,
+        "error": failure.reason,
+    }
