@@ -5,6 +5,7 @@
     txt            the dense prose caption
     json           structured caption, short caption, source uri, time span, fps, size, model ids, VAE info
     jpg            a preview frame (the middle frame of the preview view), when that view exists
+    text_emb.npy   the caption's text embedding, float16 (D,) or (L, D); text_mask.npy (L,) for per-token ones
 
 A trainer needs no project code to read these: plain ``webdataset`` or ``ray.data.read_webdataset``.
 """
@@ -13,14 +14,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from dataengine.encode.text import TextEmbedding
 from dataengine.records import Failure
 from dataengine.stages.encode import EncodedClip
 
 
 def to_sample(
-    encoded: EncodedClip, latents_view: str = "latents", preview_view: str = "caption"
+    encoded: EncodedClip,
+    text: TextEmbedding | None = None,
+    latents_view: str = "latents",
+    preview_view: str = "caption",
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The (key, sample members, manifest row) of one encoded clip."""
+    """The (key, sample members, manifest row) of one encoded clip, with its caption's text embedding."""
     clip, caption = encoded.clip, encoded.captioned.caption
     views = encoded.captioned.decoded.views
     frames = views[latents_view]
@@ -51,6 +56,8 @@ def to_sample(
         "latent_shape": list(encoded.latents_CTHW.shape),
     }
     sample: dict[str, Any] = {"latents.npy": encoded.latents_CTHW, "txt": caption.caption, "json": meta}
+    if text is not None:
+        sample.update(text.members())
     if preview_view in views:
         preview = views[preview_view].frames_THWC
         sample["jpg"] = preview[len(preview) // 2]

