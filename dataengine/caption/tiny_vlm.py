@@ -14,15 +14,14 @@ tokenizer's, so every id a greedy argmax picks decodes. ``eos`` is ``<|im_end|>`
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from dataengine import model_cache
+from dataengine.model_cache import build_folder, cache_key, cached_folder
 
 Family = Literal["qwen2_5_vl", "qwen3_vl"]
 
@@ -94,25 +93,7 @@ def build_tiny_vlm(out_dir: Path, config: TinyVLMConfig = _DEFAULT_CONFIG) -> Pa
     Raises:
         FileExistsError: ``out_dir`` has content, before the build or (another process) by its end.
     """
-    out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        _write_checkpoint(tmp, config)
-        for path in [tmp, *tmp.iterdir()]:  # mkdtemp is owner-only; a cache is read by other users too
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        tmp.replace(out_dir)  # atomic; fails if out_dir gained content meanwhile
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if out_dir.is_dir() and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} was completed by another process") from error
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return build_folder(out_dir, lambda tmp: _write_checkpoint(tmp, config))
 
 
 def ensure_tiny_vlm(cache_root: Path | None = None, config: TinyVLMConfig = _DEFAULT_CONFIG) -> Path:
@@ -125,17 +106,9 @@ def ensure_tiny_vlm(cache_root: Path | None = None, config: TinyVLMConfig = _DEF
     Returns:
         ``<cache_root>/<family>-<first 12 hex digits of the config's hash>/``, complete.
     """
-    if cache_root is None:
-        env = os.environ.get("DATAENGINE_CACHE")
-        cache_root = Path(env) if env else Path.home() / ".cache" / "dataengine" / "models"
-    key = hashlib.sha256(f"{_BUILDER_VERSION}\n{config.model_dump_json()}".encode()).hexdigest()[:12]
-    target = Path(cache_root) / f"{config.family}-{key}"
-    if (target / "config.json").is_file():  # folders appear only complete (one rename)
-        return target
-    try:
-        return build_tiny_vlm(target, config)
-    except FileExistsError:
-        return target  # another caller finished first; its build is identical and ours is gone
+    key = cache_key(f"{_BUILDER_VERSION}\n{config.model_dump_json()}")
+    target = model_cache.cache_root(cache_root) / f"{config.family}-{key}"
+    return cached_folder(target, lambda out: build_tiny_vlm(out, config))
 
 
 # ----------------------------------------------------------------------------------------------------------

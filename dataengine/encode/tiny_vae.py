@@ -12,15 +12,13 @@ to that folder and passes anything else through.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
+from dataengine import model_cache
 from dataengine.config import ConfigError
+from dataengine.model_cache import build_folder, cache_key, cached_folder
 
 VAEKind = Literal["wan", "ltx", "cogvideox", "kl"]
 
@@ -80,17 +78,9 @@ def ensure_tiny_vae(kind: VAEKind, cache_root: Path | None = None, seed: int = 0
     """
     import diffusers
 
-    if cache_root is None:
-        env = os.environ.get("DATAENGINE_CACHE")
-        cache_root = Path(env) if env else Path.home() / ".cache" / "dataengine" / "models"
     recipe = json.dumps([_BUILDER_VERSION, diffusers.__version__, kind, seed, TINY_PRESETS[kind]])
-    target = Path(cache_root) / f"tiny-vae-{kind}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
-    if (target / "config.json").is_file():
-        return target
-    try:
-        return build_tiny_vae(target, kind, seed)
-    except FileExistsError:
-        return target  # another caller finished first; its build is identical and ours is gone
+    target = model_cache.cache_root(cache_root) / f"tiny-vae-{kind}-{cache_key(recipe)}"
+    return cached_folder(target, lambda out: build_tiny_vae(out, kind, seed))
 
 
 def build_tiny_vae(out_dir: Path, kind: VAEKind, seed: int = 0) -> Path:
@@ -99,25 +89,7 @@ def build_tiny_vae(out_dir: Path, kind: VAEKind, seed: int = 0) -> Path:
     Raises:
         FileExistsError: ``out_dir`` has content, before the build or (another process) by its end.
     """
-    out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        _build(kind, seed).save_pretrained(tmp)
-        for path in [tmp, *tmp.iterdir()]:  # mkdtemp is owner-only; a cache is read by other users too
-            path.chmod(0o755 if path.is_dir() else 0o644)
-        tmp.replace(out_dir)  # atomic; fails if out_dir gained content meanwhile
-    except OSError as error:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if out_dir.is_dir() and any(out_dir.iterdir()):
-            raise FileExistsError(f"{out_dir} was completed by another process") from error
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return build_folder(out_dir, lambda tmp: _build(kind, seed).save_pretrained(tmp))
 
 
 def _build(kind: VAEKind, seed: int) -> Any:
