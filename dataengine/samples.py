@@ -18,6 +18,12 @@ from dataengine.encode.text import TextEmbedding
 from dataengine.records import Failure
 from dataengine.stages.encode import EncodedClip
 
+# Manifest columns whose values are the sample's json metadata, field for field.
+_SHARED_WITH_ROW = (
+    "clip_id", "video_id", "source", "start_s", "end_s", "fps", "width", "height", "n_frames", "latent_shape",
+    "caption", "short_caption",
+)  # fmt: skip
+
 
 def to_sample(
     encoded: EncodedClip,
@@ -61,23 +67,8 @@ def to_sample(
     if preview_view in views:
         preview = views[preview_view].frames_THWC
         sample["jpg"] = preview[len(preview) // 2]
-    row = {
-        "clip_id": clip.clip_id,
-        "video_id": clip.video_id,
-        "source": clip.uri,
-        "start_s": clip.start_s,
-        "end_s": clip.end_s,
-        "fps": frames.fps,
-        "width": width,
-        "height": height,
-        "n_frames": encoded.frames_used,
-        "latent_shape": list(encoded.latents_CTHW.shape),
-        "caption": caption.caption,
-        "short_caption": caption.short_caption,
-        "caption_tokens": caption.output_tokens,
-        "model_ids": models,
-        "timings": {"caption_s": caption.seconds},
-    }
+    row = {key: meta[key] for key in _SHARED_WITH_ROW}
+    row.update(caption_tokens=caption.output_tokens, model_ids=models, timings={"caption_s": caption.seconds})
     return clip.clip_id, sample, row
 
 

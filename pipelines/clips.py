@@ -81,7 +81,7 @@ def extract_clips(
             else:
                 decoded = result.decoded if isinstance(result, CaptionedClip) else result
                 text = result.caption.caption if isinstance(result, CaptionedClip) else ""
-                clips_f.write(json.dumps(_record(result)) + "\n")
+                clips_f.write(json.dumps(_record(decoded, result)) + "\n")
                 report.count(decoded, captioned=isinstance(result, CaptionedClip))
                 if len(sheet) < _SHEET_ROWS:
                     sheet.append((_thumbnail(decoded), text))
@@ -94,8 +94,7 @@ def extract_clips(
     return report
 
 
-def _record(result: DecodedClip | CaptionedClip) -> dict[str, Any]:
-    decoded = result.decoded if isinstance(result, CaptionedClip) else result
+def _record(decoded: DecodedClip, result: DecodedClip | CaptionedClip) -> dict[str, Any]:
     record = {
         **decoded.clip.model_dump(mode="json"),
         "views": {n: list(v.shape) for n, v in decoded.views.items()},
