@@ -15,6 +15,7 @@ failures-only part on ``close()``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -23,9 +24,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from webdataset.writer import TarWriter, default_handlers, encode_based_on_extension
+from webdataset.writer import default_handlers, encode_based_on_extension
 
 from dataengine.config import StageConfig
 
@@ -57,6 +59,7 @@ _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")  # no dots: webdataset splits key a
 _PARTIAL = ".partial"
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 _MTIME = 0  # a fixed integer mtime: identical shards for identical samples, and no per-member PAX header
+_COPY_CHUNK = 1 << 20  # bytes handed to the file per write when copying a member
 
 
 class ShardConfig(StageConfig):
@@ -72,9 +75,53 @@ def _tar_size(payload_bytes: int) -> int:
     return -(-(payload_bytes + 2 * _BLOCK) // _RECORD) * _RECORD
 
 
-def _member_bytes(encoded: dict[str, Any]) -> int:
-    """Tar bytes of one encoded sample: a header block per member (short ASCII name, integer mtime) + data."""
-    return sum(_BLOCK + -(-len(v) // _BLOCK) * _BLOCK for k, v in encoded.items() if k != "__key__")
+def _member_bytes(members: dict[str, list[bytes | memoryview]]) -> int:
+    """Tar bytes of one sample: a header block per member (short ASCII name, integer mtime) + padded data."""
+    return sum(_BLOCK + -(-_length(pieces) // _BLOCK) * _BLOCK for pieces in members.values())
+
+
+def _length(pieces: list[bytes | memoryview]) -> int:
+    return sum(len(p) for p in pieces)
+
+
+def _encode(key: str, sample: dict[str, Any]) -> dict[str, list[bytes | memoryview]]:
+    """Each member's bytes as pieces: arrays as an npy header plus a view of their memory (no copy);
+    everything else through webdataset's own encoders (json, txt, jpg, ...)."""
+    arrays = {k: v for k, v in sample.items() if k.endswith(".npy") and isinstance(v, np.ndarray)}
+    others = {k: v for k, v in sample.items() if k not in arrays}
+    encoded = encode_based_on_extension({"__key__": key, **others}, default_handlers)
+    members: dict[str, list[bytes | memoryview]] = {k: [v] for k, v in encoded.items() if k != "__key__"}
+    for name, array in arrays.items():
+        if array.dtype.hasobject:
+            raise ValueError(f"member {name!r}: arrays of Python objects cannot be stored")
+        array = np.ascontiguousarray(array)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
+        members[name] = [header.getvalue(), array.data.cast("B")]
+    return dict(sorted(members.items()))
+
+
+class _Pieces:
+    """A read-only file over byte pieces that hands out views, so tarfile copies each byte once, to the file.
+
+    ``tarfile.copyfileobj`` asks for fixed-size reads; a read that spans two pieces is the only copy made.
+    """
+
+    def __init__(self, pieces: list[bytes | memoryview]) -> None:
+        self._pieces = [memoryview(p) for p in pieces]
+        self._index, self._pos = 0, 0
+
+    def read(self, n: int) -> bytes | memoryview:
+        out: list[memoryview] = []
+        while n > 0 and self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            take = piece[self._pos : self._pos + n]
+            out.append(take)
+            n -= len(take)
+            self._pos += len(take)
+            if self._pos == len(piece):
+                self._index, self._pos = self._index + 1, 0
+        return out[0] if len(out) == 1 else b"".join(out)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -137,7 +184,7 @@ class ShardWriter:
         self._seen: set[str] = set()
         self._rows: list[dict[str, Any]] = []  # manifest rows of the open shard, or failures waiting for one
         self._file: IO[bytes] | None = None
-        self._tar: TarWriter | None = None
+        self._tar: tarfile.TarFile | None = None
         self._stem = ""
         self._n_samples = 0
         self._payload_bytes = 0
@@ -161,9 +208,9 @@ class ShardWriter:
             raise ValueError(f"sample members may not start with '_': {sorted(sample)}")
         if {"shard", "status"} & set(row) or row.get("clip_id", key) != key:
             raise ValueError(f"row may not set shard/status, and its clip_id must be the key {key!r}")
-        encoded = encode_based_on_extension({"__key__": key, **sample}, default_handlers)
+        members = _encode(key, sample)
         manifest_row = _manifest_row({**row, "clip_id": key, "status": "ok"})
-        size = _member_bytes(encoded)
+        size = _member_bytes(members)
         if self._tar is not None and (
             self._n_samples >= self.config.max_samples
             or _tar_size(self._payload_bytes + size) > self.config.max_bytes
@@ -172,11 +219,15 @@ class ShardWriter:
         if self._tar is None:
             self._open_shard()
         assert self._tar is not None
-        self._tar.write(encoded)
+        for name, pieces in members.items():
+            info = tarfile.TarInfo(f"{key}.{name}")
+            info.size, info.mtime, info.mode = _length(pieces), _MTIME, 0o444
+            self._tar.addfile(info, _Pieces(pieces))  # type: ignore[arg-type]  # read() is all tarfile uses
+        self._tar.members.clear()  # type: ignore[attr-defined]  # it would keep every TarInfo of the shard
         self._seen.add(key)
         self._rows.append({**manifest_row, "shard": f"{self._stem}.tar"})
         self._n_samples += 1
-        self._payload_bytes = self._tar.tarstream.offset  # exact, headers included
+        self._payload_bytes = self._tar.offset  # exact, headers included
 
     def record_failure(self, row: dict[str, Any]) -> None:
         """Record a clip (or video) that produced no sample; ``row`` needs ``stage`` and ``error``.
@@ -227,12 +278,12 @@ class ShardWriter:
     def _open_shard(self) -> None:
         self._stem = self._take_index()
         self._file = (self.shard_dir / f".{self._stem}.tar{_PARTIAL}").open("xb")
-        self._tar = TarWriter(self._file, encoder=False, mtime=_MTIME)
+        self._tar = tarfile.TarFile(fileobj=self._file, mode="w", copybufsize=_COPY_CHUNK)
         self._n_samples, self._payload_bytes = 0, 0
 
     def _finish_shard(self) -> None:
         assert self._tar is not None and self._file is not None
-        self._tar.close()  # writes the end-of-archive blocks; the file object stays open (ours)
+        self._tar.close()  # writes the end-of-archive blocks and record padding; the file object stays open
         final = self.shard_dir / f"{self._stem}.tar"
         _commit(self.shard_dir / f".{self._stem}.tar{_PARTIAL}", final, self._file)
         self.written.append(final)

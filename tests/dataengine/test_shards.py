@@ -93,6 +93,25 @@ def test_same_samples_give_identical_shards(tmp_path: Path) -> None:
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_arrays_of_any_layout_are_stored_as_np_save_writes_them(tmp_path: Path) -> None:
+    """Arrays skip the generic encoder (no copies); the member must still be exactly np.save's bytes."""
+    base = np.arange(2 * 3 * 64, dtype=np.float16).reshape(2, 3, 64)
+    arrays = {
+        "latents.npy": base.transpose(2, 0, 1),  # not C-contiguous
+        "text_emb.npy": base[:, 1, ::2],  # strided
+        "text_mask.npy": np.array([True, False, True]),
+        "scalar.npy": np.float32(3.5) * np.ones(()),
+    }
+    with ShardWriter(tmp_path, ShardConfig()) as writer:
+        writer.write("k" * 32, arrays, {})
+    with tarfile.open(writer.written[0]) as tar:
+        members = {m.name.split(".", 1)[1]: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+    for name, array in arrays.items():
+        expected = io.BytesIO()
+        np.save(expected, array)
+        assert members[name] == expected.getvalue(), name
+
+
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     ray = pytest.importorskip("ray")
