@@ -3,8 +3,8 @@
 A spec is one of: a local file (one source, whatever its extension); a list file (``.txt``/``.lst``: one URI
 or path per line; ``.jsonl``: one ``{"uri"|"path"|"url": ...}`` object per line; ``.parquet``: a ``uri``,
 ``path`` or ``url`` column), local or remote, whose relative entries are taken relative to the list file; a
-local directory or ``s3://`` prefix, walked recursively for video extensions; a glob (``*``, ``?``, ``[``;
-``**`` spans directories), filtered the same way; an ``http(s)://`` URL or ``s3://`` object.
+local directory or ``s3://`` prefix, walked recursively for video and image extensions; a glob (``*``,
+``?``, ``[``; ``**`` spans directories), filtered the same way; an ``http(s)://`` URL or ``s3://`` object.
 
 Everything streams: directories are listed one level at a time (in name order, hidden names skipped,
 directory symlinks not followed), list files are read a line or a record batch at a time. Malformed list
@@ -38,12 +38,14 @@ from pydantic import Field, field_validator
 from dataengine.config import StageConfig
 from dataengine.records import Failure, Source, normalize_uri
 
-__all__ = ["LIST_SUFFIXES", "VIDEO_EXTENSIONS", "InputsConfig", "fetch", "iter_sources"]
+__all__ = ["IMAGE_EXTENSIONS", "LIST_SUFFIXES", "VIDEO_EXTENSIONS", "InputsConfig", "fetch", "iter_sources"]
 
 
 # fmt: off
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".flv",
                     ".wmv", ".gif")
+# Stills become one-frame samples (ProbeConfig.images); probing refuses them when that is off.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 # fmt: on
 LIST_SUFFIXES = (".txt", ".lst", ".jsonl", ".parquet")
 _REMOTE_SCHEMES = ("http", "https", "s3")
@@ -58,7 +60,8 @@ class InputsConfig(StageConfig):
     """Where inputs come from and how remote ones are reached."""
 
     extensions: tuple[str, ...] = Field(
-        default=VIDEO_EXTENSIONS, description="kept when walking directories, prefixes and globs"
+        default=VIDEO_EXTENSIONS + IMAGE_EXTENSIONS,
+        description="kept when walking directories, prefixes and globs",
     )
     storage_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -239,7 +242,7 @@ def _scheme(text: str) -> str:
 def _glob(
     list_dir: ListDir, to_uri: ToUri, root: str, pattern: list[str], config: InputsConfig
 ) -> Iterator[Source | Failure]:
-    """Sources for the files under ``root`` whose relative path matches ``pattern`` and has a video extension.
+    """Sources for the files under ``root`` whose relative path matches ``pattern`` and has a kept extension.
 
     ``pattern`` is a list of path components; ``["**"]`` walks the whole tree. A missing root matches nothing.
     """

@@ -83,12 +83,18 @@ class Source(_Record):
 
 
 class ProbeInfo(_Record):
-    """What ffprobe says about the first video stream, with display geometry applied."""
+    """What ffprobe says about the first video stream, with display geometry applied.
 
-    duration_s: float = Field(gt=0)
-    avg_fps: float = Field(gt=0, description="frames / duration, what a player shows on average")
-    r_fps: float = Field(gt=0, description="ffprobe r_frame_rate: the base rate every timestamp fits")
-    n_frames: int = Field(ge=1)
+    A still image is a one-frame video by convention: ``is_image``, ``n_frames=1`` (exact) and a nominal
+    ``duration_s = avg_fps = r_fps = 1.0``, so every stage can treat it as a clip of one second.
+    """
+
+    duration_s: float = Field(gt=0, description="seconds; 1.0 (nominal) for a still image")
+    avg_fps: float = Field(gt=0, description="frames / duration, what a player shows on average; image: 1.0")
+    r_fps: float = Field(
+        gt=0, description="ffprobe r_frame_rate: the base rate every timestamp fits; image: 1.0"
+    )
+    n_frames: int = Field(ge=1, description="1 for a still image")
     n_frames_exact: bool = Field(description="False when n_frames is estimated from duration x avg_fps")
     width: int = Field(ge=1, description="display width after rotation")
     height: int = Field(ge=1, description="display height after rotation")
@@ -100,6 +106,7 @@ class ProbeInfo(_Record):
     has_audio: bool
     container: str
     size_bytes: int = Field(ge=1)
+    is_image: bool = Field(False, description="a still picture (png, jpeg, ...) taken as a one-frame video")
 
 
 class Video(_Record):

@@ -3,7 +3,8 @@
     key            the clip id (32 hex characters, no dots)
     latents.npy    float16 C x T x H x W, raw (un-normalised); ``json["vae"]`` holds the stats to normalise
     txt            the dense prose caption
-    json           structured caption, short caption, source uri, time span, fps, size, model ids, VAE info
+    json           structured caption, short caption, source uri, time span, fps, size, model ids, VAE info,
+                   ``is_image`` (a still: one frame, ``n_frames=1``, over a nominal second)
     jpg            a preview frame (the middle frame of the preview view), when that view exists
     text_emb.npy   the caption's text embedding, float16 (D,) or (L, D); text_mask.npy (L,) for per-token ones
 
@@ -51,6 +52,7 @@ def to_sample(
         "width": width,
         "height": height,
         "n_frames": encoded.frames_used,
+        "is_image": clip.probe.is_image,
         "frame_rule": encoded.frame_rule,
         "caption": caption.caption,
         "short_caption": caption.short_caption,

@@ -10,17 +10,18 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dataengine.caption.engines import CaptionEngine, build_engine
 from dataengine.caption.models import resolve_model
 from dataengine.records import DecodedClip, Source
-from dataengine.stages import DecodeStage, ProbeStage, SplitStage
+from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
 from dataengine.synth import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
-from tests.media import GoodClip, make_broken_inputs, make_good_clips, make_scene_cut_clip
+from tests.media import GoodClip, make_broken_inputs, make_good_clips, make_images, make_scene_cut_clip
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,12 @@ def broken_inputs(
     tmp_path_factory: pytest.TempPathFactory, good_clips: dict[str, GoodClip]
 ) -> dict[str, Path]:
     return make_broken_inputs(tmp_path_factory.mktemp("broken"), good_clips["h264_audio"].path)
+
+
+@pytest.fixture(scope="session")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """64x48 stills, one per image format (png, jpeg, bmp, tiff, webp, ppm)."""
+    return make_images(tmp_path_factory.mktemp("images"))
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +64,21 @@ def caption_clips(tmp_path_factory: pytest.TempPathFactory) -> list[DecodedClip]
 
 
 @pytest.fixture(scope="session")
+def caption_images(images: dict[str, Path]) -> list[DecodedClip]:
+    """The png and jpeg stills as the demo recipe decodes them: one frame each."""
+    recipe = demo()
+    stages: list[Stage[Any, Any]] = [
+        ProbeStage(recipe.probe),
+        SplitStage(recipe.split),
+        DecodeStage(recipe.decode),
+    ]
+    sources = [Source.from_uri(images[name]) for name in ("png", "jpeg")]
+    decoded = [r for r in run_chain(stages, sources) if isinstance(r, DecodedClip)]
+    assert len(decoded) == 2
+    return decoded
+
+
+@pytest.fixture(scope="session")
 def vllm_engine() -> Iterator[CaptionEngine]:
     """The demo recipe's in-process vLLM engine (tiny built-in Qwen2.5-VL), set up once per session."""
     engine = build_engine(demo().caption.engine)
@@ -76,7 +98,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
         "--served-model-name", SERVED_MODEL, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-        "--max-model-len", "4096", "--enforce-eager", "--limit-mm-per-prompt", '{"video": 1, "image": 0}',
+        "--max-model-len", "4096", "--enforce-eager", "--limit-mm-per-prompt", '{"video": 1, "image": 1}',
         "--media-io-kwargs", '{"video": {"num_frames": -1}}',
         "--structured-outputs-config", '{"backend": "guidance", "disable_any_whitespace": true}',
     ]  # fmt: skip

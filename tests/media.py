@@ -146,6 +146,26 @@ def make_scene_cut_clip(path: Path, first_s: float = 3.0, second_s: float = 4.0)
     )
 
 
+def make_images(root: Path) -> dict[str, Path]:
+    """One 64x48 still picture (a testsrc2 frame) per image format the probe takes as a one-frame video."""
+    root.mkdir(parents=True, exist_ok=True)
+    images = {}
+    for name, suffix in [("png", "png"), ("jpeg", "jpg"), ("bmp", "bmp"), ("tiff", "tiff"), ("webp", "webp"),
+                         ("ppm", "ppm")]:  # fmt: skip
+        images[name] = root / f"still.{suffix}"
+        ffmpeg(*_src("64x48", 1), "-frames:v", "1", str(images[name]))
+    return images
+
+
+def make_animations(root: Path) -> dict[str, Path]:
+    """Animated GIF and WebP (ten 64x48 frames at 10 fps): not still images, whatever their demuxer."""
+    root.mkdir(parents=True, exist_ok=True)
+    animations = {"gif": root / "animated.gif", "webp": root / "animated.webp"}
+    ffmpeg(*_src("64x48", 1, rate=10), str(animations["gif"]))
+    ffmpeg(*_src("64x48", 1, rate=10), "-loop", "0", str(animations["webp"]))
+    return animations
+
+
 def make_broken_inputs(root: Path, good: Path) -> dict[str, Path]:
     """Inputs that must each be recorded as a failure with a reason. ``good`` is an mp4 to damage."""
     root.mkdir(parents=True, exist_ok=True)
@@ -161,8 +181,6 @@ def make_broken_inputs(root: Path, good: Path) -> dict[str, Path]:
     broken["text_file"].write_text("not a video, just some notes\n" * 50)
     broken["audio_only"] = root / "tone.m4a"
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:d=2", "-c:a", "aac", str(broken["audio_only"]))
-    broken["still_image"] = root / "still.png"
-    ffmpeg(*_src("64x48", 1), "-frames:v", "1", str(broken["still_image"]))
     broken["directory"] = root / "a_directory.mp4"
     broken["directory"].mkdir(exist_ok=True)
     broken["dangling_symlink"] = root / "dangling.mp4"

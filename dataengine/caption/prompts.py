@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-PromptKind = Literal["video", "text"]
+PromptKind = Literal["video", "image", "text"]
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """A system message and a user message template; ``kind="video"`` prompts come with the clip's frames."""
+    """A system message and a user message template; ``video`` and ``image`` prompts come with the frames."""
 
     id: str
     kind: PromptKind
@@ -45,6 +45,21 @@ DENSE = Prompt(
     ),
 )
 
+# A still image is a one-frame clip of a nominal 1 s: the caption keeps the video schema (events included).
+DENSE_IMAGE = Prompt(
+    id="dense-image-v1",
+    kind="image",
+    system=_SYSTEM,
+    user=(
+        "The image is a single still picture; treat it as a {duration_s:.1f}-second shot in which time "
+        "stands still. Fill in every field. summary: one sentence. subjects: each distinct person, animal or "
+        "object with its look (colours, size, shape, clothing, texture), where it is in the frame, and any "
+        "motion the picture shows or implies. events: what is happening, as events from 0 to "
+        "{duration_s:.1f} seconds. setting, lighting, camera (shot size, angle; movement: static), style "
+        "(photograph, painting, illustration, rendering, screen capture), and any text copied exactly."
+    ),
+)
+
 FUSE = Prompt(
     id="fuse-v1",
     kind="text",
@@ -68,7 +83,7 @@ ENHANCE = Prompt(
     ),
 )
 
-PROMPTS: dict[str, Prompt] = {p.id: p for p in (DENSE, FUSE, ENHANCE)}
+PROMPTS: dict[str, Prompt] = {p.id: p for p in (DENSE, DENSE_IMAGE, FUSE, ENHANCE)}
 
 
 def get_prompt(prompt_id: str) -> Prompt:

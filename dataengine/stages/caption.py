@@ -5,7 +5,8 @@ DecodedClip --> CaptionedClip | Failure(stage="caption"). One engine call carrie
 again with changed sampling (a higher temperature and a new seed) up to ``max_attempts`` times, and a clip
 that never passes is recorded with the reasons of every attempt. Clips with more frames than
 ``window_frames`` are captioned window by window, then the window captions are fused by a text-only pass
-through the same engine, which goes through the same gate.
+through the same engine, which goes through the same gate. A still image (``probe.is_image``, one frame) is
+captioned with ``image_prompt_id`` into the same schema, as a shot of its nominal one second.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class CaptionConfig(StageConfig):
     engine: EngineConfig
     view: str = Field("caption", description="which decoded view is captioned")
     prompt_id: str = "dense-v1"
+    image_prompt_id: str = Field("dense-image-v1", description="the prompt for still images")
     fuse_prompt_id: str = "fuse-v1"
     enhance_prompt_id: str = "enhance-v1"
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
@@ -104,7 +106,8 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         return [job.result if job.result is not None else "; ".join(job.reasons) for job in jobs]
 
     def _window_jobs(self, i: int, decoded: DecodedClip) -> list[_Job]:
-        prompt = get_prompt(self.config.prompt_id)
+        is_image = decoded.clip.probe.is_image
+        prompt = get_prompt(self.config.image_prompt_id if is_image else self.config.prompt_id)
         jobs = []
         for part in _windows(decoded.views[self.config.view], self.config.window_frames):
             t = len(part.frames_THWC)
@@ -170,11 +173,9 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             reasons = "; ".join(dict.fromkeys(r for job in failed for r in job.reasons))
             reason = f"{what} failed the quality gate after {self.config.max_attempts} attempts: {reasons}"
             return Failure.of(decoded.clip, "caption", reason)
-        prompt_id = (
-            self.config.prompt_id
-            if fused is None
-            else f"{self.config.prompt_id}+{self.config.fuse_prompt_id}"
-        )
+        prompt_id = windows[0].request.prompt.id
+        if fused is not None:
+            prompt_id = f"{prompt_id}+{fused.request.prompt.id}"
         caption = Caption(
             caption=render_caption(final.result),
             short_caption=render_short(final.result),

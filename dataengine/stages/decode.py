@@ -13,6 +13,9 @@ Frame selection is by timestamp (ffmpeg's ``fps`` filter with ``round=up``): fra
 screen at ``start + k / fps`` (the last one that began at or before it), so variable-frame-rate sources give
 evenly spaced frames. Rotation metadata is applied by ffmpeg's autorotate before the filters; 10-bit and
 odd-sized sources are converted to 8-bit RGB by the output pixel format.
+
+A still image (``probe.is_image``) has no time grid: every view is exactly one frame (the view's fps and
+frame count do not apply), at the probe's nominal rate, with the view's crop and scale.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ import subprocess
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import ffmpeg
 import numpy as np
 from pydantic import Field, model_validator
 
 from dataengine.media import stderr_tail
-from dataengine.records import Clip, DecodedClip, Failure, Frames
+from dataengine.records import Clip, DecodedClip, Failure, Frames, ProbeInfo
 from dataengine.stages.base import Stage, StageConfig
 
 _SEEK_MARGIN_S = 0.25
@@ -154,28 +157,21 @@ class DecodeStage(Stage[Clip, DecodedClip]):
     def _command(
         self, clips: Sequence[Clip], branches: Sequence[_Branch], targets: Sequence[str], fmt: str
     ) -> list[str]:
+        probe = clips[0].probe
         # Seek a little before the first clip: the frame on screen at a clip's start began before it.
         origin = max(0.0, min(c.start_s for c in clips) - _SEEK_MARGIN_S)
         end = max(c.end_s for c in clips)
-        source = ffmpeg.input(
-            clips[0].path, ss=f"{origin:.3f}", t=f"{end - origin:.3f}", threads=self.config.threads
-        ).video
+        span = {} if probe.is_image else {"ss": f"{origin:.3f}", "t": f"{end - origin:.3f}"}
+        source = ffmpeg.input(clips[0].path, **span, threads=self.config.threads).video
         split = source.split() if len(branches) > 1 else None
         outputs = []
-        probe = clips[0].probe
         for k, (branch, target) in enumerate(zip(branches, targets, strict=True)):
-            plan = branch.plan
             stream = split[k] if split is not None else source
-            # Branch time 0 = its anchor; the fps filter then picks, for slot k, the last frame at or before
-            # k / fps (round=up), and start_time=0 drops the frames before the anchor.
-            stream = stream.setpts(f"PTS-{branch.anchor_s - origin:.6f}/TB")
-            stream = stream.trim(end=f"{branch.n_slots / plan.fps:.6f}")
-            stream = stream.filter("fps", fps=f"{plan.fps:.6f}", round="up", start_time=0)
-            if plan.crop is not None:
-                stream = stream.filter("crop", *plan.crop)
-            if plan.crop is not None or (plan.width, plan.height) != (probe.width, probe.height):
-                stream = stream.filter("scale", plan.width, plan.height, flags="bicubic")
-            outputs.append(stream.output(target, format=fmt, pix_fmt="rgb24"))
+            if not probe.is_image:
+                stream = _on_grid(stream, branch, origin)
+            stream = _resized(stream, branch.plan, probe)
+            one_frame = {"frames:v": 1} if probe.is_image else {}
+            outputs.append(stream.output(target, format=fmt, pix_fmt="rgb24", **one_frame))
         merged = ffmpeg.merge_outputs(*outputs)
         cmd: list[str] = merged.global_args("-hide_banner", "-nostats", "-loglevel", "error").compile()
         return cmd
@@ -200,6 +196,25 @@ class DecodeStage(Stage[Clip, DecodedClip]):
                 frames_THWC = frames_THWC.copy()  # clips own their frames, even when their spans overlap
             views[name] = Frames(frames_THWC, plan.fps, clip.start_s + np.arange(got) / plan.fps)
         return DecodedClip(clip=clip, views=views)
+
+
+def _on_grid(stream: Any, branch: _Branch, origin: float) -> Any:
+    """``stream`` (decoded from ``origin``) sampled on ``branch``'s slot grid."""
+    # Branch time 0 = its anchor; the fps filter then picks, for slot k, the last frame at or before
+    # k / fps (round=up), and start_time=0 drops the frames before the anchor.
+    fps = branch.plan.fps
+    stream = stream.setpts(f"PTS-{branch.anchor_s - origin:.6f}/TB")
+    stream = stream.trim(end=f"{branch.n_slots / fps:.6f}")
+    return stream.filter("fps", fps=f"{fps:.6f}", round="up", start_time=0)
+
+
+def _resized(stream: Any, plan: ViewPlan, probe: ProbeInfo) -> Any:
+    """``stream`` cropped and scaled to ``plan``'s output size (nothing when the size is already right)."""
+    if plan.crop is not None:
+        stream = stream.filter("crop", *plan.crop)
+    if plan.crop is not None or (plan.width, plan.height) != (probe.width, probe.height):
+        stream = stream.filter("scale", plan.width, plan.height, flags="bicubic")
+    return stream
 
 
 def passes(clips: Sequence[Clip], max_clips: int) -> list[list[Clip]]:
@@ -259,6 +274,9 @@ class _Branch:
 
 
 def plan_view(view: ViewConfig, clip: Clip) -> ViewPlan:
+    crop, (width, height) = _geometry(view, clip.probe.width, clip.probe.height)
+    if clip.probe.is_image:
+        return ViewPlan(clip.probe.avg_fps, crop, width, height, expected=1)
     duration = max(clip.duration_s, 1e-3)
     fps = view.fps or clip.probe.avg_fps
     if view.max_frames is not None:
@@ -266,7 +284,6 @@ def plan_view(view: ViewConfig, clip: Clip) -> ViewPlan:
     expected = max(1, math.ceil(duration * fps - 1e-6))  # slots k with k / fps < duration
     if view.max_frames is not None:
         expected = min(expected, view.max_frames)
-    crop, (width, height) = _geometry(view, clip.probe.width, clip.probe.height)
     return ViewPlan(fps, crop, width, height, expected)
 
 

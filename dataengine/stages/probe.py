@@ -2,6 +2,9 @@
 
 Source --> Video | Failure(stage="probe"). Remote sources are fetched to a local cache first. Every check runs
 on header facts before anything is decoded, so a header claiming 65535x65535 is refused without allocating.
+
+Still images (png, jpeg, bmp, tiff, webp, ppm) become one-frame videos (``ProbeInfo.is_image``) unless
+``images=False``; animated GIF and WebP are not stills and take the video path.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import Field
 
@@ -18,8 +21,20 @@ from dataengine.media import MediaError, bit_depth, display_rotation, ffprobe, p
 from dataengine.records import Failure, ProbeInfo, Source, Video
 from dataengine.stages.base import Stage, StageConfig
 
-# Demuxers that read single pictures: a still image is not a video (animated GIF and WebP stay videos).
+# Demuxers that read single pictures (GIF has its own demuxer; animated WebP is told apart by its header).
 _IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "ppm_pipe"}
+
+
+class _Timing(NamedTuple):
+    duration_s: float
+    avg_fps: float
+    r_fps: float
+    n_frames: int
+    n_frames_exact: bool
+
+
+# The one-frame-video convention for stills (see ProbeInfo): one exact frame, a nominal second at 1 fps.
+_IMAGE_TIMING = _Timing(duration_s=1.0, avg_fps=1.0, r_fps=1.0, n_frames=1, n_frames_exact=True)
 
 
 class ProbeConfig(StageConfig):
@@ -30,6 +45,11 @@ class ProbeConfig(StageConfig):
     max_duration_s: float = Field(6 * 3600.0, gt=0)
     max_fps: float = Field(480.0, gt=0)
     max_file_bytes: int | None = Field(None, ge=1, description="None: no limit")
+    images: bool = Field(
+        True,
+        description="still images become one-frame videos (is_image, n_frames=1, nominal 1 s at 1 fps); "
+        "False: they are failures",
+    )
     fetch: InputsConfig = Field(default_factory=InputsConfig, description="how remote sources are fetched")
 
 
@@ -55,21 +75,42 @@ class ProbeStage(Stage[Source, Video]):
             size = _regular_file_size(path)
             if self.config.max_file_bytes is not None and size > self.config.max_file_bytes:
                 raise MediaError(f"file is {size} bytes, over the limit of {self.config.max_file_bytes}")
-            facts = self._facts(ffprobe(str(path), self.config.timeout_s), size)
+            facts = self._facts(ffprobe(str(path), self.config.timeout_s), path, size)
         except MediaError as exc:
             return Failure.of(source, "probe", exc.reason)
         return Video(uri=source.uri, video_id=source.video_id, path=str(path), probe=facts)
 
-    def _facts(self, info: dict[str, Any], size: int) -> ProbeInfo:
+    def _facts(self, info: dict[str, Any], path: Path, size: int) -> ProbeInfo:
         fmt = info.get("format", {})
         stream = _first_video_stream(info)
         container = str(fmt.get("format_name", "unknown"))
-        if container in _IMAGE_FORMATS:
+        is_image = _is_still(container, path)
+        if is_image and not self.config.images:
             raise MediaError(f"still image ({stream.get('codec_name')}), not a video")
         if container == "tty":  # ffmpeg renders any text file as ANSI art "video"
             raise MediaError("text file, not a video")
         coded_w, coded_h = int(stream.get("width") or 0), int(stream.get("height") or 0)
         self._check_size(coded_w, coded_h)
+        timing = _IMAGE_TIMING if is_image else self._timing(stream, fmt)
+        rotation = display_rotation(stream)
+        width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
+        return ProbeInfo(
+            **timing._asdict(),
+            width=width,
+            height=height,
+            rotation=rotation,
+            codec=str(stream.get("codec_name", "unknown")),
+            pix_fmt=str(stream.get("pix_fmt", "unknown")),
+            bit_depth=bit_depth(stream),
+            is_vfr=abs(timing.avg_fps - timing.r_fps) > 0.01 * timing.r_fps,
+            has_audio=any(s.get("codec_type") == "audio" for s in info.get("streams", [])),
+            container=container,
+            size_bytes=size,
+            is_image=is_image,
+        )
+
+    def _timing(self, stream: dict[str, Any], fmt: dict[str, Any]) -> _Timing:
+        """Duration, frame rates and frame count of a video stream, checked against the limits."""
         duration = parse_float(stream.get("duration")) or parse_float(fmt.get("duration"))
         if duration <= 0:
             raise MediaError("zero duration: the stream has no playable length")
@@ -84,25 +125,7 @@ class ProbeStage(Stage[Source, Video]):
             raise MediaError(
                 f"frame rate {avg_fps:.3f} is unknown or over the limit of {self.config.max_fps:g}"
             )
-        rotation = display_rotation(stream)
-        width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
-        return ProbeInfo(
-            duration_s=duration,
-            avg_fps=avg_fps,
-            r_fps=r_fps,
-            n_frames=n_frames or max(1, round(duration * avg_fps)),
-            n_frames_exact=n_frames > 0,
-            width=width,
-            height=height,
-            rotation=rotation,
-            codec=str(stream.get("codec_name", "unknown")),
-            pix_fmt=str(stream.get("pix_fmt", "unknown")),
-            bit_depth=bit_depth(stream),
-            is_vfr=abs(avg_fps - r_fps) > 0.01 * r_fps,
-            has_audio=any(s.get("codec_type") == "audio" for s in info.get("streams", [])),
-            container=container,
-            size_bytes=size,
-        )
+        return _Timing(duration, avg_fps, r_fps, n_frames or max(1, round(duration * avg_fps)), n_frames > 0)
 
     def _check_size(self, width: int, height: int) -> None:
         cfg = self.config
@@ -133,6 +156,18 @@ def _regular_file_size(path: Path) -> int:
     if size == 0:
         raise MediaError("empty file (0 bytes)")
     return size
+
+
+def _is_still(container: str, path: Path) -> bool:
+    """Whether ffprobe's ``container`` holds one picture: an image demuxer, and not an animated WebP (whose
+    header says RIFF....WEBPVP8X with bit 1 of the flags byte set)."""
+    if container not in _IMAGE_FORMATS:
+        return False
+    if container != "webp_pipe":
+        return True
+    with path.open("rb") as f:
+        head = f.read(21)
+    return not (len(head) == 21 and head[8:16] == b"WEBPVP8X" and head[20] & 0x02)
 
 
 def _first_video_stream(info: dict[str, Any]) -> dict[str, Any]:

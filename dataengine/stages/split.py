@@ -1,7 +1,8 @@
 """Split: cut a probed video into clips, by fixed-stride windows or at scene cuts.
 
 Video --> Clip... | Failure(stage="split"). Spans that are too short are not silently lost: each becomes a
-``Failure(kind="dropped")`` with its span and the reason, so the manifest accounts for every second.
+``Failure(kind="dropped")`` with its span and the reason, so the manifest accounts for every second. A still
+image (``probe.is_image``) is one clip over its nominal duration, whatever the mode and ``min_clip_s``.
 
 Scene cuts come from ffmpeg's ``scdet`` filter on a downscaled copy of the stream, not from PySceneDetect:
 it runs inside the ffmpeg binary we already depend on (one decoder, every format ffmpeg reads, no second
@@ -70,6 +71,8 @@ class SplitStage(Stage[Video, Clip]):
     def split(self, video: Video) -> list[Clip | Failure]:
         """Clips of one video in time order, interleaved with the spans dropped for being too short."""
         duration = video.probe.duration_s
+        if video.probe.is_image:
+            return [Clip.of(video, index=0, start_s=0.0, end_s=duration)]
         if self.config.mode == "fixed":
             return self._clips(video, [(0, s, e) for s, e in _windows(0.0, duration, self.config)])
         try:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from dataengine.inputs import InputsConfig, fetch, iter_sources
+from dataengine.inputs import VIDEO_EXTENSIONS, InputsConfig, fetch, iter_sources
 from dataengine.records import Failure, Source, normalize_uri, video_id_for
 
 BUCKET = "inputs-test"
@@ -61,6 +61,15 @@ def test_directory_walk_filters_extensions_in_sorted_order(tmp_path: Path, confi
     got = _uris(_sources([str(tmp_path), f"file://{tmp_path}/sub"], config))
     expected = ["a.mov", "b.MP4", "sub/b.mkv", "sub/z/c.webm", "sub/b.mkv", "sub/z/c.webm"]
     assert got == [normalize_uri(tmp_path / name) for name in expected]
+
+
+def test_directory_walk_keeps_images_by_default(tmp_path: Path, config: InputsConfig) -> None:
+    _touch(tmp_path, "a.png", "b.JPG", "c.jpeg", "d.webp", "e.tiff", "f.mp4", "notes.md", "g.bmp", "h.ppm")
+    got = _uris(_sources([str(tmp_path)], config))
+    kept = ["a.png", "b.JPG", "c.jpeg", "d.webp", "e.tiff", "f.mp4", "g.bmp", "h.ppm"]
+    assert got == [normalize_uri(tmp_path / name) for name in kept]
+    videos_only = config.model_copy(update={"extensions": VIDEO_EXTENSIONS})
+    assert _uris(_sources([str(tmp_path)], videos_only)) == [normalize_uri(tmp_path / "f.mp4")]
 
 
 def test_directory_walk_yields_file_symlinks_but_not_directory_symlinks(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,15 @@ from dataengine.encode.text import TextEmbedConfig, TextEmbedder
 from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Source
 from dataengine.samples import failure_row, to_sample
 from dataengine.shards import ShardConfig, ShardWriter, read_manifest
-from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitConfig, SplitStage, ViewConfig
+from dataengine.stages import (
+    DecodeConfig,
+    DecodeStage,
+    ProbeStage,
+    SplitConfig,
+    SplitStage,
+    Stage,
+    ViewConfig,
+)
 from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
 from dataengine.synth import synthesize
 from pipelines.local import run_chain
@@ -87,4 +96,24 @@ def test_clips_become_samples_that_plain_webdataset_reads_and_the_vae_decodes(tm
         assert sample["text_emb.npy"].shape == (384,) and sample["text_emb.npy"].dtype == np.float16
         frames = vae.decode(latents[None])
         assert frames.shape == (1, meta["n_frames"], 64, 64, 3)  # the clip's frames, trimmed to 1 + 4k
-        assert meta["n_frames"] == 5 and meta["frame_rule"] == "trim"
+        assert meta["n_frames"] == 5 and meta["frame_rule"] == "trim" and meta["is_image"] is False
+
+
+def test_an_image_becomes_a_one_frame_sample(images: dict[str, Path]) -> None:
+    views = {
+        "caption": ViewConfig(fps=2, max_frames=4, resize="short_side", size=64),
+        "latents": ViewConfig(fps=8, max_frames=None, resize="crop", width=64, height=64),
+    }
+    stages: list[Stage[Any, Any]] = [ProbeStage(), SplitStage(), DecodeStage(DecodeConfig(views=views))]
+    (decoded,) = run_chain(stages, [Source.from_uri(images["jpeg"])])
+    assert isinstance(decoded, DecodedClip)
+    with EncodeStage(EncodeConfig(vae=VAE)) as encode:
+        (encoded,) = encode.process_batch([_captioned(decoded)])
+    assert isinstance(encoded, EncodedClip)
+    key, sample, row = to_sample(encoded)
+    meta = sample["json"]
+    assert key == decoded.clip_id and meta["is_image"] is True
+    assert (meta["n_frames"], meta["fps"], meta["start_s"], meta["end_s"]) == (1, 1.0, 0.0, 1.0)
+    assert sample["latents.npy"].shape[1] == meta["latent_shape"][1] == 1
+    assert sample["jpg"].shape == (64, 86, 3)
+    assert "is_image" not in row and row["n_frames"] == 1  # sample metadata only, not a manifest column

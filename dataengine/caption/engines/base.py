@@ -3,6 +3,9 @@
 An engine knows how to talk to one kind of model server or library; it does not judge outputs (the quality
 gate does) and it does not retry bad captions (the caption stage does). Transport problems that survive the
 engine's own retries come back as ``EngineOutput.error`` for that request only.
+
+Frames go to the model as a video, or, when there is exactly one, as an image (``EngineRequest.modality``):
+Qwen-VL would only repeat a lone frame to fill its temporal patch of two, and a still is what it is.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -37,6 +40,13 @@ class EngineRequest:
     frames: Frames | None
     schema: dict[str, Any] | None
     sampling: SamplingConfig
+
+    @property
+    def modality(self) -> Literal["video", "image"] | None:
+        """How the frames are sent: one frame is an image, more are a video; None for text-only requests."""
+        if self.frames is None:
+            return None
+        return "image" if len(self.frames.frames_THWC) == 1 else "video"
 
 
 @dataclass(frozen=True)
@@ -116,10 +126,11 @@ def video_metadata(frames_THWC: np.ndarray, fps: float) -> dict[str, Any]:
 
 
 def chat_messages(request: EngineRequest) -> list[dict[str, Any]]:
-    """System + user messages in the processors' chat format; the video is a placeholder for the template."""
+    """System + user messages in the processors' chat format; the video or image is a placeholder for the
+    template, first in the user message."""
     user: list[dict[str, Any]] = [{"type": "text", "text": request.text}]
-    if request.frames is not None:
-        user.insert(0, {"type": "video"})
+    if request.modality is not None:
+        user.insert(0, {"type": request.modality})
     return [
         {"role": "system", "content": [{"type": "text", "text": request.prompt.system}]},
         {"role": "user", "content": user},

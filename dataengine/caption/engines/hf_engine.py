@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from PIL import Image
 from pydantic import Field
 
 from dataengine.caption.engines.base import (
@@ -63,7 +64,9 @@ class TransformersEngine(CaptionEngine):
 
         messages = chat_messages(request)
         processor_kwargs: dict[str, Any] = {}
-        if request.frames is not None:
+        if request.frames is not None and request.modality == "image":
+            messages[-1]["content"][0]["image"] = Image.fromarray(request.frames.frames_THWC[0])
+        elif request.frames is not None:
             frames_THWC = even_frames(request.frames)
             messages[-1]["content"][0]["video"] = frames_THWC
             metadata = video_metadata(frames_THWC, request.frames.fps)

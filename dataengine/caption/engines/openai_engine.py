@@ -9,7 +9,8 @@ replaces the SDK's: HTTP 408/429/5xx, timeouts and connection errors are retried
 backoff and jitter; any other status (400, 401, 422, ...) and anything still failing after ``max_retries``
 becomes that request's ``EngineOutput.error``. Each attempt is bounded by ``timeout_s``, so one call to
 ``generate`` is bounded too. Videos travel as an H.264 mp4 data URL (``video_url``, which vLLM decodes) or,
-with ``video_encoding="frames"``, as one JPEG ``image_url`` per frame.
+with ``video_encoding="frames"``, as one JPEG ``image_url`` per frame; a single frame is always one JPEG
+``image_url`` (an image request: the server must allow one image per prompt).
 
 Legend: ``frames_THWC`` is uint8 RGB, T frames of H rows x W columns x 3 channels; ``frame_HWC`` is one.
 """
@@ -184,10 +185,10 @@ class OpenAIEngine(CaptionEngine):
 
 
 def openai_messages(request: EngineRequest, video_encoding: Literal["mp4", "frames"]) -> list[dict[str, Any]]:
-    """System and user messages in the OpenAI chat format; a video request puts the video before the text."""
+    """System and user messages in the OpenAI chat format; the video or image comes before the text."""
     user: list[dict[str, Any]] = []
     if request.frames is not None:
-        if video_encoding == "mp4":
+        if video_encoding == "mp4" and request.modality == "video":
             url = _data_url("video/mp4", encode_mp4(request.frames))
             user.append({"type": "video_url", "video_url": {"url": url}})
         else:

@@ -1,8 +1,8 @@
 """The in-process vLLM engine: ``vllm.LLM`` loaded once per worker, every request of a batch in one call.
 
 This is the main path for batches: the decoded frames go in as numpy arrays with the video metadata Qwen-VL
-processors need (no re-encoding, no resampling), prompts are built with the model's own chat template, and
-guided decoding keeps every output inside the caption schema.
+processors need (no re-encoding, no resampling), a single frame as an image, prompts are built with the
+model's own chat template, and guided decoding keeps every output inside the caption schema.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class VLLMEngine(CaptionEngine):
             "max_model_len": cfg.max_model_len,
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "tensor_parallel_size": cfg.tensor_parallel_size,
-            "limit_mm_per_prompt": {"video": 1, "image": 0},
+            "limit_mm_per_prompt": {"video": 1, "image": 1},  # a prompt has one or the other
             "structured_outputs_config": {"backend": cfg.structured_backend, "disable_any_whitespace": True},
             "seed": cfg.seed,
             **({"max_num_seqs": cfg.max_num_seqs} if cfg.max_num_seqs else {}),
@@ -123,12 +123,15 @@ class VLLMEngine(CaptionEngine):
                         submit(index, follow_up)
 
     def prompt_input(self, request: EngineRequest) -> dict[str, Any]:
-        """The vLLM prompt dict: chat-template text plus the frames and their metadata for video prompts."""
+        """The vLLM prompt dict: chat-template text plus the frames and their metadata for video prompts, or
+        the one frame for image prompts."""
         text = self._processor.apply_chat_template(
             chat_messages(request), add_generation_prompt=True, tokenize=False
         )
         if request.frames is None:
             return {"prompt": text}
+        if request.modality == "image":
+            return {"prompt": text, "multi_modal_data": {"image": request.frames.frames_THWC[0]}}
         frames_THWC = even_frames(request.frames)
         video = (frames_THWC, video_metadata(frames_THWC, request.frames.fps))
         return {"prompt": text, "multi_modal_data": {"video": video}}

@@ -25,7 +25,7 @@ from PIL import Image
 
 from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.engines.openai_engine import OpenAIEngine, OpenAIEngineConfig
-from dataengine.caption.prompts import DENSE, FUSE
+from dataengine.caption.prompts import DENSE, DENSE_IMAGE, FUSE
 from dataengine.caption.schema import json_schema
 from dataengine.records import Frames
 from tests.fake_openai import MODEL, FakeServer, Plan, Reply, ServerState, serve
@@ -136,6 +136,23 @@ def test_video_request_format_frames(fake: FakeServer, make_engine: MakeEngine) 
         assert url.startswith("data:image/jpeg;base64,")
         image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
         assert (image.format, image.size) == ("JPEG", (47, 33))
+
+
+@pytest.mark.parametrize("video_encoding", ["mp4", "frames"])
+def test_a_single_frame_is_sent_as_one_image(
+    fake: FakeServer, make_engine: MakeEngine, video_encoding: str
+) -> None:
+    engine = make_engine(video_encoding=video_encoding)
+    request = EngineRequest(DENSE_IMAGE, "req-0", _frames(t=1, h=33, w=47), None, SamplingConfig())
+
+    (output,) = engine.generate([request])
+
+    assert output.error is None and request.modality == "image"
+    (body,) = fake.state.bodies
+    image, text = body["messages"][1]["content"]
+    assert text == {"type": "text", "text": "req-0"} and image["type"] == "image_url"
+    jpeg = base64.b64decode(image["image_url"]["url"].removeprefix("data:image/jpeg;base64,"))
+    assert Image.open(io.BytesIO(jpeg)).size == (47, 33)
 
 
 def test_text_request_defaults(

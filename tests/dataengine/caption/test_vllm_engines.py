@@ -18,7 +18,8 @@ from dataengine.caption.engines import (
     build_engine,
 )
 from dataengine.caption.engines.base import EngineRequest, SamplingConfig
-from dataengine.caption.prompts import DENSE
+from dataengine.caption.engines.vllm_engine import VLLMEngine
+from dataengine.caption.prompts import DENSE, DENSE_IMAGE
 from dataengine.caption.schema import StructuredCaption, render_caption
 from dataengine.records import CaptionedClip, DecodedClip, Failure
 from dataengine.stages.caption import CaptionStage
@@ -28,7 +29,9 @@ from tests.conftest import SERVED_MODEL
 pytestmark = pytest.mark.slow
 
 
-def check_results(results: list[CaptionedClip | Failure], engine: str, model: str) -> None:
+def check_results(
+    results: list[CaptionedClip | Failure], engine: str, model: str, prompt_id: str = "dense-v1"
+) -> None:
     assert any(isinstance(r, CaptionedClip) for r in results), [getattr(r, "reason", "") for r in results]
     for result in results:
         if isinstance(result, Failure):
@@ -36,7 +39,7 @@ def check_results(results: list[CaptionedClip | Failure], engine: str, model: st
             continue
         caption = result.caption
         assert (caption.engine, caption.model) == (engine, model)
-        assert caption.prompt_id.startswith("dense-v1") and caption.schema_version == "1"
+        assert caption.prompt_id.startswith(prompt_id) and caption.schema_version == "1"
         assert caption.caption == render_caption(StructuredCaption.model_validate(caption.structured))
         assert 1 <= caption.attempts <= 3 and caption.output_tokens > 0
 
@@ -71,12 +74,28 @@ def test_the_openai_engine_against_a_real_vllm_server(
     check_results(results, "openai", SERVED_MODEL)
 
 
-def test_transformers_and_vllm_give_the_same_tokens(
-    vllm_engine: CaptionEngine, caption_clips: list[DecodedClip]
+def test_images_through_the_in_process_engine(
+    vllm_engine: CaptionEngine, caption_images: list[DecodedClip]
 ) -> None:
-    frames = caption_clips[0].views["caption"]
-    text = DENSE.render(duration_s=2.0, n_frames=len(frames.frames_THWC), fps=frames.fps)
-    request = EngineRequest(DENSE, text, frames, None, SamplingConfig(temperature=0.0, max_tokens=24))
+    stage = CaptionStage(demo().caption, engine=vllm_engine)
+    results = stage.process_batch(caption_images)
+    check_results(results, "vllm", "builtin:tiny-qwen2_5_vl", prompt_id="dense-image-v1")
+    for result in results:
+        if isinstance(result, CaptionedClip):
+            structured = StructuredCaption.model_validate(result.caption.structured)
+            assert all(e.end_s <= 1.0 for e in structured.events)  # the schema's bound for a 1 s still
+            assert result.caption.windows == 1
+
+
+def test_an_image_through_a_real_vllm_server(vllm_server: str, caption_images: list[DecodedClip]) -> None:
+    engine = OpenAIEngineConfig(model=SERVED_MODEL, base_url=vllm_server, timeout_s=60)
+    stage = CaptionStage(demo().caption.model_copy(update={"engine": engine}))
+    with stage:
+        results = stage.process_batch(caption_images)
+    check_results(results, "openai", SERVED_MODEL, prompt_id="dense-image-v1")
+
+
+def _same_tokens_from_transformers(vllm_engine: CaptionEngine, request: EngineRequest) -> None:
     hf = build_engine(TransformersEngineConfig(model=demo().caption.engine.model, dtype="float32"))
     hf.setup()
     try:
@@ -84,8 +103,28 @@ def test_transformers_and_vllm_give_the_same_tokens(
     finally:
         hf.teardown()
     (theirs,) = vllm_engine.generate([request])
-    assert len(ours.token_ids) == 24
+    assert len(ours.token_ids) == request.sampling.max_tokens and ours.prompt_tokens == theirs.prompt_tokens
     assert ours.token_ids == theirs.token_ids
+
+
+def test_transformers_and_vllm_give_the_same_tokens(
+    vllm_engine: CaptionEngine, caption_clips: list[DecodedClip]
+) -> None:
+    frames = caption_clips[0].views["caption"]
+    text = DENSE.render(duration_s=2.0, n_frames=len(frames.frames_THWC), fps=frames.fps)
+    request = EngineRequest(DENSE, text, frames, None, SamplingConfig(temperature=0.0, max_tokens=24))
+    _same_tokens_from_transformers(vllm_engine, request)
+
+
+def test_transformers_and_vllm_give_the_same_tokens_for_an_image(
+    vllm_engine: CaptionEngine, caption_images: list[DecodedClip]
+) -> None:
+    frames = caption_images[0].views["caption"]
+    text = DENSE_IMAGE.render(duration_s=1.0, n_frames=1, fps=1.0)
+    request = EngineRequest(DENSE_IMAGE, text, frames, None, SamplingConfig(temperature=0.0, max_tokens=24))
+    assert isinstance(vllm_engine, VLLMEngine) and frames.shape[0] == 1
+    assert set(vllm_engine.prompt_input(request)["multi_modal_data"]) == {"image"}
+    _same_tokens_from_transformers(vllm_engine, request)
 
 
 def test_dataengine_caption_prints_the_caption_json(caption_clips: list[DecodedClip]) -> None:

@@ -3,14 +3,17 @@ OpenAI-compatible server whose answers each test scripts (the server stands in f
 
 from __future__ import annotations
 
+import base64
+import io
 import random
 import time
 from collections.abc import Iterator
 
 import pytest
+from PIL import Image
 
 from dataengine.caption.engines import OpenAIEngineConfig
-from dataengine.caption.schema import StructuredCaption, render_caption
+from dataengine.caption.schema import Event, StructuredCaption, render_caption
 from dataengine.records import CaptionedClip, DecodedClip, Failure
 from dataengine.stages.caption import CaptionConfig, CaptionStage
 from tests.dataengine.caption.examples import GOOD
@@ -93,6 +96,32 @@ def test_long_clips_are_captioned_in_windows_then_fused(
     fuse = bodies[-1]["messages"][-1]["content"]
     assert [part["type"] for part in fuse] == ["text"] and "Merge them" in fuse[0]["text"]
     assert all(b["messages"][-1]["content"][0]["type"] == "video_url" for b in bodies[:-1])
+
+
+def test_an_image_is_sent_as_one_image_with_the_image_prompt(
+    server: tuple[FakeServer, str], caption_clips: list[DecodedClip], caption_images: list[DecodedClip]
+) -> None:
+    still = GOOD.model_copy(update={"events": [Event(start_s=0.0, end_s=1.0, description="nothing moves")]})
+    stage = make_stage(server)
+    server[0].state.plan = lambda key, attempt: Reply(content=still.model_dump_json())
+    try:
+        image, video = stage.process_batch([caption_images[0], caption_clips[0]])
+    finally:
+        stage.teardown()
+    assert isinstance(image, CaptionedClip) and isinstance(video, CaptionedClip)
+    assert (image.caption.prompt_id, video.caption.prompt_id) == ("dense-image-v1", "dense-v1")
+    assert StructuredCaption.model_validate(image.caption.structured) == still
+    bodies = {b["messages"][-1]["content"][-1]["text"]: b for b in server[0].state.bodies}
+    (image_text,) = [text for text in bodies if "single still picture" in text]
+    assert "1.0-second shot" in image_text
+    parts = bodies[image_text]["messages"][-1]["content"]
+    assert [part["type"] for part in parts] == ["image_url", "text"]
+    jpeg = base64.b64decode(parts[0]["image_url"]["url"].removeprefix("data:image/jpeg;base64,"))
+    assert Image.open(io.BytesIO(jpeg)).size == (150, 112)  # the demo caption view of a 64x48 still
+    schema = bodies[image_text]["response_format"]["json_schema"]["schema"]
+    assert schema["$defs"]["Event"]["properties"]["end_s"]["maximum"] == 1.0
+    (video_body,) = [b for text, b in bodies.items() if text != image_text]
+    assert video_body["messages"][-1]["content"][0]["type"] == "video_url"
 
 
 @pytest.mark.timeout(120)

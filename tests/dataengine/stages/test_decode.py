@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from dataengine.records import Clip, DecodedClip, Failure, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitConfig, SplitStage, ViewConfig
@@ -152,3 +153,28 @@ def test_a_decode_that_runs_over_its_time_is_killed_and_recorded(good_clips: dic
     clip = clips_of(good_clips["h264_audio"].path)[0]
     result = DecodeStage(DecodeConfig(views=VIEWS, timeout_s=0.001)).decode(clip)
     assert isinstance(result, Failure) and "timed out" in result.reason
+
+
+@pytest.mark.parametrize("name", ["png", "jpeg"])
+def test_an_image_decodes_to_one_frame_per_view(images: dict[str, Path], name: str) -> None:
+    (clip,) = clips_of(images[name])
+    views = {
+        **VIEWS,  # their fps (2, 8) and frame counts must not make more than one frame of a still
+        "all": ViewConfig(fps=None, max_frames=None, resize="none"),
+        "fast": ViewConfig(fps=30, max_frames=None, resize="fit", width=32, height=32),
+    }
+    out = decode(clip, views)
+    assert isinstance(out, DecodedClip), out
+    shapes = {view: frames.shape for view, frames in out.views.items()}
+    assert shapes == {
+        "caption": (1, 64, 86, 3),  # 64x48 -> short side 64
+        "latents": (1, 32, 48, 3),  # centred 64x43 box scaled to 48x32
+        "all": (1, 48, 64, 3),
+        "fast": (1, 24, 32, 3),
+    }
+    for frames in out.views.values():
+        assert frames.fps == 1.0 and frames.timestamps_s.tolist() == [0.0]
+    picture = np.asarray(Image.open(images[name]).convert("RGB"))
+    difference = np.abs(out.views["all"].frames_THWC[0].astype(int) - picture)
+    # PNG: the very pixels. JPEG: PIL and ffmpeg upsample 4:2:0 chroma differently at testsrc2's colour edges.
+    assert difference.max() == 0 if name == "png" else np.median(difference) <= 2

@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from pydantic import ValidationError
 from dataengine.config import ConfigError
 from dataengine.encode import VAE, VAEConfig, ensure_tiny_vae, load_vae, normalization, resolve_vae
 from dataengine.records import Caption, CaptionedClip, Clip, DecodedClip, Failure, Frames, ProbeInfo, Source
+from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitStage, Stage, ViewConfig
 from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
+from pipelines.local import run_chain
 
 KINDS = ["wan", "ltx", "cogvideox", "kl"]
 
@@ -54,11 +57,15 @@ def _captioned(index: int, t: int, h: int = 64, w: int = 64, view: str = "latent
     )  # fmt: skip
     frames_THWC = np.random.default_rng(index).integers(0, 256, (t, h, w, 3), dtype=np.uint8)
     frames = Frames(frames_THWC, fps=24.0, timestamps_s=np.arange(t) / 24)
+    return _with_caption(DecodedClip(clip=clip, views={view: frames}))
+
+
+def _with_caption(decoded: DecodedClip) -> CaptionedClip:
     caption = Caption(
         caption="a test clip", short_caption="test", structured={}, engine="none", model="none",
         prompt_id="none", schema_version="1", attempts=1, windows=1, output_tokens=0, seconds=0.0,
     )  # fmt: skip
-    return CaptionedClip(decoded=DecodedClip(clip=clip, views={view: frames}), caption=caption)
+    return CaptionedClip(decoded=decoded, caption=caption)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -83,6 +90,23 @@ def test_encode_decode_shapes(kind: str, stages: dict[str, EncodeStage]) -> None
     decoded = vae.decode(np.stack([first.latents_CTHW, second.latents_CTHW]))
     assert decoded.dtype == np.uint8
     assert decoded.shape == (2, 9, 64, 64, 3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_image_encodes_to_one_latent_frame(
+    kind: str, stages: dict[str, EncodeStage], images: dict[str, Path]
+) -> None:
+    views = {"latents": ViewConfig(fps=16, max_frames=None, resize="crop", width=64, height=64)}
+    clip_stages: list[Stage[Any, Any]] = [ProbeStage(), SplitStage(), DecodeStage(DecodeConfig(views=views))]
+    (decoded,) = run_chain(clip_stages, [Source.from_uri(images["png"])])
+    assert isinstance(decoded, DecodedClip) and decoded.views["latents"].shape == (1, 64, 64, 3)
+    vae = stages[kind].vae
+    (record,) = stages[kind].process_batch([_with_caption(decoded)])
+    assert isinstance(record, EncodedClip) and record.frames_used == 1
+    s = vae.spatial_compression
+    assert record.latents_CTHW.shape == (vae.info["latent_channels"], 1, 64 // s, 64 // s)
+    assert np.isfinite(record.latents_CTHW).all()
+    assert vae.decode(record.latents_CTHW[None]).shape == (1, 1, 64, 64, 3)
 
 
 @pytest.mark.parametrize("kind", KINDS)

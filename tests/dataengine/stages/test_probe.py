@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from dataengine.records import Failure, Source, Video
 from dataengine.stages import ProbeConfig, ProbeStage
-from tests.media import GoodClip
+from tests.media import GoodClip, make_animations
 
 # Each broken input and a word its failure reason must contain.
 EXPECTED_REASONS = {
@@ -17,7 +17,6 @@ EXPECTED_REASONS = {
     "random_bytes": "undecodable header",
     "text_file": "text file, not a video",
     "audio_only": "no video stream (found: audio)",
-    "still_image": "still image",
     "directory": "not a regular file",
     "dangling_symlink": "dangling symlink",
     "missing": "missing file",
@@ -61,6 +60,40 @@ def test_a_batch_with_broken_inputs_keeps_going(
     paths = [*broken_inputs.values(), good_clips["h264_audio"].path]
     results = ProbeStage().process_batch([Source.from_uri(p) for p in paths])
     assert [type(r) for r in results] == [Failure] * len(broken_inputs) + [Video]
+
+
+def test_still_images_are_one_frame_videos(images: dict[str, Path]) -> None:
+    assert {"png", "jpeg"} <= set(images)
+    for name, path in images.items():
+        video = probe(path)
+        assert isinstance(video, Video), f"{name}: {video}"
+        facts = video.probe
+        assert facts.is_image and (facts.width, facts.height) == (64, 48), name
+        assert (facts.n_frames, facts.n_frames_exact) == (1, True), name
+        assert (facts.duration_s, facts.avg_fps, facts.r_fps, facts.is_vfr) == (1.0, 1.0, 1.0, False), name
+    assert probe(images["jpeg"]).probe.codec == "mjpeg"  # type: ignore[union-attr]
+
+
+def test_images_false_refuses_stills_as_before(images: dict[str, Path]) -> None:
+    for name in ("png", "jpeg"):
+        result = probe(images[name], images=False)
+        assert isinstance(result, Failure) and result.stage == "probe"
+        assert "still image" in result.reason and "not a video" in result.reason, result.reason
+    assert "still image (png)" in probe(images["png"], images=False).reason  # type: ignore[union-attr]
+
+
+def test_size_limits_apply_to_images(images: dict[str, Path]) -> None:
+    assert "over the limits" in probe(images["png"], max_width=32).reason  # type: ignore[union-attr]
+    assert "over the limit of 10" in probe(images["png"], max_file_bytes=10).reason  # type: ignore[union-attr]
+
+
+def test_animations_are_not_stills(tmp_path: Path) -> None:
+    animations = make_animations(tmp_path)
+    gif = probe(animations["gif"])
+    assert isinstance(gif, Video) and not gif.probe.is_image and gif.probe.n_frames == 10
+    # This ffmpeg reads no frames from animated WebP; it must not pass as a one-frame image either.
+    webp = probe(animations["webp"])
+    assert not (isinstance(webp, Video) and webp.probe.is_image), webp
 
 
 def test_limits_are_configurable(good_clips: dict[str, GoodClip]) -> None:

@@ -80,3 +80,18 @@ def test_clip_ids_are_deterministic_hex_keys(scene_cut_clip: Path) -> None:
 def test_inconsistent_lengths_are_a_config_error() -> None:
     with pytest.raises(ValidationError, match="min_clip_s <= window_s <= max_clip_s"):
         SplitConfig(window_s=20, max_clip_s=10)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SplitConfig(mode="scenes"),
+        SplitConfig(mode="fixed", window_s=0.25, min_clip_s=0.1, max_clip_s=0.5),  # would cut 1 s in four
+        SplitConfig(mode="fixed", window_s=3, min_clip_s=2, max_clip_s=4),  # would drop 1 s as too short
+    ],
+)
+def test_an_image_is_one_clip_whatever_the_mode(images: dict[str, Path], config: SplitConfig) -> None:
+    video = video_of(images["png"])
+    (clip,) = SplitStage(config).split(video)
+    assert isinstance(clip, Clip) and (clip.start_s, clip.end_s, clip.index, clip.shot) == (0.0, 1.0, 0, 0)
+    assert clip.probe.is_image and clip.clip_id == SplitStage(config).split(video)[0].clip_id
