@@ -16,10 +16,32 @@ def test_every_recipe_is_complete_and_valid(name: str) -> None:
     assert recipe.caption.view in recipe.decode.views
 
 
-def test_the_gpu_recipe_names_a_real_checkpoint() -> None:
-    engine = get_recipe("gpu-qwen25vl-7b").caption.engine
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_encodes_a_decoded_view_and_fits_its_pools(name: str) -> None:
+    recipe = get_recipe(name)
+    assert recipe.encode.view in recipe.decode.views
+    for step in ("probe", "decode", "caption", "encode"):
+        pool = getattr(recipe.pools, step)
+        assert 1 <= pool.min_workers <= pool.max_workers
+
+
+def test_the_gpu_recipe_names_real_checkpoints_and_gpus() -> None:
+    recipe = get_recipe("gpu-qwen25vl-7b-wan")
+    engine = recipe.caption.engine
     assert isinstance(engine, VLLMEngineConfig)
     assert engine.model == "Qwen/Qwen2.5-VL-7B-Instruct" and engine.dtype == "bfloat16"
+    assert recipe.encode.vae.model == "Wan-AI/Wan2.1-T2V-1.3B-Diffusers" and recipe.encode.vae.kind == "wan"
+    assert recipe.pools.caption.num_gpus == 1 and 0 < recipe.pools.encode.num_gpus <= 1
+    assert recipe.pools.decode.num_gpus == 0 and recipe.pools.decode.max_workers > 1
+    assert recipe.encode.vae.device == "cuda" and recipe.text is not None and recipe.text.device == "cuda"
+
+
+def test_the_demo_recipe_needs_no_hub_and_fits_two_cores() -> None:
+    recipe = get_recipe("demo")
+    models = [recipe.caption.engine.model, recipe.encode.vae.model]
+    assert all(m.startswith("builtin:") for m in models)
+    pools = [getattr(recipe.pools, s) for s in ("probe", "decode", "caption", "encode")]
+    assert sum(p.num_cpus * p.min_workers for p in pools) <= 2 and all(p.num_gpus == 0 for p in pools)
 
 
 def test_overrides_set_nested_keys_with_json_values() -> None:
@@ -42,6 +64,8 @@ def test_overrides_set_nested_keys_with_json_values() -> None:
         ("nothing", "is not key=value"),
         ("split.mode=sideways", "invalid override"),
         ("probe.timeout_s.deeper=1", "not a section"),
+        ("pools.caption.gpus=1", "unknown key 'pools.caption.gpus': pools.caption has .*num_gpus"),
+        ("pools.decode.min_workers=3", "max_workers 2 < min_workers 3"),
     ],
 )
 def test_bad_overrides_are_refused_with_a_message(override: str, message: str) -> None:
@@ -50,7 +74,7 @@ def test_bad_overrides_are_refused_with_a_message(override: str, message: str) -
 
 
 def test_unknown_recipe_and_engine_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="known recipes: demo, gpu-qwen25vl-7b"):
+    with pytest.raises(ConfigError, match="known recipes: cpu-small, demo, gpu-qwen25vl-7b-wan"):
         get_recipe("nope")
     with pytest.raises(ConfigError, match="--base-url"):
         with_engine(get_recipe("demo"), "openai")
