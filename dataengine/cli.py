@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -116,7 +116,7 @@ def clips(
 def caption(
     video: Annotated[str, typer.Argument(help="a video file, or an http(s):// or s3:// URI")],
     recipe: Annotated[
-        str, typer.Option(help="named configuration: demo (CPU, tiny built-in VLM), gpu-qwen25vl-7b")
+        str, typer.Option(help="named configuration: demo (CPU, tiny built-in VLM), gpu-qwen25vl-7b-wan")
     ] = "demo",
     engine: Annotated[
         str | None,
@@ -177,6 +177,52 @@ def run(
     config = apply_overrides(get_recipe(recipe), overrides or [])
     if not launch_run(config, inputs, out, address, force, console):
         raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="the --out folder of dataengine run")],
+    samples: Annotated[int, typer.Option(min=1, help="samples on the HTML contact sheet")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="print the numbers as one JSON document")] = False,
+) -> None:
+    """Counts by status, failure reasons, caption length and clip duration distributions of a run, and an
+    HTML contact sheet (RUN_DIR/contact_sheet.html) of preview frames with their captions."""
+    from pipelines.inspect_run import inspect_run
+
+    try:
+        found = inspect_run(run_dir, samples)
+    except FileNotFoundError as exc:
+        console.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(found.as_json(), indent=2))
+        return
+    _print_inspection(found)
+
+
+def _print_inspection(found: Any) -> None:
+    out = Console()
+    status = ", ".join(f"{n} {s}" for s, n in sorted(found.by_status.items()))
+    out.print(f"[bold]{found.out_dir}[/]: {status}; {found.shards} shards, {found.shard_bytes / 1e6:.1f} MB")
+    if found.reasons:
+        table = Table("stage", "reason", "clips/videos", title="why clips did not make it")
+        for stage, reason, n in found.reasons[:20]:
+            table.add_row(stage, reason, str(n))
+        out.print(table)
+    for title, dist in (
+        ("caption length (words)", found.caption_words),
+        ("clip duration (s)", found.clip_seconds),
+    ):
+        if dist is None:
+            continue
+        table = Table("range", "clips", "", title=f"{title}: p10 {dist.p10:.1f}, median {dist.p50:.1f}, "
+                      f"p90 {dist.p90:.1f} (min {dist.min:.1f}, max {dist.max:.1f})")  # fmt: skip
+        top = max(c for _, _, c in dist.histogram) or 1
+        for lo, hi, count in dist.histogram:
+            table.add_row(f"{lo:7.1f} - {hi:7.1f}", str(count), "█" * round(30 * count / top))
+        out.print(table)
+    if found.sheet is not None:
+        out.print(f"contact sheet: [bold]{found.sheet}[/]")
 
 
 @app.command()

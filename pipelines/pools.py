@@ -163,6 +163,7 @@ class _Worker:
     actor: Any
     ready_ref: Any
     ready: bool = False
+    ready_at: float | None = None
     in_flight: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -187,6 +188,7 @@ class Pool:
         self.busy_s = 0.0  # worker time spent inside process_batch (reported by the workers)
         self.deaths = 0
         self.peak_workers = 0
+        self._retired_s = 0.0  # ready time of workers that are gone
         for _ in range(config.min_workers):
             self._add_worker()
 
@@ -204,7 +206,7 @@ class Pool:
         """A worker finished setting up (or failed to: ``ray.get`` raises the setup error to the runner)."""
         worker = next(w for w in self.workers if w.ready_ref == ref)
         ray.get(ref)
-        worker.ready = True
+        worker.ready, worker.ready_at = True, time.monotonic()
 
     def autoscale(self, cluster_free: dict[str, float]) -> None:
         """Grow while a full batch waits and every ready worker is saturated; shrink idle surplus workers."""
@@ -223,7 +225,7 @@ class Pool:
         for worker in list(self.workers):
             idle = worker.ready and worker.in_flight == 0 and now - worker.idle_since > self.config.idle_s
             if idle and len(self.workers) > self.config.min_workers and not self.queue:
-                self.workers.remove(worker)
+                self._retire(worker)
                 ray.kill(worker.actor)
 
     def _fits(self, free: dict[str, float]) -> bool:
@@ -284,14 +286,25 @@ class Pool:
         if worker in self.workers:
             self.deaths += 1
             log.warning("%s worker died (%s); starting a replacement", self.step, type(exc).__name__)
-            self.workers.remove(worker)
+            self._retire(worker)
             if len(self.workers) < self.config.min_workers:
                 self._add_worker()
 
-    def idle(self) -> bool:
-        return not self.queue and not self.batches
+    def _retire(self, worker: _Worker) -> None:
+        self.workers.remove(worker)
+        if worker.ready_at is not None:
+            self._retired_s += time.monotonic() - worker.ready_at
+
+    def ready_s(self) -> float:
+        """Worker-seconds since each worker finished setting up: the denominator of the busy fraction."""
+        now = time.monotonic()
+        return self._retired_s + sum(now - w.ready_at for w in self.workers if w.ready_at is not None)
+
+    def busy_fraction(self) -> float:
+        ready = self.ready_s()
+        return self.busy_s / ready if ready > 0 else 0.0
 
     def shutdown(self) -> None:
-        for worker in self.workers:
+        for worker in list(self.workers):
+            self._retire(worker)
             ray.kill(worker.actor)
-        self.workers.clear()

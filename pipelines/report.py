@@ -123,7 +123,12 @@ def write_run_json(
         "inputs": specs,
         "counts": _counts(counts),
         "pools": {
-            step: {"peak_workers": p.peak_workers, "worker_deaths": p.deaths, "busy_s": round(p.busy_s, 3)}
+            step: {
+                "peak_workers": p.peak_workers,
+                "worker_deaths": p.deaths,
+                "busy_s": round(p.busy_s, 3),
+                "busy_fraction": round(p.busy_fraction(), 3),
+            }
             for step, p in pools.items()
         },
     }
@@ -174,7 +179,7 @@ def _iso(ts: float) -> str:
 def summary(out_dir: Path, counts: Counts, pools: dict[str, Pool], wall_s: float) -> Table:
     """Per-step counts and worker time of this attempt, then the whole run's manifest by status."""
     table = Table(title=f"run summary ({wall_s:.1f} s)")
-    for col in ("step", "ok", "failed", "dropped", "workers", "deaths", "busy s", "ok/busy s"):
+    for col in ("step", "ok", "failed", "dropped", "workers", "deaths", "busy s", "busy %", "ok/busy s"):
         table.add_column(col, justify="left" if col == "step" else "right")
     for step in STEPS:
         pool = pools[step]
@@ -184,7 +189,7 @@ def summary(out_dir: Path, counts: Counts, pools: dict[str, Pool], wall_s: float
         rate = counts.ok[step] / pool.busy_s if pool.busy_s else 0.0
         table.add_row(
             step, str(counts.ok[step]), str(failed), str(dropped), str(pool.peak_workers), str(pool.deaths),
-            f"{pool.busy_s:.1f}", f"{rate:.2f}",
+            f"{pool.busy_s:.1f}", f"{pool.busy_fraction():.0%}", f"{rate:.2f}",
         )  # fmt: skip
     statuses = read_manifest(out_dir).column("status").to_pylist()
     table.caption = f"{out_dir}: " + ", ".join(

@@ -1,0 +1,124 @@
+"""``dataengine inspect DIR``: what a run produced, in numbers and in pictures.
+
+Counts by status, failure reasons by stage, distributions of caption length (words) and clip duration from
+the manifest, and ``DIR/contact_sheet.html``: each sample's preview frame beside its caption, read from the
+shards with plain webdataset.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+
+from dataengine.shards import read_manifest
+
+SHEET = "contact_sheet.html"
+
+
+@dataclass
+class Distribution:
+    n: int
+    min: float
+    p10: float
+    p50: float
+    p90: float
+    max: float
+    histogram: list[tuple[float, float, int]] = field(default_factory=list)  # (from, to, count)
+
+    @classmethod
+    def of(cls, values: list[float], bins: int = 8) -> Distribution | None:
+        if not values:
+            return None
+        data = np.asarray(values, dtype=float)
+        counts, edges = np.histogram(data, bins=bins)
+        p10, p50, p90 = (float(v) for v in np.percentile(data, [10, 50, 90]))
+        hist = [(float(a), float(b), int(c)) for a, b, c in zip(edges[:-1], edges[1:], counts, strict=True)]
+        return cls(len(data), float(data.min()), p10, p50, p90, float(data.max()), hist)
+
+
+@dataclass
+class Inspection:
+    out_dir: Path
+    by_status: dict[str, int]
+    reasons: list[tuple[str, str, int]]  # (stage, reason, count), most frequent first
+    caption_words: Distribution | None
+    clip_seconds: Distribution | None
+    shards: int
+    shard_bytes: int
+    sheet: Path | None
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in ("out_dir", "sheet")}
+        for key in ("caption_words", "clip_seconds"):
+            value = getattr(self, key)
+            doc[key] = value.__dict__ if value is not None else None
+        return {"out_dir": str(self.out_dir), "sheet": str(self.sheet) if self.sheet else None, **doc}
+
+
+def inspect_run(out_dir: Path, max_samples: int = 64) -> Inspection:
+    """Read ``out_dir``'s manifest and shards; write the HTML contact sheet of up to ``max_samples`` samples.
+
+    Raises:
+        FileNotFoundError: ``out_dir`` holds no manifest (not a run folder, or a run that committed nothing).
+    """
+    if not any((out_dir / "manifest").glob("*.parquet")):
+        raise FileNotFoundError(f"{out_dir} has no manifest/*.parquet: is it the --out of dataengine run?")
+    rows = read_manifest(out_dir).to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    reasons = Counter((r["stage"] or "", _reason(r["error"] or "")) for r in rows if r["status"] != "ok")
+    shards = sorted((out_dir / "shards").glob("*.tar"))
+    return Inspection(
+        out_dir=out_dir,
+        by_status=dict(Counter(r["status"] for r in rows)),
+        reasons=[(stage, reason, n) for (stage, reason), n in reasons.most_common()],
+        caption_words=Distribution.of([len((r["caption"] or "").split()) for r in ok]),
+        clip_seconds=Distribution.of([r["end_s"] - r["start_s"] for r in ok if r["end_s"] is not None]),
+        shards=len(shards),
+        shard_bytes=sum(p.stat().st_size for p in shards),
+        sheet=_write_sheet(out_dir, shards, max_samples) if shards else None,
+    )
+
+
+def _reason(error: str) -> str:
+    """The reason without per-file detail (paths, numbers after a colon), so equal causes group together."""
+    return error.split(" | ")[0].split(": /")[0][:160]
+
+
+def _write_sheet(out_dir: Path, shards: list[Path], max_samples: int) -> Path:
+    cards: list[str] = []
+    dataset = wds.WebDataset([str(p) for p in shards], shardshuffle=False)
+    for sample in dataset:
+        if len(cards) >= max_samples:
+            break
+        meta = json.loads(sample["json"])
+        image = base64.b64encode(sample["jpg"]).decode() if "jpg" in sample else ""
+        span = f"{meta.get('start_s', 0):.2f}-{meta.get('end_s', 0):.2f} s"
+        cards.append(
+            f'<div class="card"><img src="data:image/jpeg;base64,{image}" alt="preview">'
+            f"<p class=meta>{html.escape(meta.get('source', ''))} · {span} · "
+            f"{html.escape(sample['__key__'])}</p>"
+            f"<p class=short>{html.escape(meta.get('short_caption') or '')}</p>"
+            f"<p>{html.escape(sample['txt'].decode())}</p></div>"
+        )
+    path = out_dir / SHEET
+    path.write_text(_PAGE.format(title=html.escape(str(out_dir)), n=len(cards), cards="\n".join(cards)))
+    return path
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
+body {{ font: 14px system-ui, sans-serif; margin: 1.5em; background: #fafafa; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1em; }}
+.card {{ background: white; border: 1px solid #ddd; border-radius: 6px; padding: .6em; }}
+.card img {{ width: 100%; image-rendering: pixelated; }}
+.meta {{ color: #777; font-size: 11px; word-break: break-all; }} .short {{ font-weight: 600; }}
+</style></head><body><h1>{title}</h1><p>{n} samples, preview frame and dense caption</p>
+<div class="grid">{cards}</div></body></html>
+"""

@@ -1,0 +1,214 @@
+"""``dataengine run`` end to end on a local Ray instance with the demo recipe: the real vLLM engine on the
+tiny built-in VLM, the tiny Wan VAE and the real MiniLM text encoder, on synthetic and broken inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import webdataset as wds
+
+from dataengine.shards import read_manifest
+from dataengine.synth import synthesize
+from pipelines.recipes import apply_overrides, get_recipe
+from pipelines.runner import Counts, Runner
+from tests.media import make_broken_inputs
+
+pytestmark = pytest.mark.slow
+
+# Small shards so that a run commits several of them, and the kill test can stop it between two commits.
+OVERRIDES = ["shards.max_samples=2"]
+BROKEN = ("zero_bytes", "random_bytes", "truncated", "missing", "audio_only")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    root = tmp_path_factory.mktemp("run_inputs")
+    videos = synthesize(root / "videos", 4, seed=11, width=160, height=120, max_shots=2)
+    broken = make_broken_inputs(root / "broken", videos[0])
+    return [str(root / "videos"), *(str(broken[name]) for name in BROKEN)]
+
+
+def cli_run(inputs: list[str], out: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
+    """``dataengine run`` in its own process group (so a test can kill the whole group)."""
+    cmd = [sys.executable, "-m", "dataengine.cli", "run", *inputs, "--out", str(out)]
+    cmd += [arg for override in OVERRIDES for arg in ("--set", override)] + list(extra)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    if wait:
+        proc.wait(timeout=600)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def reference(inputs: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = cli_run(inputs, out)
+    output = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 0, output
+    return out
+
+
+def outcome(out: Path) -> set[tuple[Any, ...]]:
+    """What a run produced, order aside: one entry per manifest row."""
+    rows = read_manifest(out).to_pylist()
+    return {(r["clip_id"], r["source"], r["status"], r["stage"]) for r in rows}
+
+
+def shard_keys(out: Path) -> list[str]:
+    urls = [str(p) for p in sorted((out / "shards").glob("*.tar"))]
+    return [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
+
+
+def leftovers(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
+
+
+def test_a_run_accounts_for_every_input_and_writes_readable_shards(
+    inputs: list[str], reference: Path
+) -> None:
+    rows = read_manifest(reference).to_pylist()
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) >= 4
+    sources = {r["source"] for r in rows}
+    videos = sorted(Path(inputs[0]).glob("*.mp4"))
+    for path in [*videos, *(Path(p) for p in inputs[1:])]:
+        assert any(s is not None and s.endswith(path.name) for s in sources), f"{path} is not in the manifest"
+    failed = {Path(r["source"]).name: r for r in rows if r["status"] == "failed"}
+    assert failed["empty.mp4"]["stage"] == "probe" and "empty file" in failed["empty.mp4"]["error"]
+    assert "missing file" in failed["never_created.mp4"]["error"]
+
+    assert sorted(shard_keys(reference)) == sorted(r["clip_id"] for r in ok)
+    urls = [str(p) for p in sorted((reference / "shards").glob("*.tar"))]
+    sample = next(iter(wds.WebDataset(urls, shardshuffle=False).decode()))
+    assert {"latents.npy", "txt", "json", "jpg", "text_emb.npy"} <= set(sample)
+    assert sample["latents.npy"].ndim == 4 and sample["text_emb.npy"].shape == (384,)
+    assert sample["json"]["vae"]["model"] == "builtin:tiny-wan" and sample["txt"]
+    assert len(urls) == -(-len(ok) // 2)  # shards.max_samples=2
+    assert not leftovers(reference)
+
+    run = json.loads((reference / "run.json").read_text())
+    assert run["status"] == "completed" and run["recipe"] == "demo"
+    assert run["config"]["shards"]["max_samples"] == 2 and "ray" in run["versions"]
+    assert run["counts"]["samples_written"] == len(ok) and len(run["attempts"]) == 1
+
+
+def test_kill_9_of_the_whole_run_then_rerun_gives_the_uninterrupted_result(
+    inputs: list[str], reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = cli_run(inputs, out, wait=False)
+    deadline = time.monotonic() + 300
+    while not list((out / "manifest").glob("*.parquet")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run committed nothing in 300 s"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    first = outcome(out)
+    assert first and first < outcome(reference)  # part-way: something committed, not everything
+
+    rerun = cli_run(inputs, out)
+    assert rerun.returncode == 0, rerun.stdout.read() if rerun.stdout else ""
+    assert outcome(out) == outcome(reference)
+    keys = shard_keys(out)
+    assert len(keys) == len(set(keys))  # nothing written twice
+    assert not leftovers(out)
+    assert len(json.loads((out / "run.json").read_text())["attempts"]) == 1  # the killed one wrote none
+
+
+@pytest.fixture
+def ray_local() -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        yield
+        ray.shutdown()
+
+
+def test_a_caption_worker_killed_mid_batch_is_replaced_and_its_items_retried(
+    inputs: list[str], reference: Path, tmp_path: Path, ray_local: None
+) -> None:
+    recipe = apply_overrides(get_recipe("demo"), OVERRIDES)
+    killed: list[int] = []
+    peak_queue = 0
+
+    def kill_once(counts: Counts, pools: dict[str, Any]) -> None:
+        nonlocal peak_queue
+        peak_queue = max([peak_queue, *(len(p.queue) for p in pools.values())])
+        caption = pools["caption"]
+        if killed or not caption.batches:
+            return
+        import ray
+
+        pid = ray.get(caption.workers[0].ready_ref)
+        os.kill(pid, signal.SIGKILL)  # what the OOM killer or a crashing engine does
+        killed.append(pid)
+
+    runner = Runner(recipe, inputs[:1], tmp_path / "run", on_progress=kill_once)
+    counts = runner.run()
+    assert killed and runner.pools["caption"].deaths == 1
+    assert counts.failures == 0 and counts.samples == counts.clips_found > 0
+    expected = {row for row in outcome(reference) if row[2] == "ok"}
+    assert outcome(tmp_path / "run") == expected
+    assert peak_queue <= recipe.runner.max_queued + recipe.pools.probe.batch_size * 8
+
+
+def test_run_level_errors_exit_non_zero_with_a_message(tmp_path: Path) -> None:
+    bad_key = cli_run(["nowhere"], tmp_path / "a", "--set", "pools.caption.gpus=1")
+    text = bad_key.stdout.read() if bad_key.stdout else ""
+    assert bad_key.returncode == 2 and "unknown key 'pools.caption.gpus'" in text and "num_gpus" in text
+
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    nothing = cli_run([str(empty)], tmp_path / "b")
+    text = nothing.stdout.read() if nothing.stdout else ""
+    assert nothing.returncode == 1 and "no inputs found" in text
+
+
+def test_resuming_with_another_recipe_is_refused(reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    proc = cli_run(["nowhere"], out, "--set", "caption.sampling.max_tokens=99")
+    text = proc.stdout.read() if proc.stdout else ""
+    assert proc.returncode == 2 and "different config (caption changed)" in text
+
+
+def test_inspect_prints_the_numbers_and_writes_the_contact_sheet(reference: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "inspect", str(reference), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    found = json.loads(proc.stdout)
+    rows = read_manifest(reference).to_pylist()
+    assert found["by_status"] == {s: sum(r["status"] == s for r in rows) for s in {r["status"] for r in rows}}
+    assert ("probe", "empty file (0 bytes)", 1) in [tuple(r) for r in found["reasons"]]
+    assert found["caption_words"]["n"] == found["by_status"]["ok"] and found["clip_seconds"]["max"] <= 4.0
+    page = Path(found["sheet"]).read_text()
+    assert page.count('<div class="card">') == found["by_status"]["ok"]
+    assert page.count("data:image/jpeg;base64,") == found["by_status"]["ok"]
+
+    table = subprocess.run(
+        [sys.executable, "-m", "dataengine.cli", "inspect", str(reference)], capture_output=True, text=True
+    )
+    assert (
+        table.returncode == 0
+        and "why clips did not make it" in table.stdout
+        and "contact sheet" in table.stdout
+    )
+    missing = subprocess.run([sys.executable, "-m", "dataengine.cli", "inspect", str(reference / "nope")])
+    assert missing.returncode == 1
