@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -230,17 +231,31 @@ def demo(
     out: Annotated[Path, typer.Option(help="where the demo writes everything")] = Path("out/demo"),
     n: Annotated[int, typer.Option(min=1, help="synthetic videos to make")] = 6,
 ) -> None:
-    """Run the embedded default end to end on synthetic videos (no GPU, no model hub needed): synthesise,
-    probe, split, decode and caption with the demo recipe (in-process vLLM on the tiny built-in VLM)."""
+    """Run the embedded default end to end (no GPU, no model hub needed): synthesise videos with ground truth,
+    then `dataengine run --recipe demo` (probe, split, decode, caption with in-process vLLM on the tiny
+    built-in VLM, encode with the tiny Wan VAE and MiniLM, write shards) and `dataengine inspect`.
+    Rerunning it resumes."""
+    from pipelines.inspect_run import inspect_run
+    from pipelines.launch import launch_run
+
     require_ffmpeg()
-    recipe = get_recipe("demo")
-    videos = out / "videos"
-    console.rule("[bold]1/2 synthesise videos with ground truth")
+    videos, run_dir = out / "videos", out / "run"
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    console.rule("[bold]1/3 synthesise videos with ground truth")
     synth_lib.synthesize(videos, n, seed=0, max_shots=3)
     console.print(f"{n} videos in {videos}")
-    console.rule("[bold]2/2 probe -> split -> decode -> caption (recipe: demo)")
-    report = _extract([str(videos)], out / "clips", recipe.split, recipe.decode, recipe.caption)
-    _report(report)
+    timings["synthesise"] = time.perf_counter() - start
+    console.rule("[bold]2/3 run: probe -> split -> decode -> caption -> encode -> shards (recipe: demo)")
+    start = time.perf_counter()
+    if not launch_run(get_recipe("demo"), [str(videos)], run_dir, None, False, console):
+        raise typer.Exit(1)
+    timings["run"] = time.perf_counter() - start
+    console.rule("[bold]3/3 inspect")
+    start = time.perf_counter()
+    _print_inspection(inspect_run(run_dir))
+    timings["inspect"] = time.perf_counter() - start
+    console.print("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
 
 
 def _extract(

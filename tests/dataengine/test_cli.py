@@ -53,15 +53,16 @@ def test_a_bad_option_value_is_a_clear_error(tmp_path: Path) -> None:
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     done = run("demo", "--out", str(tmp_path / "demo"))
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "demo" / "clips" / "clips.jsonl").stat().st_size > 0
-    assert "contact_sheet.jpg" in done.stderr
+    run_dir = tmp_path / "demo" / "run"
+    assert list((run_dir / "shards").glob("*.tar")) and (run_dir / "run.json").exists()
+    assert (run_dir / "contact_sheet.html").exists() and "time per step" in done.stderr
 
 
 def test_caption_rejects_unknown_recipes_and_keys(tmp_path: Path) -> None:
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
     unknown_recipe = run("caption", str(video), "--recipe", "nope")
-    assert unknown_recipe.returncode == 2 and "known recipes: demo" in unknown_recipe.stderr
+    assert unknown_recipe.returncode == 2 and "known recipes: cpu-small, demo" in unknown_recipe.stderr
     unknown_key = run("caption", str(video), "--set", "caption.sampling.max_tokenz=5")
     assert unknown_key.returncode == 2
     assert (
