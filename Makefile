@@ -29,6 +29,8 @@ format: setup
 bench: setup      ## every benchmark in bench/, each printing its ratio to the speed of light
 	$(PY) bench/decode.py
 	$(PY) bench/caption.py
+	$(PY) bench/shards.py
+	$(PY) bench/runner.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
