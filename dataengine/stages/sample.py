@@ -71,5 +71,8 @@ class SampleStage(Stage[CaptionedClip, Sample]):
             key, members, row = to_sample(
                 item, embedding.get(item.clip_id), self.config.encode.view, self.config.preview_view
             )
+            if self.config.text is not None:  # a sampler embeds prompts with the same encoder
+                members["json"]["text_encoder"] = self.config.text.model_dump(mode="json")
+                members["json"]["models"]["text"] = self.config.text.model
             out.append(Sample(key, members, row, item.clip))
         return out

@@ -57,7 +57,7 @@ def test_rendering_is_deterministic_and_mentions_every_field() -> None:
 
 
 def test_prompts_have_unique_ids_and_render() -> None:
-    assert len(PROMPTS) == 3
+    assert set(PROMPTS) == {"dense-v1", "dense-image-v1", "fuse-v1", "enhance-v1"}
     text = get_prompt("dense-v1").render(duration_s=2.0, n_frames=4, fps=2.0)
     assert "2.0 seconds long (4 frames at 2.00 fps)" in text
     with pytest.raises(KeyError, match="known"):
