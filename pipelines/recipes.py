@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, ValidationError
 
@@ -195,11 +195,14 @@ def get_recipe(name: str) -> RecipeConfig:
         raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}") from None
 
 
+C = TypeVar("C", bound=StageConfig)
+
+
 class OverrideError(ConfigError):
     """An override names a key that does not exist, or gives a value the key does not accept."""
 
 
-def apply_overrides(config: RecipeConfig, overrides: Sequence[str]) -> RecipeConfig:
+def apply_overrides(config: C, overrides: Sequence[str]) -> C:
     """``config`` with ``key.path=value`` overrides applied (values parse as JSON, else as strings).
 
     Raises:
@@ -215,7 +218,7 @@ def apply_overrides(config: RecipeConfig, overrides: Sequence[str]) -> RecipeCon
             )
         _set(data, key.strip().split("."), _parse(raw))
     try:
-        return RecipeConfig.model_validate(data)
+        return type(config).model_validate(data)
     except ValidationError as exc:
         raise OverrideError(f"invalid override: {exc}") from exc
 

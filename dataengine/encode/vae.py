@@ -209,6 +209,7 @@ def _info(model: Any, config: VAEConfig, spatial: int, temporal: int) -> dict[st
 
     return {
         "model": config.model,
+        "subfolder": config.subfolder,
         "class": type(model).__name__,
         "kind": config.kind,
         "dtype": config.dtype,

@@ -1,0 +1,306 @@
+"""Streaming shard loader: shard list -> split by node -> by worker -> shuffle -> decode -> bucket -> batch.
+
+Each step is a small function below, in that order. Shards are local paths, globs, brace patterns
+(``shards-{000000..000099}.tar``), run folders (their ``shards/*.tar``), ``http(s)://`` or ``s3://`` URLs
+(through fsspec) or ``pipe:`` commands. Every epoch shuffles the shard list with ``seed + epoch`` (the same
+order on every rank), gives rank r every world-th shard and worker w of that every n-th, shuffles samples
+in a seeded buffer, normalises latents with the stats their VAE recorded, and groups samples of one latent
+shape into a batch (no padding of latents; text tokens are padded, with a mask).
+
+The stream is a deterministic function of (seed, rank, world size, workers): batch g of a rank comes from
+worker ``g % workers`` (the DataLoader reads workers round-robin), so a resumed run rebuilds the loader with
+``start_batch`` and each worker replays, without yielding, the batches it produced before. The data order of
+a resumed run is the one of an uninterrupted run.
+
+Legend: ``latents_BCTHW`` float32 normalised latents; ``text_BLD`` float32 text states, ``text_mask_BL`` bool.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import itertools
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import braceexpand
+import fsspec
+import numpy as np
+import torch
+from pydantic import Field
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from dataengine.config import ConfigError, StageConfig
+from dataengine.encode.vae import normalization
+
+
+class Phase(StageConfig):
+    """A stretch of the curriculum: until ``until_step`` (None: the end), this share of batches are images."""
+
+    until_step: int | None = Field(None, ge=1)
+    image_ratio: float = Field(0.0, ge=0, le=1, description="share of batches of T=1 samples (images)")
+
+
+class DataConfig(StageConfig):
+    shards: list[str] = Field(
+        default_factory=list, description="paths, globs, brace patterns, run dirs, URLs"
+    )
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(2, ge=0)
+    prefetch_factor: int = Field(2, ge=1)
+    shuffle_buffer: int = Field(256, ge=1)
+    seed: int = 0
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for URLs")
+    curriculum: list[Phase] = Field(
+        default_factory=lambda: [Phase(image_ratio=0.0)], description="phases in order; the last one runs on"
+    )
+
+
+# --- shard list --------------------------------------------------------------------------------------------
+
+
+def expand_shards(specs: list[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Every shard URL the specs name, sorted and without duplicates.
+
+    Raises:
+        ConfigError: a spec that names no shard.
+    """
+    urls: list[str] = []
+    for spec in specs:
+        found = [
+            u for pattern in braceexpand.braceexpand(spec) for u in _expand_one(pattern, storage_options)
+        ]
+        if not found:
+            raise ConfigError(
+                f"no shards found for {spec!r}: give .tar files, a glob, or a run's --out folder"
+            )
+        urls += found
+    return sorted(set(urls))
+
+
+def _expand_one(pattern: str, storage_options: dict[str, Any] | None) -> list[str]:
+    if pattern.startswith("pipe:"):
+        return [pattern]
+    if "://" in pattern and not pattern.startswith("file://"):
+        if not any(c in pattern for c in "*?["):
+            return [pattern]
+        fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options or {})
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        return [f"{protocol}://{p}" for p in paths]
+    path = Path(pattern.removeprefix("file://"))
+    if path.is_dir():
+        inner = path / "shards" if (path / "shards").is_dir() else path
+        return [str(p) for p in sorted(inner.glob("*.tar"))]
+    return sorted(glob.glob(str(path), recursive=True))  # noqa: PTH207  # patterns with ** and []
+
+
+def split_shards(
+    urls: list[str], epoch: int, seed: int, rank: int, world: int, worker: int, workers: int
+) -> list[str]:
+    """This worker's shards for ``epoch``: a seeded shuffle shared by all ranks, then by node, by worker."""
+    order = list(urls)
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order[rank::world][worker::workers]
+
+
+def check_enough_shards(n_shards: int, world: int, workers: int) -> None:
+    """ConfigError when some rank/worker would get no shard: distributed training would then hang."""
+    readers = world * max(workers, 1)
+    if n_shards < readers:
+        raise ConfigError(
+            f"{n_shards} shards for {world} ranks x {max(workers, 1)} loader workers: some would read "
+            "nothing and distributed training would hang. Write smaller shards (dataengine run --set "
+            "shards.max_samples=N), or lower data.num_workers or the number of ranks."
+        )
+
+
+# --- samples -----------------------------------------------------------------------------------------------
+
+
+def _open(url: str, storage_options: dict[str, Any]) -> IO[bytes]:
+    if url.startswith("pipe:"):
+        import subprocess
+
+        proc = subprocess.Popen(url.removeprefix("pipe:"), shell=True, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        return proc.stdout
+    if "://" in url and not url.startswith("file://"):
+        opened: IO[bytes] = fsspec.open(url, "rb", **storage_options).open()
+        return opened
+    return Path(url.removeprefix("file://")).open("rb")  # closed by raw_samples
+
+
+def raw_samples(urls: list[str], storage_options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Samples as webdataset groups them: ``{"__key__", "latents.npy": bytes, ...}``, shard by shard."""
+    for url in urls:
+        stream = _open(url, storage_options)
+        try:
+            yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+        finally:
+            stream.close()
+
+
+def shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """A seeded shuffle buffer of ``size`` items."""
+    buffer: list[Any] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        buffer[i], item = item, buffer[i]
+        yield item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+@dataclass
+class Decoded:
+    key: str
+    latents_CTHW: np.ndarray
+    text_LD: np.ndarray
+    text_mask_L: np.ndarray
+
+    @property
+    def is_image(self) -> bool:
+        return self.latents_CTHW.shape[1] == 1
+
+
+def decode(raw: dict[str, Any]) -> Decoded:
+    """Normalised float32 latents and (L, D) text states with their mask."""
+    meta = json.loads(raw["json"])
+    latents = np.load(io.BytesIO(raw["latents.npy"])).astype(np.float32)
+    mean, scale = normalization(meta["vae"])
+    latents = (latents - mean[:, None, None, None]) * scale[:, None, None, None]
+    if "text_emb.npy" not in raw:
+        raise ValueError(
+            f"sample {raw['__key__']} has no text_emb.npy: run with a text encoder (recipe.text)"
+        )
+    text = np.load(io.BytesIO(raw["text_emb.npy"])).astype(np.float32)
+    if text.ndim == 1:
+        return Decoded(raw["__key__"], latents, text[None], np.ones(1, bool))
+    mask = np.load(io.BytesIO(raw["text_mask.npy"])) if "text_mask.npy" in raw else np.ones(len(text), bool)
+    return Decoded(raw["__key__"], latents, text, mask.astype(bool))
+
+
+def collate(samples: list[Decoded]) -> dict[str, Any]:
+    """One batch: stacked latents (one shape), text padded to the longest, a mask, the keys."""
+    longest = max(len(s.text_LD) for s in samples)
+    text = np.zeros((len(samples), longest, samples[0].text_LD.shape[1]), np.float32)
+    mask = np.zeros((len(samples), longest), bool)
+    for i, s in enumerate(samples):
+        text[i, : len(s.text_LD)], mask[i, : len(s.text_LD)] = s.text_LD, s.text_mask_L
+    return {
+        "latents_BCTHW": torch.from_numpy(np.stack([s.latents_CTHW for s in samples])),
+        "text_BLD": torch.from_numpy(text),
+        "text_mask_BL": torch.from_numpy(mask),
+        "keys": [s.key for s in samples],
+    }
+
+
+# --- the stream --------------------------------------------------------------------------------------------
+
+
+class ShardStream(IterableDataset[dict[str, Any]]):
+    """Endless batches for one rank; see the module docstring for the order and how resume replays it."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        config: DataConfig,
+        rank: int,
+        world: int,
+        start_batch: int,
+        batches_per_step: int,
+    ) -> None:
+        self.urls, self.config, self.rank, self.world = urls, config, rank, world
+        self.start_batch, self.batches_per_step = start_batch, batches_per_step
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        check_enough_shards(len(self.urls), self.world, workers)
+        batch_index = worker  # global index (within this rank) of this worker's next batch
+        for batch in self._batches(worker, workers):
+            if batch_index >= self.start_batch:
+                yield batch
+            batch_index += workers
+
+    def _batches(self, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        cfg = self.config
+        buckets: dict[tuple[int, ...], list[Decoded]] = {}
+        produced = 0
+        for epoch in itertools.count():
+            mine = split_shards(self.urls, epoch, cfg.seed, self.rank, self.world, worker, workers)
+            rng = random.Random(hash((cfg.seed, epoch, self.rank, worker)))
+            for raw in shuffled(raw_samples(mine, cfg.storage_options), cfg.shuffle_buffer, rng):
+                sample = decode(raw)
+                bucket = buckets.setdefault(sample.latents_CTHW.shape, [])
+                bucket.append(sample)
+                ready = self._ready(buckets, worker + produced * workers)
+                if ready is not None:
+                    yield collate(buckets.pop(ready))
+                    produced += 1
+            if produced == 0:
+                sizes = {str(list(shape)): len(items) for shape, items in buckets.items()}
+                raise ConfigError(
+                    f"a whole pass over this worker's shards made no batch of {cfg.batch_size}: samples per "
+                    f"latent shape {sizes or '{}'}; lower data.batch_size or use more data"
+                )
+            buckets.clear()  # partial batches of an epoch are dropped: every epoch ends the same way
+
+    def _ready(
+        self, buckets: dict[tuple[int, ...], list[Decoded]], batch_index: int
+    ) -> tuple[int, ...] | None:
+        """The shape of the next batch to emit: a full bucket of the kind (image or video) the curriculum
+        draws for this batch; the other kind when the drawn one has nothing buffered for a while."""
+        full = [shape for shape, items in buckets.items() if len(items) >= self.config.batch_size]
+        if not full:
+            return None
+        ratio = self.image_ratio(batch_index // self.batches_per_step)
+        want_image = random.Random(hash((self.config.seed, self.rank, batch_index))).random() < ratio
+        matching = [shape for shape in full if (shape[1] == 1) == want_image]
+        if matching:
+            return matching[0]
+        waiting = sum(len(v) for v in buckets.values())
+        return full[0] if waiting >= 4 * self.config.shuffle_buffer or ratio in (0.0, 1.0) else None
+
+    def image_ratio(self, step: int) -> float:
+        for phase in self.config.curriculum:
+            if phase.until_step is None or step < phase.until_step:
+                return phase.image_ratio
+        return self.config.curriculum[-1].image_ratio
+
+
+def build_loader(
+    config: DataConfig, rank: int, world: int, start_batch: int = 0, batches_per_step: int = 1
+) -> DataLoader[dict[str, Any]]:
+    """The DataLoader of one rank, starting at batch ``start_batch`` of its stream."""
+    urls = expand_shards(config.shards, config.storage_options)
+    check_enough_shards(len(urls), world, config.num_workers)
+    stream = ShardStream(urls, config, rank, world, start_batch, batches_per_step)
+    extra: dict[str, Any] = {"prefetch_factor": config.prefetch_factor} if config.num_workers else {}
+    return DataLoader(stream, batch_size=None, num_workers=config.num_workers, **extra)
+
+
+def peek(config: DataConfig) -> dict[str, Any]:
+    """What the model and the sampler need to know about the data, read from the first sample: latent
+    channels, text dims, the VAE info and the text encoder config."""
+    urls = expand_shards(config.shards, config.storage_options)
+    raw = next(raw_samples(urls[:1], config.storage_options))
+    meta = json.loads(raw["json"])
+    sample = decode(raw)
+    return {
+        "latent_channels": int(sample.latents_CTHW.shape[0]),
+        "latent_shape": list(sample.latents_CTHW.shape),
+        "fps": float(meta.get("fps") or 8.0),
+        "text_dim": int(sample.text_LD.shape[1]),
+        "vae": meta["vae"],
+        "text_encoder": meta.get("text_encoder"),
+        "shards": len(urls),
+    }

@@ -1,0 +1,66 @@
+"""Training recipes: functions returning a complete ``TrainConfig`` (shards and steps come from the CLI).
+
+``demo``       the tiny DiT on CPU: what ``dataengine demo`` trains for a few minutes on the demo run's shards
+``gpu-dit-b``  DiT-B/2 in bf16 on GPUs with torch.compile; an image-first curriculum: images only for 20k
+               steps, then half images, then mostly video
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dataengine.config import ConfigError
+from trainer.data import DataConfig, Phase
+from trainer.flow import FlowConfig
+from trainer.train import ModelConfig, OptimConfig, TrainConfig
+
+
+def demo() -> TrainConfig:
+    return TrainConfig(
+        name="demo",
+        model=ModelConfig(preset="tiny"),
+        data=DataConfig(batch_size=2, num_workers=1, shuffle_buffer=32),
+        optim=OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1),
+        flow=FlowConfig(text_dropout=0.1),
+        steps=200,
+        ema_decay=0.99,
+        log_every=5,
+        ckpt_every=50,
+        precision="fp32",
+    )
+
+
+def gpu_dit_b() -> TrainConfig:
+    return TrainConfig(
+        name="gpu-dit-b",
+        model=ModelConfig(preset="B", grad_checkpointing=False),
+        data=DataConfig(
+            batch_size=32,
+            num_workers=8,
+            prefetch_factor=4,
+            shuffle_buffer=2000,
+            curriculum=[
+                Phase(until_step=20_000, image_ratio=1.0),
+                Phase(until_step=40_000, image_ratio=0.5),
+                Phase(image_ratio=0.2),
+            ],
+        ),
+        optim=OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=1000, grad_clip=1.0),
+        steps=400_000,
+        ema_decay=0.9999,
+        log_every=50,
+        ckpt_every=2000,
+        precision="bf16",
+        compile=True,
+    )
+
+
+TRAIN_RECIPES: dict[str, Callable[[], TrainConfig]] = {"demo": demo, "gpu-dit-b": gpu_dit_b}
+
+
+def get_train_recipe(name: str) -> TrainConfig:
+    try:
+        return TRAIN_RECIPES[name]()
+    except KeyError:
+        known = ", ".join(sorted(TRAIN_RECIPES))
+        raise ConfigError(f"unknown training recipe {name!r}; known: {known}") from None
