@@ -236,9 +236,7 @@ def train(
     recipe: Annotated[str, typer.Option(help="training recipe: demo (tiny DiT, CPU), gpu-dit-b")] = "demo",
     overrides: Annotated[
         list[str] | None,
-        typer.Option(
-            "--set", help="override a recipe key, e.g. --set optim.lr=3e-4"
-        ),
+        typer.Option("--set", help="override a recipe key, e.g. --set optim.lr=3e-4"),
     ] = None,
 ) -> None:
     """Train the DiT with flow matching on latent shards. Running it again on the same --out resumes from the
