@@ -267,8 +267,8 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         matching = [shape for shape in full if (shape[1] == 1) == want_image]
         if matching:
             return matching[0]
-        waiting = sum(len(v) for v in buckets.values())
-        return full[0] if waiting >= 4 * self.config.shuffle_buffer or ratio in (0.0, 1.0) else None
+        waiting = sum(len(v) for v in buckets.values())  # bounded: the data may lack the drawn kind
+        return full[0] if waiting >= 4 * self.config.shuffle_buffer else None
 
     def image_ratio(self, step: int) -> float:
         for phase in self.config.curriculum:

@@ -51,6 +51,9 @@ class OptimConfig(StageConfig):
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine floor as a share of lr")
     grad_clip: float = Field(1.0, gt=0)
     accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    schedule_steps: int | None = Field(
+        None, ge=1, description="cosine horizon; None: the run's --steps (then a longer rerun reshapes it)"
+    )
 
 
 class TrainConfig(StageConfig):
@@ -173,7 +176,7 @@ class Trainer:
         """Atomically write ``checkpoints/step_NNNNNNNN.pt`` (rank 0) and keep the last ``keep_last``."""
         folder = self.out_dir / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"step_{self.step:08d}.pt"
+        final = checkpoint_path(self.out_dir, self.step)
         tmp = folder / f".{final.name}.partial"
         torch.save(self.state_dict(), tmp)
         tmp.replace(final)
@@ -196,7 +199,8 @@ class Trainer:
         """One optimizer step over ``accum_steps`` micro-batches; returns loss, grad norm and lr."""
         self.model.train()
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.optim.lr * lr_factor(self.step, self.config.optim, self.config.steps)
+            horizon = self.config.optim.schedule_steps or self.config.steps
+            group["lr"] = self.config.optim.lr * lr_factor(self.step, self.config.optim, horizon)
         total = 0.0
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or self.dist.world == 1
@@ -244,29 +248,36 @@ class Trainer:
             if logger is not None:
                 logger.step(metrics, sum(len(b["keys"]) for b in micro), micro[0]["latents_BCTHW"].shape)
             if self.step % self.config.ckpt_every == 0 or self.step == self.config.steps:
-                last = self.save() if self.dist.rank == 0 else last
-        assert last is not None
+                last = self.save() if self.dist.rank == 0 else checkpoint_path(self.out_dir, self.step)
+        if last is None:
+            raise ValueError(
+                f"nothing to do: {self.out_dir} is at step {self.step} >= steps {self.config.steps}"
+            )
         return last
 
 
 class MetricsLogger:
-    """Appends one JSON line per logged step: loss, lr, grad norm, samples/s, MFU (GPU), iterations/day."""
+    """Appends one JSON line per logged step: loss (mean since the last line), lr, grad norm, samples/s, MFU
+    (GPU), iterations/day."""
 
     def __init__(self, trainer: Trainer, path: Path) -> None:
         self.trainer, self.path = trainer, path
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.window: list[tuple[float, int]] = []  # (seconds, samples) per step since the last line
+        self.window: list[
+            tuple[float, int, float]
+        ] = []  # (seconds, samples, loss) per step since the last line
         self.last = time.perf_counter()
 
     def step(self, metrics: dict[str, float], samples: int, shape: torch.Size) -> None:
         now = time.perf_counter()
-        self.window.append((now - self.last, samples))
+        self.window.append((now - self.last, samples, metrics["loss"]))
         self.last = now
         t = self.trainer
         if t.step % t.config.log_every and t.step != t.config.steps:
             return
-        seconds = sum(s for s, _ in self.window)
-        rate = sum(n for _, n in self.window) * t.dist.world / seconds
+        seconds = sum(s for s, _, _ in self.window)
+        rate = sum(n for _, n, _ in self.window) * t.dist.world / seconds
+        metrics = {**metrics, "loss": sum(loss for _, _, loss in self.window) / len(self.window)}
         line = {
             "step": t.step,
             **metrics,
@@ -291,6 +302,10 @@ class MetricsLogger:
         pt, ph, pw = t.model.config.patch
         tokens = (shape[2] // pt) * (shape[3] // ph) * (shape[4] // pw)
         return flops_per_sample(t.model.config, tokens, 1) * samples_per_s / (peak * t.dist.world)
+
+
+def checkpoint_path(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / CKPT_DIR / f"step_{step:08d}.pt"
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
