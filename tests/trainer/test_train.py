@@ -1,5 +1,5 @@
-"""The trainer on real shards written by the project's ShardWriter: loader, overfitting, exact resume, DDP on two
-CPU processes (gloo), the curriculum, and the sampler through the tiny Wan VAE."""
+"""The trainer on real shards written by the project's ShardWriter: loader, overfitting, exact resume, DDP on
+two CPU processes (gloo), the curriculum, and the sampler through the tiny Wan VAE."""
 
 from __future__ import annotations
 
