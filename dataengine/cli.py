@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -285,32 +284,21 @@ def sample(
 def demo(
     out: Annotated[Path, typer.Option(help="where the demo writes everything")] = Path("out/demo"),
     n: Annotated[int, typer.Option(min=1, help="synthetic videos to make")] = 6,
+    steps: Annotated[int, typer.Option(min=1, help="training steps of the tiny DiT")] = 200,
 ) -> None:
-    """Run the embedded default end to end (no GPU, no model hub needed): synthesise videos with ground truth,
-    then `dataengine run --recipe demo` (probe, split, decode, caption with in-process vLLM on the tiny
-    built-in VLM, encode with the tiny Wan VAE and MiniLM, write shards) and `dataengine inspect`.
-    Rerunning it resumes."""
-    from pipelines.inspect_run import inspect_run
-    from pipelines.launch import launch_run
+    """The whole loop on the embedded default (no GPU, no model hub): synthetic videos with ground truth and
+    real footage from a PyPI wheel -> `run --recipe demo` (in-process vLLM on the tiny built-in VLM, the tiny
+    Wan VAE, MiniLM text embeddings, shards) -> `train` the tiny DiT -> `sample` a clip from a caption ->
+    `inspect`; prints where everything is and how long each step took. Rerunning it resumes."""
+    from pipelines.demo import Demo
+    from pipelines.runner import RunError
 
     require_ffmpeg()
-    videos, run_dir = out / "videos", out / "run"
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    console.rule("[bold]1/3 synthesise videos with ground truth")
-    synth_lib.synthesize(videos, n, seed=0, max_shots=3)
-    console.print(f"{n} videos in {videos}")
-    timings["synthesise"] = time.perf_counter() - start
-    console.rule("[bold]2/3 run: probe -> split -> decode -> caption -> encode -> shards (recipe: demo)")
-    start = time.perf_counter()
-    if not launch_run(get_recipe("demo"), [str(videos)], run_dir, None, False, console):
-        raise typer.Exit(1)
-    timings["run"] = time.perf_counter() - start
-    console.rule("[bold]3/3 inspect")
-    start = time.perf_counter()
-    _print_inspection(inspect_run(run_dir))
-    timings["inspect"] = time.perf_counter() - start
-    console.print("time per step: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    try:
+        Demo(out, n, steps, console).run(_print_inspection)
+    except RunError as exc:
+        console.print(f"[bold red]demo failed[/]: {exc}")
+        raise typer.Exit(1) from None
 
 
 def _extract(

@@ -13,10 +13,12 @@ DATAENGINE = str(Path(sys.executable).with_name("dataengine"))
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DATAENGINE, *args], capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run([DATAENGINE, *args], capture_output=True, text=True, timeout=600, check=False)
 
 
-@pytest.mark.parametrize("command", ["", "synth", "probe", "clips", "caption", "demo"])
+@pytest.mark.parametrize(
+    "command", ["", "synth", "probe", "clips", "caption", "run", "inspect", "train", "sample", "demo"]
+)
 def test_help_answers(command: str) -> None:
     done = run(*([command] if command else []), "--help")
     assert done.returncode == 0, done.stderr
@@ -51,11 +53,14 @@ def test_a_bad_option_value_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    done = run("demo", "--out", str(tmp_path / "demo"))
+    done = run("demo", "--out", str(tmp_path / "demo"), "--n", "3", "--steps", "20")
     assert done.returncode == 0, done.stderr
     run_dir = tmp_path / "demo" / "run"
     assert list((run_dir / "shards").glob("*.tar")) and (run_dir / "run.json").exists()
     assert (run_dir / "contact_sheet.html").exists() and "time per step" in done.stderr
+    assert (tmp_path / "demo" / "sample" / "sample.mp4").stat().st_size > 0
+    assert (tmp_path / "demo" / "train" / "loss_curve.png").stat().st_size > 0
+    assert list((tmp_path / "demo" / "train" / "checkpoints").glob("step_*.pt"))
 
 
 def test_caption_rejects_unknown_recipes_and_keys(tmp_path: Path) -> None:
