@@ -237,6 +237,10 @@ def train(
         list[str] | None,
         typer.Option("--set", help="override a recipe key, e.g. --set optim.lr=3e-4"),
     ] = None,
+    ray_workers: Annotated[
+        int, typer.Option(min=0, help="run on this many Ray Train workers (multi-node); 0: this process")
+    ] = 0,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address for --ray-workers")] = None,
 ) -> None:
     """Train the DiT with flow matching on latent shards. Running it again on the same --out resumes from the
     latest checkpoint at the step it reached, with the same data order. Many GPUs:
@@ -247,6 +251,12 @@ def train(
 
     config = apply_overrides(get_train_recipe(recipe), [*(overrides or []), f"steps={steps}"])
     config = config.model_copy(update={"data": config.data.model_copy(update={"shards": shards})})
+    if ray_workers:
+        from trainer.ray_train import train_on_ray
+
+        train_on_ray(config, out, ray_workers, use_gpu=torch_cuda(), address=address)
+        console.print(f"loss curve {loss_curve(out / METRICS, out / 'loss_curve.png')}")
+        return
     trainer = Trainer(config, out)
     start = trainer.step
     with console.status(f"training {config.model.preset} DiT ({trainer.model.num_params():,} parameters)"):
@@ -256,6 +266,12 @@ def train(
     curve = loss_curve(out / METRICS, out / "loss_curve.png")
     console.print(f"steps {start} -> {trainer.step}; checkpoint {checkpoint}")
     console.print(f"metrics {out / METRICS}\nloss curve {curve}")
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 @app.command()

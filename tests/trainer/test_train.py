@@ -166,3 +166,18 @@ def test_the_sampler_writes_a_video_and_the_loss_curve(shards: Path, tmp_path: P
     assert result.sheet.stat().st_size > 0
     curve = loss_curve(tmp_path / "ck" / METRICS, tmp_path / "curve.png")
     assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_ray_train_runs_the_same_loop_on_two_workers(shards: Path, tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, "-m", "dataengine.cli", "train", "--shards", str(shards), "--out", str(tmp_path),
+        "--steps", "4", "--ray-workers", "2", "--set", "data.num_workers=1", "--set", "data.batch_size=2",
+        "--set", "log_every=2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "disabled"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / METRICS).read_text().splitlines()]
+    assert [m["step"] for m in lines] == [2, 4]
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step_00000004.pt"
