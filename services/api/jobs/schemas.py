@@ -1,0 +1,68 @@
+"""Request and response bodies of /v1/jobs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(
+        min_length=1, max_length=10_000, description="files, folders, globs, lists, URIs"
+    )
+    recipe: str = Field("demo", max_length=64)
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description='recipe keys, e.g. {"shards.max_samples": 100}'
+    )
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    recipe: str
+    inputs: list[str]
+    overrides: dict[str, Any]
+    progress: dict[str, Any]
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+
+
+class Page(BaseModel):
+    total: int
+    offset: int
+    limit: int
+
+
+class JobList(Page):
+    items: list[JobOut]
+
+
+class ResultRow(BaseModel):
+    clip_id: str | None
+    source: str | None
+    start_s: float | None
+    end_s: float | None
+    status: str
+    stage: str | None
+    error: str | None
+    caption: str | None
+    short_caption: str | None
+    shard: str | None
+
+
+class ResultList(Page):
+    items: list[ResultRow]

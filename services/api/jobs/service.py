@@ -1,0 +1,266 @@
+"""Jobs: validated and stored by ``JobService`` in the request, run by ``JobRunner`` in the background.
+
+A job is ``dataengine run`` in its own process group (the same runner as the CLI) writing to
+``DATA_DIR/jobs/<id>``; its progress comes from the run's ``progress.json``. When the API restarts, jobs that
+were running are stopped if their process survived and queued again: the run resumes exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import func, select
+
+from dataengine.config import ConfigError
+from dataengine.shards import read_manifest
+from pipelines.recipes import apply_overrides, get_recipe
+from services.api.db import JOB_STATES, Job, Store, now
+from services.api.jobs.schemas import JobCreate
+from services.api.paths import RejectedError, confine
+from services.api.settings import Settings
+
+log = logging.getLogger(__name__)
+CLIPS = Counter("dataengine_clips_processed_total", "clips written to shards by jobs")
+JOBS = Gauge("dataengine_jobs", "jobs by state", ["state"])
+# Recipe sections a client may override; the rest (inputs, probe.fetch, runner) decide where the server
+# reads and writes, which stays the server's business.
+OVERRIDABLE = ("split", "decode", "caption", "encode", "text", "shards", "pools")
+
+
+class JobError(Exception):
+    """A request the job service refuses: ``status`` is the HTTP code, the message says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JobService:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store, self.settings = store, settings
+
+    def submit(self, body: JobCreate) -> Job:
+        inputs = self._inputs(body.inputs)
+        self._check_recipe(body)
+        job_id = uuid.uuid4().hex
+        job = Job(
+            id=job_id, status="queued", recipe=body.recipe, inputs=inputs, overrides=body.overrides,
+            out_dir=str(self.settings.data_dir / "jobs" / job_id), progress={}, attempts=0,
+            cancel_requested=False, created_at=now(),
+        )  # fmt: skip
+        with self.store.session() as session:
+            session.add(job)
+        return job
+
+    def _inputs(self, specs: list[str]) -> list[str]:
+        try:
+            return [confine(s, self.settings.roots, self.settings.schemes) for s in specs]
+        except RejectedError as exc:
+            raise JobError(403, f"input refused: {exc}") from None
+
+    def _check_recipe(self, body: JobCreate) -> None:
+        bad = [k for k in body.overrides if k.split(".")[0] not in OVERRIDABLE or k.startswith("probe.fetch")]
+        if bad:
+            raise JobError(
+                422, f"overrides of {bad} are not allowed; allowed sections: {', '.join(OVERRIDABLE)}"
+            )
+        try:
+            apply_overrides(get_recipe(body.recipe), override_args(body.overrides))
+        except ConfigError as exc:
+            raise JobError(422, str(exc)) from None
+
+    def get(self, job_id: str) -> Job:
+        with self.store.session() as session:
+            job = session.get(Job, job_id)
+        if job is None:
+            raise JobError(404, f"no job {job_id}")
+        return job
+
+    def page(self, offset: int, limit: int) -> tuple[int, list[Job]]:
+        with self.store.session() as session:
+            total = session.scalar(select(func.count()).select_from(Job)) or 0
+            query = select(Job).order_by(Job.created_at.desc(), Job.id).offset(offset).limit(limit)
+            return total, list(session.scalars(query))
+
+    def cancel(self, job_id: str) -> Job:
+        with self.store.session() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise JobError(404, f"no job {job_id}")
+            if job.status in ("succeeded", "failed", "cancelled"):
+                raise JobError(409, f"job {job_id} already {job.status}")
+            if job.status == "queued":
+                job.status, job.finished_at = "cancelled", now()
+            else:
+                job.cancel_requested = True  # the runner stops the process
+            return job
+
+    def results(self, job_id: str, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        job = self.get(job_id)
+        out = Path(job.out_dir)
+        if not (out / "manifest").is_dir():
+            return 0, []
+        table = read_manifest(out)
+        rows = table.slice(offset, limit).to_pylist()
+        return table.num_rows, rows
+
+
+def override_args(overrides: dict[str, Any]) -> list[str]:
+    return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+
+
+class JobRunner:
+    """Starts queued jobs (at most ``max_running_jobs`` at once), follows them, stops cancelled ones."""
+
+    def __init__(self, store: Store, settings: Settings, poll_s: float = 0.5) -> None:
+        self.store, self.settings, self.poll_s = store, settings, poll_s
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._written: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following jobs; runs still going are stopped and queued again (they resume on restart)."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for job_id, proc in self._procs.items():
+            _kill_group(proc.pid)
+            self._update(
+                job_id, status="queued", pid=None, error="the API stopped; the job resumes when it starts"
+            )
+
+    def recover(self) -> None:
+        """Jobs left running by an API that died: stop their process if it lives on, queue them again."""
+        with self.store.session() as session:
+            for job in session.scalars(select(Job).where(Job.status == "running")):
+                if job.pid:
+                    _kill_group(job.pid)
+                job.status, job.pid = "queued", None
+                job.error = "interrupted by an API restart; resumed"
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._follow()
+            self._start_queued()
+            self._count()
+            self._stop.wait(self.poll_s)
+
+    def _count(self) -> None:
+        with self.store.session() as session:
+            counts = dict(
+                session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all()
+            )
+        for state in JOB_STATES:
+            JOBS.labels(state).set(counts.get(state, 0))
+
+    def _start_queued(self) -> None:
+        while len(self._procs) < self.settings.max_running_jobs:
+            with self.store.session() as session:
+                job = session.scalars(
+                    select(Job).where(Job.status == "queued").order_by(Job.created_at)
+                ).first()
+                if job is None:
+                    return
+                proc = self._launch(job)
+                job.status, job.pid, job.attempts = "running", proc.pid, job.attempts + 1
+                job.started_at = job.started_at or now()
+                self._procs[job.id] = proc
+
+    def _launch(self, job: Job) -> subprocess.Popen[bytes]:
+        out = Path(job.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "dataengine.cli",
+            "run",
+            *job.inputs,
+            "--out",
+            str(out),
+            "--recipe",
+            job.recipe,
+        ]
+        cmd += [arg for o in override_args(job.overrides) for arg in ("--set", o)]
+        if self.settings.ray_address:
+            cmd += ["--address", self.settings.ray_address]
+        with (out / "job.log").open("ab") as log_file:
+            return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _follow(self) -> None:
+        for job_id, proc in list(self._procs.items()):
+            job = self._progress(job_id)
+            if job.cancel_requested and proc.poll() is None:
+                _kill_group(proc.pid)
+                proc.wait()
+                self._finish(job_id, "cancelled", None)
+            elif proc.poll() is not None:
+                error = None if proc.returncode == 0 else _log_tail(Path(job.out_dir) / "job.log")
+                self._finish(job_id, "succeeded" if proc.returncode == 0 else "failed", error)
+
+    def _progress(self, job_id: str) -> Job:
+        job = self.store_get(job_id)
+        path = Path(job.out_dir) / "progress.json"
+        if path.exists():
+            progress = json.loads(path.read_text())
+            written = int(progress.get("samples_written", 0))
+            CLIPS.inc(max(0, written - self._written.get(job_id, 0)))
+            self._written[job_id] = written
+            job = self._update(job_id, progress=progress)
+        return job
+
+    def _finish(self, job_id: str, status: str, error: str | None) -> None:
+        self._procs.pop(job_id, None)
+        self._written.pop(job_id, None)
+        self._update(job_id, status=status, error=error, pid=None, finished_at=now())
+
+    def store_get(self, job_id: str) -> Job:
+        with self.store.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def _update(self, job_id: str, **fields: Any) -> Job:
+        with self.store.session() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            for key, value in fields.items():
+                setattr(job, key, value)
+            return job
+
+
+def _kill_group(pid: int) -> None:
+    """SIGTERM the process group of ``pid`` (a run and its Ray workers), SIGKILL what is left after 10 s."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        threading.Event().wait(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-2000:] or "the run exited with an error"
