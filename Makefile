@@ -31,6 +31,7 @@ bench: setup      ## every benchmark in bench/, each printing its ratio to the s
 	$(PY) bench/caption.py
 	$(PY) bench/shards.py
 	$(PY) bench/runner.py
+	$(PY) bench/training.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache

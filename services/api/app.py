@@ -37,12 +37,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner, captions = JobRunner(store, config), CaptionService(config)
         app.state.settings, app.state.store = config, store
         app.state.jobs, app.state.captions = JobService(store, config), captions
-        runner.start()
+        if config.run_jobs:
+            runner.start()
         captions.start()
         try:
             yield
         finally:
-            runner.stop()
+            if config.run_jobs:
+                runner.stop()
             captions.stop()
             store.engine.dispose()
 

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     caption_concurrency: int = Field(2, ge=1, description="captions computed at once; more wait")
     max_caption_s: float = Field(60.0, gt=0, description="/v1/captions takes clips up to this long")
     max_running_jobs: int = Field(1, ge=1)
+    run_jobs: bool = Field(True, description="False: this instance only queues jobs and serves their status")
     uri_schemes: str = Field("file,s3,http,https", description="schemes job inputs and caption URIs may use")
 
     @field_validator("data_dir")
