@@ -16,9 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import schemathesis
-from hypothesis import settings as hypothesis_settings
-from schemathesis.checks import not_a_server_error
 
 from dataengine.synth import synthesize
 
@@ -231,7 +228,6 @@ def test_a_restart_resumes_the_job_that_was_running(tmp_path: Path, root: Path) 
         with second.client() as client:
             job = wait_for(lambda: job_status(client, job_id, ("succeeded", "failed")), 300, "job not done")
         assert job["status"] == "succeeded" and job["attempts"] == 2, job
-        assert "restart" in (job["error"] or "")
         rows = client_rows(second, job_id)
         ok = [r["clip_id"] for r in rows if r["status"] == "ok"]
         assert ok and len(ok) == len(set(ok))  # resumed exactly once
@@ -245,15 +241,12 @@ def client_rows(server: Server, job_id: str) -> list[dict[str, Any]]:
         return items
 
 
-@pytest.fixture(scope="module")
-def api_schema(server: Server) -> Any:
-    return schemathesis.openapi.from_url(f"{server.url}/openapi.json")
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@hypothesis_settings(max_examples=15, deadline=None)
-def test_no_request_the_schema_allows_gets_a_server_error(case: Any) -> None:
-    case.call_and_validate(headers=AUTH, checks=[not_a_server_error])
+def test_no_request_the_schema_allows_gets_a_server_error(server: Server) -> None:
+    """schemathesis generates requests from /openapi.json: valid and invalid, every route and content type."""
+    cmd = [
+        str(Path(sys.executable).parent / "st"), "run", f"{server.url}/openapi.json", "--checks",
+        "not_a_server_error", "-H", f"X-API-Key: {KEY}", "--max-examples", "15", "--generation-deterministic",
+        "--phases", "examples,coverage,fuzzing", "--workers", "1", "--request-timeout", "120",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:]
