@@ -6,6 +6,7 @@ DATAENGINE_API_KEYS=k1 DATAENGINE_ALLOWED_ROOTS=/data uvicorn --factory services
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if config.run_jobs:
                 runner.stop()
-            captions.stop()
+            await asyncio.to_thread(captions.stop)  # the HTTP engine runs its own event loop
             store.engine.dispose()
 
     app = FastAPI(
@@ -85,9 +86,9 @@ def _database(app: FastAPI) -> str:
 
 def _engine(app: FastAPI) -> str:
     captions: CaptionService = app.state.captions
-    if captions.ready.is_set():
-        return "ok"
-    return f"error: {captions.error}" if captions.error else "starting"
+    if not captions.ready.is_set():
+        return f"error: {captions.error}" if captions.error else "starting"
+    return captions.reachable()
 
 
 def _ray(settings: Settings) -> str:

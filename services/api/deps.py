@@ -16,12 +16,12 @@ _bearer = HTTPBearer(auto_error=False)
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     value: Settings = request.app.state.settings
     return value
 
 
-def require_key(
+async def require_key(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header: Annotated[str | None, Depends(_header)],
@@ -35,11 +35,11 @@ def require_key(
         raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
 
 
-def job_service(request: Request) -> JobService:
+async def job_service(request: Request) -> JobService:
     value: JobService = request.app.state.jobs
     return value
 
 
-def caption_service(request: Request) -> CaptionService:
+async def caption_service(request: Request) -> CaptionService:
     value: CaptionService = request.app.state.captions
     return value

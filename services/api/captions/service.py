@@ -1,14 +1,17 @@
-"""Captions of single short clips, synchronously: one caption stage for the whole app, set up once in the
-background when the app starts (``ready`` says when), used by at most ``caption_concurrency`` requests at
-once (1 with the in-process vLLM engine, which is not re-entrant; the HTTP engine takes more)."""
+"""Captions of single short clips, synchronously, by a pool of caption stages set up once in the background
+when the app starts (``ready`` says when): one stage with the in-process vLLM engine (not re-entrant),
+``caption_concurrency`` stages with the HTTP engine (each owns its client and event loop). A request borrows
+a stage; more requests wait for one."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Any
 
+import httpx
 from prometheus_client import Histogram
 
 from dataengine.config import ConfigError
@@ -42,9 +45,10 @@ class CaptionService:
                 )
         self.recipe: RecipeConfig = recipe
         self.max_s = settings.max_caption_s
-        self.stage = CaptionStage(recipe.caption)
-        in_process = recipe.caption.engine.kind != "openai"
-        self._slots = threading.BoundedSemaphore(1 if in_process else settings.caption_concurrency)
+        self.base_url = settings.caption_base_url
+        size = settings.caption_concurrency if recipe.caption.engine.kind == "openai" else 1
+        self._stages = [CaptionStage(recipe.caption) for _ in range(size)]
+        self._free: queue.Queue[CaptionStage] = queue.Queue()
         self.ready = threading.Event()
         self.error: str | None = None
 
@@ -53,7 +57,9 @@ class CaptionService:
 
     def _setup(self) -> None:
         try:
-            self.stage.setup()
+            for stage in self._stages:
+                stage.setup()
+                self._free.put(stage)
         except (ConfigError, OSError, RuntimeError, ValueError) as exc:  # reported by /readyz
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("the caption engine failed to start: %s", self.error)
@@ -62,7 +68,18 @@ class CaptionService:
 
     def stop(self) -> None:
         if self.ready.is_set():
-            self.stage.teardown()
+            for stage in self._stages:
+                stage.teardown()
+
+    def reachable(self) -> str:
+        """ "ok", or why the caption endpoint (HTTP engine) does not answer."""
+        if not self.base_url:
+            return "ok"
+        try:
+            httpx.get(f"{self.base_url.rstrip('/')}/models", timeout=2).raise_for_status()
+        except httpx.HTTPError as exc:
+            return f"error: {self.base_url} does not answer ({type(exc).__name__})"
+        return "ok"
 
     def caption(self, path: str) -> dict[str, Any]:
         """The caption document of the clip at ``path`` (blocking: call it from a worker thread)."""
@@ -75,8 +92,11 @@ class CaptionService:
             )
         if not self.ready.wait(timeout=600):
             raise CaptionRefusedError(f"the caption engine is not ready: {self.error or 'still starting'}")
-        with self._slots:
+        stage = self._free.get()
+        try:
             start = time.perf_counter()
-            document = caption_video(path, self.recipe, stage=self.stage)
+            document = caption_video(path, self.recipe, stage=stage)
             LATENCY.observe(time.perf_counter() - start)
+        finally:
+            self._free.put(stage)
         return document
