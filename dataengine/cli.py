@@ -241,6 +241,12 @@ def train(
         int, typer.Option(min=0, help="run on this many Ray Train workers (multi-node); 0: this process")
     ] = 0,
     address: Annotated[str | None, typer.Option(help="Ray cluster address for --ray-workers")] = None,
+    ray_gpus: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray-gpus/--no-ray-gpus", help="one GPU per Ray Train worker (default: if this host has one)"
+        ),
+    ] = None,
 ) -> None:
     """Train the DiT with flow matching on latent shards. Running it again on the same --out resumes from the
     latest checkpoint at the step it reached, with the same data order. Many GPUs:
@@ -254,7 +260,8 @@ def train(
     if ray_workers:
         from trainer.ray_train import train_on_ray
 
-        train_on_ray(config, out, ray_workers, use_gpu=torch_cuda(), address=address)
+        use_gpu = torch_cuda() if ray_gpus is None else ray_gpus
+        train_on_ray(config, out, ray_workers, use_gpu=use_gpu, address=address)
         console.print(f"loss curve {loss_curve(out / METRICS, out / 'loss_curve.png')}")
         return
     trainer = Trainer(config, out)
