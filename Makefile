@@ -32,6 +32,7 @@ bench: setup      ## every benchmark in bench/, each printing its ratio to the s
 	$(PY) bench/shards.py
 	$(PY) bench/runner.py
 	$(PY) bench/training.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
