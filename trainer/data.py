@@ -285,7 +285,8 @@ def build_loader(
     check_enough_shards(len(urls), world, config.num_workers)
     stream = ShardStream(urls, config, rank, world, start_batch, batches_per_step)
     extra: dict[str, Any] = {"prefetch_factor": config.prefetch_factor} if config.num_workers else {}
-    return DataLoader(stream, batch_size=None, num_workers=config.num_workers, **extra)
+    pin = torch.cuda.is_available()  # page-locked batches copy to the GPU asynchronously
+    return DataLoader(stream, batch_size=None, num_workers=config.num_workers, pin_memory=pin, **extra)
 
 
 def peek(config: DataConfig) -> dict[str, Any]:

@@ -31,12 +31,12 @@ def training_inputs(
     x0_BCTHW: torch.Tensor, config: FlowConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noisy latents, times, velocity targets and text-dropout flags of a batch (all from ``generator``)."""
-    b = x0_BCTHW.shape[0]
-    normal = torch.randn(b, generator=generator) * config.logit_std + config.logit_mean
+    b, dev = x0_BCTHW.shape[0], x0_BCTHW.device  # drawn where the batch is: no host-device copies
+    normal = torch.randn(b, generator=generator, device=dev) * config.logit_std + config.logit_mean
     t_B = torch.sigmoid(normal)
-    noise = torch.randn(x0_BCTHW.shape, generator=generator)
-    drop_B = torch.rand(b, generator=generator) < config.text_dropout
-    x0_BCTHW = x0_BCTHW.float().cpu()
+    noise = torch.randn(x0_BCTHW.shape, generator=generator, device=dev)
+    drop_B = torch.rand(b, generator=generator, device=dev) < config.text_dropout
+    x0_BCTHW = x0_BCTHW.float()
     t = t_B.view(b, 1, 1, 1, 1)
     x_t = (1 - t) * x0_BCTHW + t * noise
     return x_t, t_B, noise - x0_BCTHW, drop_B

@@ -114,7 +114,7 @@ class Trainer:
             self.model.parameters(), lr=config.optim.lr, betas=config.optim.betas,
             weight_decay=config.optim.weight_decay,
         )  # fmt: skip
-        self.generator = torch.Generator().manual_seed(config.seed * 7919 + self.dist.rank)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed * 7919 + self.dist.rank)
         self.wrapped = self._wrap(self.model)
 
     # --- build ------------------------------------------------------------------------------------------
@@ -201,36 +201,37 @@ class Trainer:
         for group in self.optimizer.param_groups:
             horizon = self.config.optim.schedule_steps or self.config.steps
             group["lr"] = self.config.optim.lr * lr_factor(self.step, self.config.optim, horizon)
-        total = 0.0
+        total = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
             sync = i == len(batches) - 1 or self.dist.world == 1
             context = nullcontext() if sync else self.wrapped.no_sync()  # type: ignore[operator]
             with context:
                 loss = self._loss(batch) / len(batches)
                 loss.backward()
-            total += float(loss.detach())
+            total += loss.detach()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self._update_ema()
         self.step += 1
-        return {"loss": total, "grad_norm": float(norm), "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"loss": float(total), "grad_norm": float(norm), "lr": self.optimizer.param_groups[0]["lr"]}
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        x_t, t_B, target, drop_B = training_inputs(batch["latents_BCTHW"], self.config.flow, self.generator)
         dev = self.device
+        x0 = batch["latents_BCTHW"].to(dev, non_blocking=True)
+        x_t, t_B, target, drop_B = training_inputs(x0, self.config.flow, self.generator)
+        text, mask = (
+            batch["text_BLD"].to(dev, non_blocking=True),
+            batch["text_mask_BL"].to(dev, non_blocking=True),
+        )
         with self.autocast:
-            velocity = self.wrapped(
-                x_t.to(dev), t_B.to(dev), batch["text_BLD"].to(dev), batch["text_mask_BL"].to(dev),
-                drop_text_B=drop_B.to(dev),
-            )  # fmt: skip
-        return flow_loss(velocity, target.to(dev))
+            velocity = self.wrapped(x_t, t_B, text, mask, drop_text_B=drop_B)
+        return flow_loss(velocity, target)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))  # short runs: warm EMA
-        for ema, param in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-            ema.lerp_(param.detach(), 1 - decay)
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1 - decay)
 
     # --- the loop ---------------------------------------------------------------------------------------
 
@@ -246,7 +247,8 @@ class Trainer:
             micro = [next(batches) for _ in range(accum)]
             metrics = self.train_step(micro)
             if logger is not None:
-                logger.step(metrics, sum(len(b["keys"]) for b in micro), micro[0]["latents_BCTHW"].shape)
+                samples, shape = sum(len(b["keys"]) for b in micro), micro[0]["latents_BCTHW"].shape
+                logger.step(metrics, samples, shape, micro[0]["text_BLD"].shape[1])
             if self.step % self.config.ckpt_every == 0 or self.step == self.config.steps:
                 last = self.save() if self.dist.rank == 0 else checkpoint_path(self.out_dir, self.step)
         if last is None:
@@ -268,7 +270,7 @@ class MetricsLogger:
         ] = []  # (seconds, samples, loss) per step since the last line
         self.last = time.perf_counter()
 
-    def step(self, metrics: dict[str, float], samples: int, shape: torch.Size) -> None:
+    def step(self, metrics: dict[str, float], samples: int, shape: torch.Size, text_tokens: int) -> None:
         now = time.perf_counter()
         self.window.append((now - self.last, samples, metrics["loss"]))
         self.last = now
@@ -284,14 +286,14 @@ class MetricsLogger:
             "samples_per_s": rate,
             "iters_per_day": 86400 * len(self.window) / seconds,
         }
-        mfu = self._mfu(rate, shape)
+        mfu = self._mfu(rate, shape, text_tokens)
         if mfu is not None:
             line["mfu"] = mfu
         with self.path.open("a") as f:
             f.write(json.dumps(line) + "\n")
         self.window = []
 
-    def _mfu(self, samples_per_s: float, shape: torch.Size) -> float | None:
+    def _mfu(self, samples_per_s: float, shape: torch.Size, text_tokens: int) -> float | None:
         t = self.trainer
         if t.device.type != "cuda":
             return None
@@ -301,7 +303,7 @@ class MetricsLogger:
             return None
         pt, ph, pw = t.model.config.patch
         tokens = (shape[2] // pt) * (shape[3] // ph) * (shape[4] // pw)
-        return flops_per_sample(t.model.config, tokens, 1) * samples_per_s / (peak * t.dist.world)
+        return flops_per_sample(t.model.config, tokens, text_tokens) * samples_per_s / (peak * t.dist.world)
 
 
 def checkpoint_path(out_dir: Path, step: int) -> Path:
