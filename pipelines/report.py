@@ -213,7 +213,3 @@ def summary(out_dir: Path, counts: Counts, pools: dict[str, Pool], wall_s: float
         f"{statuses.count(s)} {s}" for s in ("ok", "failed", "dropped")
     )
     return table
-
-
-def shard_paths(out_dir: Path) -> list[Path]:
-    return sorted((out_dir / "shards").glob("*.tar"))

@@ -10,7 +10,6 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 from urllib.parse import urlparse
 
 from fastapi import FastAPI
@@ -102,7 +101,3 @@ def _ray(settings: Settings) -> str:
             return "ok"
     except OSError as exc:
         return f"error: {exc}"
-
-
-def openapi(app: FastAPI) -> dict[str, Any]:
-    return app.openapi()

@@ -80,6 +80,7 @@ def test_jobs_are_stored_paged_cancelled_and_recovered(store: Store, tmp_path: P
     total, page = service.page(offset=1, limit=1)
     assert total == 3 and len(page) == 1
     assert service.get(jobs[0].id).inputs == [str(tmp_path / "videos")]
+    assert service.get(jobs[0].id).created_at.utcoffset() is not None  # times keep their zone on SQLite too
     assert service.cancel(jobs[0].id).status == "cancelled"
     with pytest.raises(JobError) as refused:
         service.cancel(jobs[0].id)
