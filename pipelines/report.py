@@ -72,12 +72,17 @@ class LiveProgress:
             self.progress.update(self.tasks[step], completed=done, total=total, note=note)
 
 
-def failures_by_step(counts: Counts) -> dict[str, int]:
-    """Failures per pool step (split failures belong to the probe step's pool)."""
+def step_of(stage: str) -> str:
+    """The pool step a stage's failures belong to: inputs and split run in the probe step's pool."""
+    return "probe" if stage in ("input", "probe", "split") else stage
+
+
+def failures_by_step(counts: Counts, status: str | None = None) -> dict[str, int]:
+    """Failures per pool step, of one ``status`` (failed, dropped) or of both."""
     out: dict[str, int] = {}
-    for (stage, _), n in counts.failed.items():
-        step = "probe" if stage in ("input", "probe", "split") else stage
-        out[step] = out.get(step, 0) + n
+    for (stage, kind), n in counts.failed.items():
+        if status is None or kind == status:
+            out[step_of(stage)] = out.get(step_of(stage), 0) + n
     return out
 
 
@@ -198,11 +203,10 @@ def summary(out_dir: Path, counts: Counts, pools: dict[str, Pool], wall_s: float
     table = Table(title=f"run summary ({wall_s:.1f} s)")
     for col in ("step", "ok", "failed", "dropped", "workers", "deaths", "busy s", "busy %", "ok/busy s"):
         table.add_column(col, justify="left" if col == "step" else "right")
+    failed_by, dropped_by = failures_by_step(counts, "failed"), failures_by_step(counts, "dropped")
     for step in STEPS:
         pool = pools[step]
-        stages = ("input", "probe", "split") if step == "probe" else (step,)
-        failed = sum(counts.failed[(s, "failed")] for s in stages)
-        dropped = sum(counts.failed[(s, "dropped")] for s in stages)
+        failed, dropped = failed_by.get(step, 0), dropped_by.get(step, 0)
         rate = counts.ok[step] / pool.busy_s if pool.busy_s else 0.0
         table.add_row(
             step, str(counts.ok[step]), str(failed), str(dropped), str(pool.peak_workers), str(pool.deaths),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from dataengine.synth import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
 from tests.media import GoodClip, make_broken_inputs, make_good_clips, make_images, make_scene_cut_clip
+from tests.net import free_port
 
 
 @pytest.fixture(scope="session")
@@ -91,9 +91,7 @@ def vllm_engine() -> Iterator[CaptionEngine]:
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real vLLM OpenAI-compatible server for the tiny VLM on 127.0.0.1; yields its base URL."""
     model = resolve_model(demo().caption.engine.model)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm_server") / "server.log"
     cmd = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from dataengine.synth import synthesize
+from tests.net import free_port
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-1"
@@ -40,9 +40,7 @@ class Server:
 
 
 def start_server(root: Path, **env: str) -> Server:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     variables = {
         **os.environ, "DATAENGINE_API_KEYS": f"other-key,{KEY}", "DATAENGINE_ALLOWED_ROOTS": str(root),
         "DATAENGINE_DATA_DIR": str(root / "data"), "DATAENGINE_MAX_UPLOAD_MB": "1", **env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ from services.api.db import Job, Store
 from services.api.jobs.schemas import JobCreate
 from services.api.jobs.service import JobError, JobRunner, JobService
 from services.api.settings import Settings
+from tests.net import free_port
 
 INITDB = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
 
@@ -38,9 +38,7 @@ def postgres_url() -> Iterator[str]:
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if as_user:
         shutil.chown(folder, "postgres")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     bin_dir = Path(INITDB).resolve().parent
     initdb = [*as_user, str(bin_dir / "initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres"]
     subprocess.run(initdb, check=True, capture_output=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from dataengine.config import ConfigError
 from dataengine.encode.text import TextEmbedConfig
 from dataengine.shards import ShardConfig, ShardWriter
 from pipelines.recipes import apply_overrides
+from tests.net import free_port
 from trainer.data import DataConfig, Phase, build_loader, expand_shards, split_shards
 from trainer.recipes import demo
 from trainer.sample import loss_curve, sample_video
@@ -135,9 +135,7 @@ def test_twenty_steps_then_twenty_more_equal_forty_steps(shards: Path, tmp_path:
 
 
 def test_ddp_on_two_cpu_processes(shards: Path, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = str(sock.getsockname()[1])
+    port = str(free_port())
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
         "-m", "dataengine.cli", "train", "--shards", str(shards), "--out", str(tmp_path), "--steps", "6",

@@ -126,6 +126,7 @@ class JobRunner:
         self.store, self.settings, self.poll_s = store, settings, poll_s
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._written: dict[str, int] = {}
+        self._seen: dict[str, int] = {}  # mtime of each running job's progress.json when last read
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
 
@@ -214,7 +215,9 @@ class JobRunner:
     def _progress(self, job_id: str) -> Job:
         job = self.store_get(job_id)
         path = Path(job.out_dir) / "progress.json"
-        if path.exists():
+        seen = path.stat().st_mtime_ns if path.exists() else None
+        if seen is not None and seen != self._seen.get(job_id):  # the run rewrites it at most once a second
+            self._seen[job_id] = seen
             progress = json.loads(path.read_text())
             written = int(progress.get("samples_written", 0))
             CLIPS.inc(max(0, written - self._written.get(job_id, 0)))
@@ -225,6 +228,7 @@ class JobRunner:
     def _finish(self, job_id: str, status: str, error: str | None) -> None:
         self._procs.pop(job_id, None)
         self._written.pop(job_id, None)
+        self._seen.pop(job_id, None)
         self._update(job_id, status=status, error=error, pid=None, finished_at=now())
 
     def store_get(self, job_id: str) -> Job:

@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import random
-import socket
 import subprocess
 import time
 from collections import Counter
@@ -29,6 +28,7 @@ from dataengine.caption.prompts import DENSE, DENSE_IMAGE, FUSE
 from dataengine.caption.schema import json_schema
 from dataengine.records import Frames
 from tests.fake_openai import MODEL, FakeServer, Plan, Reply, ServerState, serve
+from tests.net import free_port
 
 MakeEngine = Callable[..., OpenAIEngine]  # keyword overrides of the test config -> an engine after setup()
 
@@ -229,9 +229,7 @@ def test_timeout_then_success(fake: FakeServer, make_engine: MakeEngine) -> None
 
 
 def test_connection_refused_is_an_error(make_engine: MakeEngine) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"  # a port nobody listens on
     (output,) = make_engine(base_url=url, max_retries=1).generate(_text_requests(1))
     assert output.error is not None and "connection error" in output.error and "attempts: 2" in output.error
 
