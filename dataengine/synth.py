@@ -138,7 +138,7 @@ def _shape_mask(shape: str, dx_W: np.ndarray, dy_H: np.ndarray, size_px: int) ->
     return in_rows & (np.abs(dx) <= (dy + r) / 2)  # triangle: apex at the top, base at the bottom
 
 
-def _render_shot(shot: ShotSpec, tau: float, width: int, height: int) -> np.ndarray:
+def render_shot(shot: ShotSpec, tau: float, width: int, height: int) -> np.ndarray:
     """frames_HWC of ``shot`` at ``tau`` seconds after it starts."""
     centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
     pan_x, pan_y = shot.pan_xy[0] * tau, shot.pan_xy[1] * tau
@@ -146,12 +146,21 @@ def _render_shot(shot: ShotSpec, tau: float, width: int, height: int) -> np.ndar
     frame_HWC[:] = PALETTE[shot.background]
     shade_HW = _pattern_mask(shot.pattern, centres_x + pan_x, centres_y + pan_y)
     frame_HWC[shade_HW] = _shade(PALETTE[shot.background])
-    for obj in shot.objects:
-        screen_x = obj.start_xy[0] + obj.velocity_xy[0] * tau - pan_x
-        screen_y = obj.start_xy[1] + obj.velocity_xy[1] * tau - pan_y
-        inside_HW = _shape_mask(obj.shape, centres_x - screen_x, centres_y - screen_y, obj.size_px)
+    for obj, inside_HW in zip(shot.objects, object_masks(shot, tau, width, height), strict=True):
         frame_HWC[inside_HW] = PALETTE[obj.colour]
     return frame_HWC
+
+
+def object_masks(shot: ShotSpec, tau: float, width: int, height: int) -> list[np.ndarray]:
+    """One (H, W) bool mask per object of ``shot``: the pixels inside it ``tau`` seconds after the shot
+    starts, whether or not a later object covers them."""
+    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
+    masks = []
+    for obj in shot.objects:
+        screen_x = obj.start_xy[0] + (obj.velocity_xy[0] - shot.pan_xy[0]) * tau
+        screen_y = obj.start_xy[1] + (obj.velocity_xy[1] - shot.pan_xy[1]) * tau
+        masks.append(_shape_mask(obj.shape, centres_x - screen_x, centres_y - screen_y, obj.size_px))
+    return masks
 
 
 def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
@@ -168,7 +177,7 @@ def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
     for i in range(spec.n_frames):
         t = i / spec.fps
         k = max(0, int(np.searchsorted(starts, t + 1e-9, side="right")) - 1)
-        yield _render_shot(spec.shots[k], t - starts[k], spec.width, spec.height)
+        yield render_shot(spec.shots[k], t - starts[k], spec.width, spec.height)
 
 
 def _cut_score(a_HWC: np.ndarray, b_HWC: np.ndarray) -> float:
@@ -182,7 +191,7 @@ def _cut_score(a_HWC: np.ndarray, b_HWC: np.ndarray) -> float:
 def _draw_object(
     rng: np.random.Generator, colour: str, shot_s: float, pan: tuple[float, float], width: int, height: int
 ) -> ObjectSpec:
-    size = int(rng.integers(min(width, height) // 10, min(width, height) // 4 + 1))
+    size = int(rng.integers(min(width, height) // 8, min(width, height) * 2 // 7 + 1))
     low, high = np.full(2, size / 2 + 2), np.array([width, height]) - size / 2 - 2
     start = rng.uniform(low, high)
     end = np.clip(start + rng.uniform(-_MAX_SCREEN_SPEED, _MAX_SCREEN_SPEED, 2) * shot_s, low, high)
@@ -259,9 +268,9 @@ def random_spec(
     for shot_s in _shot_lengths(rng, fps, max_shots, duration_range):
         shot = _draw_shot(rng, shot_s, shots[-1] if shots else None, width, height)
         if shots:
-            last_HWC = _render_shot(shots[-1], shots[-1].duration_s - 1 / fps, width, height)
+            last_HWC = render_shot(shots[-1], shots[-1].duration_s - 1 / fps, width, height)
             for _ in range(_MAX_DRAWS):
-                if _cut_score(last_HWC, _render_shot(shot, 0.0, width, height)) >= _MIN_CUT_SCORE:
+                if _cut_score(last_HWC, render_shot(shot, 0.0, width, height)) >= _MIN_CUT_SCORE:
                     break
                 shot = _draw_shot(rng, shot_s, shots[-1], width, height)
             else:
@@ -270,76 +279,17 @@ def random_spec(
     return VideoSpec(width=width, height=height, fps=fps, shots=shots, seed=seed)
 
 
-_REGIONS = (
-    ("in the upper left", "at the top", "in the upper right"),
-    ("on the left", "in the centre", "on the right"),
-    ("in the lower left", "at the bottom", "in the lower right"),
-)
-_BACKGROUNDS = {
-    "flat": "plain {}",
-    "stripes": "{} with diagonal stripes",
-    "checker": "{} with a checkerboard pattern",
-}
-
-
-def _direction(v: tuple[float, float]) -> str:
-    """The nearest of eight compass words for a velocity, as a viewer sees it (screen y points down)."""
-    angle = round(math.atan2(-v[1], v[0]) / (math.pi / 4)) * math.pi / 4
-    across = {1: "right", -1: "left"}.get(round(math.cos(angle)), "")
-    vertical = {1: "up", -1: "down"}.get(round(math.sin(angle)), "")
-    return f"{vertical} and to the {across}" if vertical and across else vertical or across
-
-
-def _seconds(t: float) -> str:
-    text = f"{t:.2f}".rstrip("0")
-    return text + "0" if text.endswith(".") else text
-
-
-def _describe_shot(shot: ShotSpec, width: int, height: int) -> str:
-    sentences = []
-    for obj in shot.objects:
-        column = min(2, max(0, int(obj.start_xy[0] * 3 // width)))
-        row = min(2, max(0, int(obj.start_xy[1] * 3 // height)))
-        where, speed = _REGIONS[row][column], math.hypot(*obj.velocity_xy)
-        what = f"A {obj.colour} {obj.shape} about {obj.size_px} px wide"
-        if round(speed) == 0:
-            sentences.append(f"{what} stays still {where}.")
-        else:
-            moves = f"moves {_direction(obj.velocity_xy)} at {speed:.0f} px/s"
-            sentences.append(f"{what} starts {where} and {moves}.")
-    pan = math.hypot(*shot.pan_xy)
-    camera = "the camera is still"
-    if round(pan):
-        camera = f"the camera pans {_direction(shot.pan_xy)} at {pan:.0f} px/s"
-    background = _BACKGROUNDS[shot.pattern].format(shot.background)
-    sentences.append(f"The background is {background}, and {camera}.")
-    return " ".join(sentences)
-
-
-def reference_caption(spec: VideoSpec) -> str:
-    """A deterministic English description of everything in the video, shot by shot.
-
-    Args:
-        spec: the video to describe.
-
-    Returns:
-        Sentences naming each object's colour, shape, size, start region, direction and speed, each shot's
-        background and camera pan, and the time of every cut.
-    """
-    parts = [_describe_shot(spec.shots[0], spec.width, spec.height)]
-    for shot, (start_s, _) in zip(spec.shots[1:], spec.shot_times[1:], strict=True):
-        parts.append(f"At {_seconds(start_s)} s the scene cuts.")
-        parts.append(_describe_shot(shot, spec.width, spec.height))
-    return " ".join(parts)
-
-
 def _ground_truth(spec: VideoSpec) -> dict[str, object]:
+    from dataengine.world import WORLD_VERSION, reference_caption, video_captions  # world.py builds on this
+
     return {
         "spec": spec.model_dump(mode="json"),
         "shots": [{"start_s": start, "end_s": end} for start, end in spec.shot_times],
         "n_frames": spec.n_frames,
         "duration_s": spec.duration_s,
         "reference_caption": reference_caption(spec),
+        "reference_structured": [caption.model_dump(mode="json") for caption in video_captions(spec)],
+        "world_version": WORLD_VERSION,
     }
 
 

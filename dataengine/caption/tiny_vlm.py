@@ -15,6 +15,7 @@ tokenizer's, so every id a greedy argmax picks decodes. ``eos`` is ``<|im_end|>`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,7 +79,9 @@ class TinyVLMConfig(BaseModel):
 _DEFAULT_CONFIG = TinyVLMConfig()
 
 
-def build_tiny_vlm(out_dir: Path, config: TinyVLMConfig = _DEFAULT_CONFIG) -> Path:
+def build_tiny_vlm(
+    out_dir: Path, config: TinyVLMConfig = _DEFAULT_CONFIG, corpus: Sequence[str] | None = None
+) -> Path:
     """Build a checkpoint into ``out_dir`` atomically: in a temporary sibling folder, then one rename.
 
     The same config always gives the same files, byte for byte (``seed`` drives the random init).
@@ -86,6 +89,9 @@ def build_tiny_vlm(out_dir: Path, config: TinyVLMConfig = _DEFAULT_CONFIG) -> Pa
     Args:
         out_dir: the folder to create; it must not exist, or be empty.
         config: what to build.
+        corpus: the text the tokenizer's BPE is trained on; default: a small built-in corpus of caption
+            prose, a structured caption and the chat frame. A model that will be trained on one kind of
+            text (``distill.py``) gets a tokenizer trained on that text.
 
     Returns:
         ``out_dir``, complete.
@@ -93,7 +99,7 @@ def build_tiny_vlm(out_dir: Path, config: TinyVLMConfig = _DEFAULT_CONFIG) -> Pa
     Raises:
         FileExistsError: ``out_dir`` has content, before the build or (another process) by its end.
     """
-    return build_folder(out_dir, lambda tmp: _write_checkpoint(tmp, config))
+    return build_folder(out_dir, lambda tmp: _write_checkpoint(tmp, config, corpus))
 
 
 def ensure_tiny_vlm(cache_root: Path | None = None, config: TinyVLMConfig = _DEFAULT_CONFIG) -> Path:
@@ -115,11 +121,11 @@ def ensure_tiny_vlm(cache_root: Path | None = None, config: TinyVLMConfig = _DEF
 # The checkpoint
 
 
-def _write_checkpoint(out: Path, config: TinyVLMConfig) -> None:
+def _write_checkpoint(out: Path, config: TinyVLMConfig, corpus: Sequence[str] | None) -> None:
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    tokenizer = _tokenizer(config)
+    tokenizer = _tokenizer(config, corpus)
     endoftext, im_end = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
         torch.manual_seed(config.seed)
@@ -207,7 +213,9 @@ def _processor(config: TinyVLMConfig, tokenizer: Any) -> Any:
 # The tokenizer
 
 
-def _tokenizer(config: TinyVLMConfig) -> Any:
+def _tokenizer(config: TinyVLMConfig, corpus: Sequence[str] | None) -> Any:
+    """A Qwen2 tokenizer whose BPE is trained on ``corpus`` (default: the built-in one, which must yield
+    exactly ``vocab_size`` tokens; a given corpus may yield fewer, and the model's vocabulary follows)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
     from transformers import Qwen2Tokenizer
@@ -223,9 +231,9 @@ def _tokenizer(config: TinyVLMConfig) -> Any:
     bpe.decoder = decoders.ByteLevel()
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     trainer = BpeTrainer(vocab_size=config.vocab_size, initial_alphabet=alphabet, show_progress=False)
-    bpe.train_from_iterator(_corpus(), trainer)  # no special tokens: they go after the BPE ids
-    if bpe.get_vocab_size() != config.vocab_size:
-        raise ValueError(f"the built-in corpus trains at most {bpe.get_vocab_size()} tokens")
+    bpe.train_from_iterator(corpus or _corpus(), trainer)  # no special tokens: they go after the BPE ids
+    if corpus is None and bpe.get_vocab_size() != config.vocab_size:
+        raise ValueError(f"the corpus trains at most {bpe.get_vocab_size()} tokens")
     trained = json.loads(bpe.to_str())["model"]
     kwargs: dict[str, Any] = {  # the released tokenizer_config: no bos, no unk, eos set below
         "vocab": trained["vocab"], "merges": [tuple(m) for m in trained["merges"]], "unk_token": None,

@@ -18,11 +18,11 @@ from dataengine.synth import (
     ShotSpec,
     VideoSpec,
     random_spec,
-    reference_caption,
     render_frames,
     synthesize,
     write_video,
 )
+from dataengine.world import WORLD_VERSION, reference_caption
 
 FPS = 10
 
@@ -119,11 +119,14 @@ def test_reference_caption_names_every_object_and_cut() -> None:
     caption = reference_caption(spec)
     assert caption == reference_caption(spec)
     for obj in (obj for shot in spec.shots for obj in shot.objects):
-        assert f"{obj.colour} {obj.shape}" in caption
+        assert f"{obj.shape.capitalize()}: {obj.colour}," in caption
     assert caption.count("the scene cuts") == len(spec.shots) - 1
     hand_made = reference_caption(_two_shots())
-    assert hand_made.startswith("A white square about 16 px wide starts on the left and moves right at 20")
-    assert "At 1.0 s the scene cuts." in hand_made and "the camera pans right at 10 px/s" in hand_made
+    assert hand_made.startswith(
+        "One shape moves over a plain red background. Square: white, large, 16 px wide"
+    )
+    assert "At 1.0 s the scene cuts." in hand_made
+    assert "the camera moves (pan right) at (10.0, 0.0) px/s" in hand_made
 
 
 def test_write_video_matches_ground_truth(tmp_path: Path) -> None:
@@ -138,6 +141,7 @@ def test_write_video_matches_ground_truth(tmp_path: Path) -> None:
     assert truth["shots"] == [{"start_s": 0.0, "end_s": 1.0}, {"start_s": 1.0, "end_s": 1.5}]
     assert (truth["n_frames"], truth["duration_s"]) == (15, 1.5)
     assert truth["reference_caption"] == reference_caption(spec)
+    assert len(truth["reference_structured"]) == 2 and truth["world_version"] == WORLD_VERSION
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.json", "two.mp4"]
     cmd = ["ffmpeg", "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     decoded = subprocess.run(cmd, check=True, capture_output=True).stdout

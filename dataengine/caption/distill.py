@@ -1,0 +1,439 @@
+"""Captioner distillation: train a small Qwen2.5-VL student on (clip, teacher caption) pairs.
+
+The teacher is either the synthetic world's ground truth (``world``: a perfect captioner, ``world.py``) or
+any captioner whose captions a run wrote to its manifest (a run folder). Every pair goes through exactly
+the path the student will be served on: the clip's frames come from the caption view of the decode stage,
+the request is the caption stage's own prompt, and the processor and chat template of the student's folder
+turn both into tokens; the loss is on the answer (the caption JSON and ``<|im_end|>``) only. The result is
+an HF folder (safetensors, processor, chat template) that ``vllm.LLM`` and transformers both load, plus
+``distill.json`` (what was trained, how long, the loss) and ``loss_curve.png``.
+
+The student starts from random weights with a tokenizer trained on the teacher's captions and the prompts,
+so its vocabulary is the domain's and sequences are short.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from dataengine.caption.engines.base import (
+    EngineRequest,
+    SamplingConfig,
+    chat_messages,
+    even_frames,
+    video_metadata,
+)
+from dataengine.caption.prompts import PROMPTS, get_prompt
+from dataengine.caption.schema import StructuredCaption
+from dataengine.caption.tiny_vlm import TinyVLMConfig, build_tiny_vlm
+from dataengine.config import ConfigError, StageConfig
+from dataengine.records import Clip, Failure, Frames, Source
+from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
+from dataengine.synth import VideoSpec
+
+PRESETS: dict[str, TinyVLMConfig] = {
+    "tiny": TinyVLMConfig(
+        hidden_size=128, intermediate_size=512, num_layers=4, num_heads=2, num_kv_heads=1,
+        vision_depth=4, vision_hidden_size=128, vision_num_heads=2,
+    ),
+    "small": TinyVLMConfig(
+        hidden_size=256, intermediate_size=1024, num_layers=6, num_heads=4, num_kv_heads=2,
+        vision_depth=6, vision_hidden_size=192, vision_num_heads=3,
+    ),
+}  # fmt: skip
+WORLD_SEED_OFFSET = 1_000  # training world clips come from seed + this; eval-captions uses other seeds
+
+
+class DistillConfig(StageConfig):
+    """What to train on, which student, and for how long."""
+
+    pairs: str = Field(description="'world' (ground truth of synthetic clips) or a run folder")
+    preset: Literal["tiny", "small"] = "tiny"
+    seed: int = 0
+    world_clips: int = Field(3000, ge=1, description="synthetic clips to train on (pairs=world)")
+    view: ViewConfig = Field(
+        default_factory=lambda: ViewConfig(fps=2, max_frames=8, resize="short_side", size=112),
+        description="the caption view the student will see: the serving recipe's",
+    )
+    prompt_id: str = "dense-v1"
+    minutes: float | None = Field(35.0, gt=0, description="training time budget (with max_steps: first)")
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)
+    weight_decay: float = Field(0.01, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
+    log_every: int = Field(25, ge=1)
+    workers: int = Field(2, ge=1, description="processes that write and decode the world clips")
+
+
+@dataclass
+class Pair:
+    frames: Frames
+    caption: str  # the teacher's structured caption as compact JSON
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pairs
+
+
+def world_pairs(n: int, seed: int, view: ViewConfig, work_dir: Path, workers: int = 1) -> list[Pair]:
+    """``n`` single-shot world clips, decoded through the caption view, each with the ground-truth caption
+    of its shot, made by ``workers`` processes.
+
+    The shots are written back to back into videos of ``_SHOTS_PER_VIDEO`` shots (hard cuts between them)
+    and each shot is decoded as one clip, all clips of a video in one decode pass: four processes per
+    fifty clips instead of four per clip. Videos are written at 8 fps: the caption view samples 2 fps, so
+    it sees the same frames as at 24 fps, for a third of the encoding work.
+    """
+    from dataengine.synth import random_spec
+
+    rng = np.random.default_rng(seed + WORLD_SEED_OFFSET)
+    shots = [random_spec(rng, fps=8, max_shots=1, duration_range=(2.0, 4.0)) for _ in range(n)]
+    jobs = [
+        (shots[i : i + _SHOTS_PER_VIDEO], view, work_dir / f"world_{i:05d}.mp4")
+        for i in range(0, n, _SHOTS_PER_VIDEO)
+    ]
+    if workers <= 1:
+        chunks = [_world_chunk(*job) for job in jobs]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            chunks = list(pool.map(_world_chunk, *zip(*jobs, strict=True)))
+    return [pair for chunk in chunks for pair in chunk]
+
+
+_SHOTS_PER_VIDEO = 50
+
+
+def _world_chunk(specs: Sequence[VideoSpec], view: ViewConfig, path: Path) -> list[Pair]:
+    from dataengine.synth import write_video
+    from dataengine.world import shot_caption
+
+    first = specs[0]
+    joined = first.model_copy(update={"shots": [spec.shots[0] for spec in specs]})
+    write_video(joined, path)
+    try:
+        video = ProbeStage().probe(Source.from_uri(str(path)))
+        if isinstance(video, Failure):
+            raise RuntimeError(f"probing {path}: {video.reason}")
+        clips = [
+            Clip.of(video, index=i, start_s=start, end_s=end, shot=i)
+            for i, (start, end) in enumerate(joined.shot_times)
+        ]
+        decoded = DecodeStage(DecodeConfig(views={"caption": view})).process_batch(clips)
+    finally:
+        path.unlink()
+        path.with_suffix(".json").unlink()
+    pairs = []
+    for shot, result in zip(joined.shots, decoded, strict=True):
+        if isinstance(result, Failure):
+            raise RuntimeError(f"decoding {path}: {result.reason}")
+        frames = result.views["caption"]
+        caption = shot_caption(shot, joined.width, joined.height)
+        pairs.append(Pair(frames, _fit_events(caption, frames).model_dump_json()))
+    return pairs
+
+
+def run_pairs(run_dir: Path, view: ViewConfig | None = None) -> list[Pair]:
+    """The clips a run wrote to its shards with the structured captions its captioner made, decoded again
+    from their sources through the run's caption view (or ``view``)."""
+    import webdataset as wds
+
+    run_json = run_dir / "run.json"
+    if not run_json.is_file():
+        raise ConfigError(
+            f"{run_dir} is not a run folder (no run.json); pass a `dataengine run --out` folder"
+        )
+    recipe = json.loads(run_json.read_text())["config"]
+    if view is None:
+        view = ViewConfig.model_validate(recipe["decode"]["views"][recipe["caption"]["view"]])
+    stage = DecodeStage(DecodeConfig(views={"caption": view}))
+    shards = sorted(str(p) for p in (run_dir / "shards").glob("*.tar"))
+    pairs = []
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode():
+        meta = sample["json"]
+        if not meta.get("structured"):
+            continue
+        video = ProbeStage().probe(Source.from_uri(meta["source"]))
+        if isinstance(video, Failure):
+            continue
+        clip = Clip.of(video, index=0, start_s=meta["start_s"], end_s=meta["end_s"])
+        decoded = stage.decode(clip)
+        if isinstance(decoded, Failure):
+            continue
+        frames = decoded.views["caption"]
+        caption = StructuredCaption.model_validate(meta["structured"])
+        pairs.append(Pair(frames, _fit_events(caption, frames).model_dump_json()))
+    if not pairs:
+        raise ConfigError(f"{run_dir} has no captioned clips to learn from")
+    return pairs
+
+
+def _decode_whole(prober: ProbeStage, stage: DecodeStage, path: Path) -> Frames:
+    video = prober.probe(Source.from_uri(str(path)))
+    if isinstance(video, Failure):
+        raise RuntimeError(f"probing {path}: {video.reason}")
+    clip = Clip.of(video, index=0, start_s=0.0, end_s=round(video.probe.duration_s, 3))
+    decoded = stage.decode(clip)
+    if isinstance(decoded, Failure):
+        raise RuntimeError(f"decoding {path}: {decoded.reason}")
+    return decoded.views["caption"]
+
+
+def _fit_events(caption: StructuredCaption, frames: Frames) -> StructuredCaption:
+    """Event times clipped to the span the prompt announces (frames / fps), as guided decoding bounds them."""
+    limit = math.ceil(len(frames.frames_THWC) / frames.fps * 10) / 10
+    events = [
+        e.model_copy(update={"start_s": min(e.start_s, limit), "end_s": min(e.end_s, limit)})
+        for e in caption.events
+    ]
+    return caption.model_copy(update={"events": events})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokens
+
+
+def _request(frames: Frames, prompt_id: str) -> EngineRequest:
+    prompt = get_prompt(prompt_id)
+    t = len(frames.frames_THWC)
+    text = prompt.render(duration_s=t / frames.fps, n_frames=t, fps=frames.fps)
+    return EngineRequest(prompt, text, frames, None, SamplingConfig())
+
+
+def encode_pair(processor: Any, pair: Pair, prompt_id: str) -> dict[str, Any]:
+    """Tokens, pixels and labels of one pair, as the caption stage's request would be tokenized, with the
+    answer appended; labels are -100 everywhere but the answer and its end-of-turn token."""
+    request = _request(pair.frames, prompt_id)
+    frames_THWC = even_frames(pair.frames)
+    metadata = video_metadata(frames_THWC, pair.frames.fps)
+    metadata.pop("do_sample_frames")
+    kwargs: dict[str, Any] = {"video_metadata": [metadata], "do_sample_frames": False}
+    messages = chat_messages(request)
+    messages[-1]["content"][0]["video"] = frames_THWC
+    common = {"tokenize": True, "return_dict": True, "return_tensors": "pt", "processor_kwargs": kwargs}
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, **common)
+    answer = [{"role": "assistant", "content": [{"type": "text", "text": pair.caption}]}]
+    full = processor.apply_chat_template(messages + answer, **common)
+    ids = full["input_ids"][0]
+    n_prompt = prompt["input_ids"].shape[1]
+    if not (ids[:n_prompt] == prompt["input_ids"][0]).all():
+        raise RuntimeError("the chat template does not extend the prompt with the answer; cannot mask it")
+    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    end = n_prompt + int((ids[n_prompt:] == im_end).nonzero()[0, 0]) + 1  # through the answer's <|im_end|>
+    labels = ids.clone()
+    labels[:n_prompt] = -100
+    labels[end:] = -100
+    return {
+        "input_ids": ids[:end],
+        "labels": labels[:end],
+        "pixel_values_videos": full["pixel_values_videos"],
+        "video_grid_thw": full["video_grid_thw"],
+    }
+
+
+def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-padded batch: padding is masked out of attention and loss."""
+    import torch
+
+    length = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), length), dtype=torch.long)
+    for row, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[row, :n], labels[row, :n], mask[row, :n] = x["input_ids"], x["labels"], 1
+    return {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "pixel_values_videos": torch.cat([x["pixel_values_videos"] for x in items]),
+        "video_grid_thw": torch.cat([x["video_grid_thw"] for x in items]),
+    }
+
+
+def tokenizer_corpus(captions: Sequence[str]) -> list[str]:
+    """What the student's BPE is trained on: the teacher's captions, every prompt and the chat frame."""
+    prompts = [text for p in PROMPTS.values() for text in (p.system, p.user)]
+    chat = [f"<|im_start|>{role}\n<|im_end|>\n" for role in ("system", "user", "assistant")]
+    return [*captions, *prompts, *chat, *(f"{t / 2:.1f} {t} {t / 4:.2f}" for t in range(64))]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class DistillResult:
+    out: Path
+    steps: int
+    seconds: float
+    final_loss: float
+    pairs: int
+
+
+def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = None) -> DistillResult:
+    """Build the student, train it on the pairs, save it to ``out`` (which must not exist or be empty).
+
+    Args:
+        config: what to train.
+        out: the student's HF folder; written in a temporary sibling and renamed when complete.
+        pairs: the pairs to use; default from ``config.pairs``.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from dataengine.model_cache import build_folder
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
+        if pairs is None:
+            pairs = _pairs(config, Path(tmp))
+        prepared_s = time.perf_counter() - started
+        student_dir = build_tiny_vlm(
+            Path(tmp) / "student", PRESETS[config.preset].model_copy(update={"seed": config.seed}),
+            corpus=tokenizer_corpus([p.caption for p in pairs]),
+        )  # fmt: skip
+        processor = AutoProcessor.from_pretrained(student_dir)
+        torch.manual_seed(config.seed)
+        model = AutoModelForImageTextToText.from_pretrained(student_dir, dtype=torch.float32)
+        model.train()
+        log = _train(config, model, processor, pairs, started)
+
+        def write(folder: Path) -> None:
+            for item in student_dir.iterdir():  # processor, tokenizer, chat template, generation config
+                if item.is_file() and item.suffix != ".safetensors":
+                    shutil.copy2(item, folder / item.name)
+            model.eval()
+            model.save_pretrained(folder)
+            summary = {
+                "config": config.model_dump(mode="json"), "pairs": len(pairs), "steps": log.steps,
+                "prepare_s": round(prepared_s, 1), "train_s": round(log.seconds, 1),
+                "final_loss": log.recent_loss(), "losses": log.losses,
+            }  # fmt: skip
+            (folder / "distill.json").write_text(json.dumps(summary, indent=1) + "\n")
+            _loss_curve(log.losses, folder / "loss_curve.png")
+
+        build_folder(out, write)
+    return DistillResult(out, log.steps, time.perf_counter() - started, log.recent_loss(), len(pairs))
+
+
+def _pairs(config: DistillConfig, work_dir: Path) -> list[Pair]:
+    if config.pairs == "world":
+        return world_pairs(config.world_clips, config.seed, config.view, work_dir, config.workers)
+    return run_pairs(Path(config.pairs), config.view)
+
+
+@dataclass
+class _Log:
+    steps: int = 0
+    seconds: float = 0.0
+    losses: list[tuple[int, float]] | None = None
+
+    def recent_loss(self) -> float:
+        tail = [loss for _, loss in (self.losses or [])[-5:]]
+        return round(float(np.mean(tail)), 4) if tail else math.nan
+
+
+def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start : start + batch_size].tolist()
+        if n < batch_size:
+            yield rng.choice(n, batch_size).tolist()
+
+
+def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pair], started: float) -> _Log:
+    import torch
+    from rich.progress import Progress
+
+    pad_id = processor.tokenizer.pad_token_id
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98),
+    )  # fmt: skip
+    budget_s = config.minutes * 60 if config.minutes else math.inf
+    max_steps = config.max_steps or 10**9
+    # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
+    expected = float(max_steps if not math.isfinite(budget_s) else min(max_steps, 10**6))
+    log = _Log(losses=[])
+    t0 = time.perf_counter()
+    window: list[float] = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
+        for step, indices in enumerate(_batches(len(pairs), config.batch_size, config.seed), start=1):
+            elapsed = time.perf_counter() - t0
+            if step > max_steps or elapsed >= budget_s:
+                break
+            if math.isfinite(budget_s) and step > 10:
+                expected = min(max_steps, step * budget_s / elapsed)
+            lr = _lr(config, step, expected)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = collate([encode_pair(processor, pairs[i], config.prompt_id) for i in indices], pad_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            window.append(loss.item())
+            log.steps = step
+            if step % config.log_every == 0:
+                assert log.losses is not None
+                log.losses.append((step, round(float(np.mean(window)), 4)))
+                window.clear()
+                per_step = (time.perf_counter() - t0) / step
+                progress.console.print(
+                    f"step {step}  loss {log.losses[-1][1]:.4f}  lr {lr:.2e}  {per_step:.2f} s/step  "
+                    f"{time.perf_counter() - started:.0f} s"
+                )
+            progress.update(task, completed=min(time.perf_counter() - t0, budget_s))
+    log.seconds = time.perf_counter() - t0
+    return log
+
+
+def _lr(config: DistillConfig, step: int, expected_steps: float) -> float:
+    if step <= config.warmup_steps:
+        return config.lr * step / max(1, config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / max(1.0, expected_steps - config.warmup_steps))
+    floor = config.min_lr_ratio
+    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _loss_curve(losses: Sequence[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if losses:
+        steps, values = zip(*losses, strict=True)
+        ax.plot(steps, values)
+    ax.set_xlabel("step")
+    ax.set_ylabel("caption token loss")
+    ax.set_yscale("log")
+    ax.set_title("student distillation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
