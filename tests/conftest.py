@@ -80,8 +80,8 @@ def caption_images(images: dict[str, Path]) -> list[DecodedClip]:
 
 @pytest.fixture(scope="session")
 def vllm_engine() -> Iterator[CaptionEngine]:
-    """The demo recipe's in-process vLLM engine (tiny built-in Qwen2.5-VL), set up once per session."""
-    engine = build_engine(demo().caption.engine)
+    """The demo recipe's in-process vLLM engine with the random tiny Qwen2.5-VL, set up once per session."""
+    engine = build_engine(demo().caption.engine.model_copy(update={"model": "builtin:tiny-qwen2_5_vl"}))
     engine.setup()
     yield engine
     engine.teardown()

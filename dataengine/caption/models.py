@@ -1,11 +1,15 @@
 """Where a caption model comes from: a local folder, a hub id, or a model this project builds itself.
 
 ``builtin:tiny-qwen2_5_vl`` and ``builtin:tiny-qwen3_vl`` are randomly initialised tiny VLMs built offline
-(see ``tiny_vlm.py``) and cached on disk; they make the whole loop run on a machine with no GPU and no hub.
-Everything else is passed to the loaders unchanged.
+(see ``tiny_vlm.py``) and cached on disk; they make the whole loop run on a machine with no GPU and no hub,
+with nonsense captions. ``builtin:world-captioner`` is a trained one shipped in ``dataengine/assets/``: a
+Qwen2.5-VL student distilled from the synthetic world's ground truth (``dataengine distill``), which captions
+world clips correctly. Everything else is passed to the loaders unchanged.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from dataengine.caption.tiny_vlm import TinyVLMConfig, ensure_tiny_vlm
 from dataengine.config import ConfigError
@@ -14,6 +18,11 @@ BUILTIN = "builtin:"
 BUILTIN_MODELS = {
     "tiny-qwen2_5_vl": TinyVLMConfig(family="qwen2_5_vl"),
     "tiny-qwen3_vl": TinyVLMConfig(family="qwen3_vl"),
+}
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED = {"world-captioner": ASSETS / "world-captioner"}  # name -> packaged folder
+REBUILD = {
+    "world-captioner": "dataengine distill --pairs world --out dataengine/assets/world-captioner --steps 3000"
 }
 
 
@@ -26,7 +35,11 @@ def resolve_model(model: str) -> str:
     if not model.startswith(BUILTIN):
         return model
     name = model.removeprefix(BUILTIN)
+    if name in SHIPPED:
+        if not (SHIPPED[name] / "config.json").is_file():
+            raise ConfigError(f"{model!r}: {SHIPPED[name]} is missing; rebuild it with `{REBUILD[name]}`")
+        return str(SHIPPED[name])
     if name not in BUILTIN_MODELS:
-        known = ", ".join(BUILTIN + n for n in BUILTIN_MODELS)
+        known = ", ".join(BUILTIN + n for n in [*BUILTIN_MODELS, *SHIPPED])
         raise ConfigError(f"unknown built-in model {model!r}; known: {known}")
     return str(ensure_tiny_vlm(config=BUILTIN_MODELS[name]))

@@ -80,4 +80,4 @@ def test_unknown_recipe_and_engine_are_config_errors() -> None:
         with_engine(get_recipe("demo"), "openai")
     switched = with_engine(get_recipe("demo"), "transformers")
     assert switched.caption.engine.kind == "transformers"
-    assert switched.caption.engine.model == "builtin:tiny-qwen2_5_vl"
+    assert switched.caption.engine.model == get_recipe("demo").caption.engine.model

@@ -96,7 +96,7 @@ def test_an_image_through_a_real_vllm_server(vllm_server: str, caption_images: l
 
 
 def _same_tokens_from_transformers(vllm_engine: CaptionEngine, request: EngineRequest) -> None:
-    hf = build_engine(TransformersEngineConfig(model=demo().caption.engine.model, dtype="float32"))
+    hf = build_engine(TransformersEngineConfig(model=vllm_engine.config.model, dtype="float32"))
     hf.setup()
     try:
         (ours,) = hf.generate([request])
@@ -137,6 +137,6 @@ def test_dataengine_caption_prints_the_caption_json(caption_clips: list[DecodedC
     if done.returncode == 0:
         for key in ("caption", "short_caption", "structured"):
             assert key in document, key
-        assert document["engine"] == "vllm" and document["model"] == "builtin:tiny-qwen2_5_vl"
+        assert document["engine"] == "vllm" and document["model"] == demo().caption.engine.model
     else:
         assert done.returncode == 1 and document["error"]["stage"] == "caption"
