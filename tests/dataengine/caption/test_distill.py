@@ -21,9 +21,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def student(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     work = tmp_path_factory.mktemp("distill")
-    config = DistillConfig(pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2)
+    config = DistillConfig(
+        pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2, warmup_steps=2
+    )
     pairs = world_pairs(config.world_clips, config.seed, config.view, work, workers=1)
-    distill(config.model_copy(update={"lr": 3e-3, "warmup_steps": 2}), work / "student", pairs)
+    distill(config, work / "student", pairs)
     return work / "student", pairs
 
 
@@ -31,7 +33,7 @@ def test_world_pairs_are_decoded_clips_with_their_ground_truth(student: tuple[Pa
     _, pairs = student
     assert len(pairs) == 12
     for pair in pairs:
-        t, h, w, _ = pair.frames.frames_THWC.shape
+        t, h, _, _ = pair.frames.frames_THWC.shape
         assert 4 <= t <= 8 and h == 112 and pair.frames.fps == 2.0
         (read,) = read_caption(StructuredCaption.model_validate_json(pair.caption))
         assert 1 <= len(read.objects) <= 3 and read.background is not None
