@@ -22,11 +22,12 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
 from dataengine.caption.schema import StructuredCaption
-from dataengine.synth import ObjectSpec, ShotSpec, VideoSpec, object_masks, render_shot
+from dataengine.synth import ColourName, ObjectSpec, ShotSpec, VideoSpec, object_masks, render_shot
 from dataengine.world import (
     REGIONS,
     ReadObject,
@@ -101,11 +102,10 @@ def match_objects(truth: Sequence[Facts], stated: Sequence[Facts]) -> list[int |
     best: tuple[int, ...] | None = None
     best_score = -1
     for assignment in itertools.permutations(range(len(slots)), len(truth)):
-        score = sum(
-            _agreeing(t, stated[slots[j]])
-            for t, j in zip(truth, assignment, strict=True)
-            if slots[j] is not None
-        )
+        score = 0
+        for true_obj, j in zip(truth, assignment, strict=True):
+            slot = slots[j]
+            score += _agreeing(true_obj, stated[slot]) if slot is not None else 0
         if score > best_score:
             best, best_score = assignment, score
     assert best is not None
@@ -183,7 +183,7 @@ def rebuild(read: ReadShot, duration_s: float, width: int, height: int) -> ShotS
     objects = [_rebuild_object(obj, pan, width, height) for obj in read.objects]
     return ShotSpec.model_construct(  # may hold no object: a caption can name none
         duration_s=duration_s,
-        background=read.background or "black",
+        background=cast(ColourName, read.background or "black"),
         pattern=read.pattern or "flat",
         pan_xy=pan,
         objects=objects,
@@ -208,7 +208,7 @@ def _rebuild_object(obj: ReadObject, pan: tuple[float, float], width: int, heigh
         screen = dx / norm * _DEFAULT_SPEED, dy / norm * _DEFAULT_SPEED
     return ObjectSpec(
         shape=obj.shape or "square",
-        colour=obj.colour or "white",  # type: ignore[arg-type]
+        colour=cast(ColourName, obj.colour or "white"),
         size_px=max(2, round(size)),
         start_xy=start,
         # Captions state on-screen motion; the world moves with the camera added back (0.1 px/s grid).

@@ -63,9 +63,9 @@ class Demo:
             self._train(run_dir, ckpt)
         with self._step(4, f"sample: {self.samples} clips from held-out world captions"):
             prompts = world_eval_specs(self.samples, PROMPT_SEED)
-            videos = self._sample(ckpt, prompts)
+            sampled = self._sample(ckpt, prompts)
         with self._step(5, "fidelity: captions of held-out world clips, and of the samples vs their prompts"):
-            self._fidelity(prompts, videos)
+            self._fidelity(prompts, sampled)
         with self._step(6, "inspect"):
             found = inspect_run(run_dir)
             show(found)
@@ -112,7 +112,8 @@ class Demo:
 
     def _fidelity(self, prompts: list[synth.VideoSpec], videos: list[Path]) -> None:
         recipe = get_recipe("demo")
-        with CaptionStage(recipe.caption) as stage:  # one engine for both
+        stage = CaptionStage(recipe.caption)
+        with stage:  # one engine for both
             found = eval_captions(recipe, self.out / "fidelity", n=self.eval_clips, stage=stage)
             adherence = prompt_adherence(recipe, prompts, videos, stage)
         self.scores = found.as_json() | {"prompt_adherence": round(adherence.fact_recall, 4)}

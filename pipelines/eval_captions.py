@@ -116,7 +116,8 @@ def decode_whole(paths: Sequence[Path], recipe: RecipeConfig) -> list[DecodedCli
     """Each video as one clip, decoded through the recipe's caption view only."""
     view = recipe.caption.view
     stage = DecodeStage(recipe.decode.model_copy(update={"views": {view: recipe.decode.views[view]}}))
-    prober, decoded = ProbeStage(recipe.probe), []
+    prober = ProbeStage(recipe.probe)
+    decoded: list[DecodedClip | Failure] = []
     for path in paths:
         video = prober.probe(Source.from_uri(str(path)))
         if isinstance(video, Failure):
@@ -139,8 +140,8 @@ def caption_all(
         todo = [d for d in decoded if not isinstance(d, Failure)]
         done: dict[str, CaptionedClip | Failure] = {}
         for batch in batched(todo, recipe.pools.caption.batch_size):
-            for result in stage.process_batch(batch):
-                done[result.clip_id] = result
+            for clip, result in zip(batch, stage.process_batch(batch), strict=True):
+                done[clip.clip_id] = result
     finally:
         if own:
             stage.teardown()

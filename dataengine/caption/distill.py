@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -344,10 +344,10 @@ def _pairs(config: DistillConfig, work_dir: Path) -> list[Pair]:
 class _Log:
     steps: int = 0
     seconds: float = 0.0
-    losses: list[tuple[int, float]] | None = None
+    losses: list[tuple[int, float]] = field(default_factory=list)
 
     def recent_loss(self) -> float:
-        tail = [loss for _, loss in (self.losses or [])[-5:]]
+        tail = [loss for _, loss in self.losses[-5:]]
         return round(float(np.mean(tail)), 4) if tail else math.nan
 
 
@@ -376,7 +376,7 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     max_steps = config.max_steps or 10**9
     # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
     expected = float(max_steps if not math.isfinite(budget_s) else min(max_steps, 10**6))
-    log = _Log(losses=[])
+    log = _Log()
     t0 = time.perf_counter()
     window: list[float] = []
     with Progress(transient=True) as progress:
@@ -399,7 +399,6 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
             window.append(loss.item())
             log.steps = step
             if step % config.log_every == 0:
-                assert log.losses is not None
                 log.losses.append((step, round(float(np.mean(window)), 4)))
                 window.clear()
                 per_step = (time.perf_counter() - t0) / step

@@ -7,7 +7,8 @@ Normalisation stats are set to distinct non-trivial values so tests can check th
 
 ``ensure_tiny_vae`` keeps one ``save_pretrained`` folder per preset in an on-disk cache (built in a temporary
 sibling folder, then renamed: folders appear only complete); ``resolve_vae`` maps ``builtin:tiny-<kind>``
-to that folder and passes anything else through.
+to that folder, ``builtin:<name>`` of ``SHIPPED`` to a trained folder packaged in ``dataengine/assets/``
+(meaningful latents: see ``dataengine.encode.train_vae``), and passes anything else through.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from dataengine.model_cache import build_folder, cache_key, cached_folder
 VAEKind = Literal["wan", "ltx", "cogvideox", "kl"]
 
 BUILTIN = "builtin:"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# name -> (kind, packaged folder): VAEs the project trained itself (``dataengine train-vae``)
+SHIPPED: dict[str, tuple[VAEKind, Path]] = {"world-vae": ("wan", ASSETS / "world-vae")}
 _BUILDER_VERSION = "1"  # part of the cache key: bump it when what a build writes changes
 
 # kind -> (diffusers class name, constructor kwargs)
@@ -51,16 +55,24 @@ TINY_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def resolve_vae(model: str, kind: VAEKind) -> str:
-    """A path or hub id ``from_pretrained`` accepts; ``builtin:tiny-<kind>`` is built (once) and cached.
+    """A path or hub id ``from_pretrained`` accepts; ``builtin:tiny-<kind>`` is built (once) and cached,
+    ``builtin:world-vae`` is the packaged folder.
 
     Raises:
-        ConfigError: an unknown ``builtin:`` name, or one of another kind than ``kind``.
+        ConfigError: an unknown ``builtin:`` name, one of another kind than ``kind``, or a shipped folder
+            missing from the installation.
     """
     if not model.startswith(BUILTIN):
         return model
     name = model.removeprefix(BUILTIN)
+    if name in SHIPPED and SHIPPED[name][0] == kind:
+        folder = SHIPPED[name][1]
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"{model!r}: {folder} is missing; rebuild it with `dataengine train-vae`")
+        return str(folder)
     if name != f"tiny-{kind}":
-        known = ", ".join(f"{BUILTIN}tiny-{k}" for k in TINY_PRESETS)
+        names = [f"tiny-{k}" for k in TINY_PRESETS] + [f"{n} (kind {k})" for n, (k, _) in SHIPPED.items()]
+        known = ", ".join(BUILTIN + n for n in names)
         raise ConfigError(f"{model!r} is not a built-in VAE of kind {kind!r}; known: {known}")
     return str(ensure_tiny_vae(kind))
 
