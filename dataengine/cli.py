@@ -6,6 +6,8 @@ dataengine clips data/synth --out out/clips      # probe -> split -> decode, wit
 dataengine run data/synth --out out/run          # inputs -> captions -> latents -> shards, on Ray; resumable
 dataengine inspect out/run                       # counts, reasons, distributions, an HTML contact sheet
 dataengine demo --out out/demo                   # the embedded default, end to end
+dataengine eval-captions --recipe demo           # caption fidelity on held-out synthetic-world clips
+dataengine distill --pairs world --out DIR       # train a small captioner from a teacher's captions
 """
 
 from __future__ import annotations
@@ -425,17 +427,21 @@ def demo(
     out: Annotated[Path, typer.Option(help="where the demo writes everything")] = Path("out/demo"),
     n: Annotated[int, typer.Option(min=1, help="synthetic videos to make")] = 6,
     steps: Annotated[int, typer.Option(min=1, help="training steps of the tiny DiT")] = 200,
+    eval_clips: Annotated[int, typer.Option(min=1, help="held-out world clips for caption fidelity")] = 8,
+    samples: Annotated[int, typer.Option(min=1, help="DiT samples scored for prompt adherence")] = 3,
 ) -> None:
-    """The whole loop on the embedded default (no GPU, no model hub): synthetic videos with ground truth and
-    real footage from a PyPI wheel -> `run --recipe demo` (in-process vLLM on the tiny built-in VLM, the tiny
-    Wan VAE, MiniLM text embeddings, shards) -> `train` the tiny DiT -> `sample` a clip from a caption ->
-    `inspect`; prints where everything is and how long each step took. Rerunning it resumes."""
+    """The whole loop on the embedded default (no GPU, no model hub): synthetic world videos with ground truth
+    and real footage from a PyPI wheel -> `run --recipe demo` (in-process vLLM with the shipped distilled
+    captioner, the shipped world VAE, MiniLM text embeddings, shards) -> `train` the tiny DiT -> `sample`
+    clips from held-out world captions -> caption fidelity (`eval-captions`) and prompt adherence of the
+    samples -> `inspect`; prints the scores, where everything is and how long each step took. Rerunning it
+    resumes; a larger --steps trains further and scores again."""
     from pipelines.demo import Demo
     from pipelines.runner import RunError
 
     require_ffmpeg()
     try:
-        Demo(out, n, steps, console).run(_print_inspection)
+        Demo(out, n, steps, console, eval_clips=eval_clips, samples=samples).run(_print_inspection)
     except RunError as exc:
         console.print(f"[bold red]demo failed[/]: {exc}")
         raise typer.Exit(1) from None
