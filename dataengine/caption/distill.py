@@ -60,6 +60,10 @@ class DistillConfig(StageConfig):
 
     pairs: str = Field(description="'world' (ground truth of synthetic clips) or a run folder")
     preset: Literal["tiny", "small"] = "tiny"
+    init: str | None = Field(
+        None,
+        description="start from this student folder (its tokenizer and weights) instead of random weights",
+    )
     seed: int = 0
     world_clips: int = Field(3000, ge=1, description="synthetic clips to train on (pairs=world)")
     view: ViewConfig = Field(
@@ -306,10 +310,13 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         if pairs is None:
             pairs = _pairs(config, Path(tmp))
         prepared_s = time.perf_counter() - started
-        student_dir = build_tiny_vlm(
-            Path(tmp) / "student", PRESETS[config.preset].model_copy(update={"seed": config.seed}),
-            corpus=tokenizer_corpus([p.caption for p in pairs]),
-        )  # fmt: skip
+        if config.init is not None:
+            student_dir = Path(config.init)
+        else:
+            student_dir = build_tiny_vlm(
+                Path(tmp) / "student", PRESETS[config.preset].model_copy(update={"seed": config.seed}),
+                corpus=tokenizer_corpus([p.caption for p in pairs]),
+            )  # fmt: skip
         processor = AutoProcessor.from_pretrained(student_dir)
         torch.manual_seed(config.seed)
         model = AutoModelForImageTextToText.from_pretrained(student_dir, dtype=torch.float32)
@@ -318,7 +325,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
 
         def write(folder: Path) -> None:
             for item in student_dir.iterdir():  # processor, tokenizer, chat template, generation config
-                if item.is_file() and item.suffix != ".safetensors":
+                if item.is_file() and item.suffix in (".json", ".jinja") and item.name != "distill.json":
                     shutil.copy2(item, folder / item.name)
             model.eval()
             model.save_pretrained(folder)
