@@ -201,8 +201,8 @@ def _draw_object(
         shape=rng.choice(["circle", "square", "triangle"]).item(),
         colour=colour,
         size_px=size,
-        start_xy=(round(float(start[0]), 1), round(float(start[1]), 1)),
-        velocity_xy=(round(float(velocity[0]), 1), round(float(velocity[1]), 1)),
+        start_xy=(float(round(start[0])), float(round(start[1]))),
+        velocity_xy=(float(round(velocity[0])), float(round(velocity[1]))),
     )
 
 
@@ -212,7 +212,7 @@ def _draw_pan(rng: np.random.Generator) -> tuple[float, float]:
     pan_x = float(rng.choice([-1, 1]) * rng.uniform(10, 40))
     # |pan_y| <= |pan_x| / 2 keeps the pan well away from the direction of the diagonal stripes.
     pan_y = float(rng.uniform(-0.5, 0.5) * abs(pan_x)) if rng.random() < 0.3 else 0.0
-    return round(pan_x, 1), round(pan_y, 1)
+    return float(round(pan_x)), float(round(pan_y))
 
 
 def _draw_shot(
@@ -224,6 +224,7 @@ def _draw_shot(
     contrasting = [c for c in PALETTE if math.dist(PALETTE[c], PALETTE[background]) >= _MIN_OBJECT_CONTRAST]
     colours = rng.choice(contrasting, size=int(rng.integers(1, 4)), replace=False).tolist()
     objects = [_draw_object(rng, colour, shot_s, pan, width, height) for colour in colours]
+    objects.sort(key=lambda obj: obj.start_xy)  # left to right: the order captions name them in
     return ShotSpec(duration_s=shot_s, background=background, pattern=pattern, pan_xy=pan, objects=objects)
 
 

@@ -81,7 +81,12 @@ def _motion_phrase(motion: Motion) -> str:
 
 
 def _pair(x: float, y: float) -> str:
-    return f"({x:.1f}, {y:.1f})"
+    return f"({_num(x)}, {_num(y)})"
+
+
+def _num(x: float) -> str:
+    """0.1-px precision, without a trailing ``.0``: random scenes are on the whole-pixel grid."""
+    return f"{x:.1f}".removesuffix(".0") if abs(x) >= 0.05 else "0"
 
 
 def shot_caption(shot: ShotSpec, width: int, height: int) -> StructuredCaption:

@@ -126,7 +126,7 @@ def test_reference_caption_names_every_object_and_cut() -> None:
         "One shape moves over a plain red background. Square: white, large, 16 px wide"
     )
     assert "At 1.0 s the scene cuts." in hand_made
-    assert "the camera moves (pan right) at (10.0, 0.0) px/s" in hand_made
+    assert "the camera moves (pan right) at (10, 0) px/s" in hand_made
 
 
 def test_write_video_matches_ground_truth(tmp_path: Path) -> None:
