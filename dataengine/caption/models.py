@@ -22,7 +22,8 @@ BUILTIN_MODELS = {
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"world-captioner": ASSETS / "world-captioner"}  # name -> packaged folder
 REBUILD = {
-    "world-captioner": "dataengine distill --pairs world --out dataengine/assets/world-captioner --steps 3000"
+    "world-captioner": "dataengine distill --pairs world --out dataengine/assets/world-captioner "
+    "(see README: Caption fidelity)"
 }
 
 
