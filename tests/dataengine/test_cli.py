@@ -53,12 +53,16 @@ def test_a_bad_option_value_is_a_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    done = run("demo", "--out", str(tmp_path / "demo"), "--n", "3", "--steps", "20")
+    demo = tmp_path / "demo"
+    args = ("--n", "3", "--steps", "20", "--eval-clips", "2", "--samples", "1")
+    done = run("demo", "--out", str(demo), *args)
     assert done.returncode == 0, done.stderr
-    run_dir = tmp_path / "demo" / "run"
+    run_dir = demo / "run"
     assert list((run_dir / "shards").glob("*.tar")) and (run_dir / "run.json").exists()
     assert (run_dir / "contact_sheet.html").exists() and "time per step" in done.stderr
-    assert (tmp_path / "demo" / "sample" / "sample.mp4").stat().st_size > 0
+    assert (demo / "samples" / "00" / "sample.mp4").stat().st_size > 0
+    assert (demo / "fidelity" / "report.html").exists() and (demo / "fidelity" / "scores.json").exists()
+    assert "caption fact recall" in done.stderr and "DiT prompt adherence" in done.stderr
     assert (tmp_path / "demo" / "train" / "loss_curve.png").stat().st_size > 0
     assert list((tmp_path / "demo" / "train" / "checkpoints").glob("step_*.pt"))
 
