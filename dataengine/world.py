@@ -146,8 +146,9 @@ def _seconds(t: float) -> str:
 
 def reference_caption(spec: VideoSpec) -> str:
     """The prose of a whole video: each shot's dense caption, "At T s the scene cuts." between shots."""
-    parts = [render_caption(video_captions(spec)[0])]
-    for caption, (start_s, _) in zip(video_captions(spec)[1:], spec.shot_times[1:], strict=True):
+    first, *rest = video_captions(spec)
+    parts = [render_caption(first)]
+    for caption, (start_s, _) in zip(rest, spec.shot_times[1:], strict=True):
         parts += [f"At {_seconds(start_s)} s the scene cuts.", render_caption(caption)]
     return " ".join(parts)
 

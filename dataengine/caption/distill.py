@@ -167,12 +167,12 @@ def run_pairs(run_dir: Path, view: ViewConfig | None = None) -> list[Pair]:
         view = ViewConfig.model_validate(recipe["decode"]["views"][recipe["caption"]["view"]])
     stage = DecodeStage(DecodeConfig(views={"caption": view}))
     shards = sorted(str(p) for p in (run_dir / "shards").glob("*.tar"))
-    pairs = []
+    prober, pairs = ProbeStage(), []
     for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode():
         meta = sample["json"]
         if not meta.get("structured"):
             continue
-        video = ProbeStage().probe(Source.from_uri(meta["source"]))
+        video = prober.probe(Source.from_uri(meta["source"]))
         if isinstance(video, Failure):
             continue
         clip = Clip.of(video, index=0, start_s=meta["start_s"], end_s=meta["end_s"])
@@ -185,17 +185,6 @@ def run_pairs(run_dir: Path, view: ViewConfig | None = None) -> list[Pair]:
     if not pairs:
         raise ConfigError(f"{run_dir} has no captioned clips to learn from")
     return pairs
-
-
-def _decode_whole(prober: ProbeStage, stage: DecodeStage, path: Path) -> Frames:
-    video = prober.probe(Source.from_uri(str(path)))
-    if isinstance(video, Failure):
-        raise RuntimeError(f"probing {path}: {video.reason}")
-    clip = Clip.of(video, index=0, start_s=0.0, end_s=round(video.probe.duration_s, 3))
-    decoded = stage.decode(clip)
-    if isinstance(decoded, Failure):
-        raise RuntimeError(f"decoding {path}: {decoded.reason}")
-    return decoded.views["caption"]
 
 
 def _fit_events(caption: StructuredCaption, frames: Frames) -> StructuredCaption:
