@@ -81,6 +81,9 @@ class DistillConfig(StageConfig):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
     log_every: int = Field(25, ge=1)
     workers: int = Field(2, ge=1, description="processes that write and decode the world clips")
+    save_dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="weights as saved (half the size; loaders cast to their compute dtype)"
+    )
 
 
 @dataclass
@@ -317,7 +320,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
                 if item.is_file() and item.suffix in (".json", ".jinja") and item.name != "distill.json":
                     shutil.copy2(item, folder / item.name)
             model.eval()
-            model.save_pretrained(folder)
+            model.to(getattr(torch, config.save_dtype)).save_pretrained(folder)
             summary = {
                 "config": config.model_dump(mode="json"), "pairs": len(pairs), "steps": log.steps,
                 "prepare_s": round(prepared_s, 1), "train_s": round(log.seconds, 1),
