@@ -32,6 +32,7 @@ bench: setup      ## every benchmark in bench/, each printing its ratio to the s
 	$(PY) bench/shards.py
 	$(PY) bench/runner.py
 	$(PY) bench/training.py
+	$(PY) bench/distill.py
 	$(PY) bench/api.py
 
 clean:

@@ -339,6 +339,13 @@ def distill(
     preset: Annotated[
         str, typer.Option(help="student size: tiny (~2 M parameters) or small (~9 M)")
     ] = "tiny",
+    family: Annotated[
+        str,
+        typer.Option(
+            help="student architecture: qwen3_vl (learned absolute positions in its vision tower: it learns "
+            "where things are) or qwen2_5_vl"
+        ),
+    ] = "qwen3_vl",
     steps: Annotated[int | None, typer.Option(min=1, help="optimizer steps (reproducible length)")] = None,
     minutes: Annotated[
         float | None, typer.Option(help="time budget; the run stops at whichever is first")
@@ -348,13 +355,15 @@ def distill(
         list[str] | None, typer.Option("--set", help="override a setting, e.g. --set world_clips=500")
     ] = None,
 ) -> None:
-    """Train a small Qwen2.5-VL captioner (servable by vLLM and transformers) on (clip, teacher caption)
+    """Train a small Qwen-VL captioner (servable by vLLM and transformers) on (clip, teacher caption)
     pairs, through the same frames, prompt, processor and chat template it will be served with. Score it
     afterwards with: dataengine eval-captions --recipe demo --set caption.engine.model=OUT"""
     from dataengine.caption.distill import DistillConfig
     from dataengine.caption.distill import distill as run_distill
 
-    settings: dict[str, Any] = {"pairs": pairs, "preset": preset, "seed": seed, "max_steps": steps}
+    settings: dict[str, Any] = {
+        "pairs": pairs, "preset": preset, "family": family, "seed": seed, "max_steps": steps,
+    }  # fmt: skip
     if minutes is not None or steps is None:
         settings["minutes"] = (
             minutes if minutes is not None else DistillConfig.model_fields["minutes"].default

@@ -1,4 +1,4 @@
-"""Captioner distillation: train a small Qwen2.5-VL student on (clip, teacher caption) pairs.
+"""Captioner distillation: train a small Qwen-VL student on (clip, teacher caption) pairs.
 
 The teacher is either the synthetic world's ground truth (``world``: a perfect captioner, ``world.py``) or
 any captioner whose captions a run wrote to its manifest (a run folder). Every pair goes through exactly
@@ -8,8 +8,12 @@ turn both into tokens; the loss is on the answer (the caption JSON and ``<|im_en
 an HF folder (safetensors, processor, chat template) that ``vllm.LLM`` and transformers both load, plus
 ``distill.json`` (what was trained, how long, the loss) and ``loss_curve.png``.
 
-The student starts from random weights with a tokenizer trained on the teacher's captions and the prompts,
-so its vocabulary is the domain's and sequences are short.
+The student (Qwen3-VL by default, or Qwen2.5-VL) starts from random weights with a tokenizer trained on the
+teacher's captions and the prompts, so its vocabulary is the domain's and sequences are short, or goes on
+from a student folder (``init``). A new Qwen3-VL student's learned vision position table starts as a 2-D
+sine-cosine table at the scale of the patch features (``position_init``): as built it is ~500x smaller
+than them after training, and where things are never reaches the text model. ``digit_weight`` lowers the
+loss weight of digit tokens, which carry most of the loss of exact-number captions.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from dataengine.caption.engines.base import (
 )
 from dataengine.caption.prompts import PROMPTS, get_prompt
 from dataengine.caption.schema import StructuredCaption
-from dataengine.caption.tiny_vlm import TinyVLMConfig, build_tiny_vlm
+from dataengine.caption.tiny_vlm import Family, TinyVLMConfig, build_tiny_vlm
 from dataengine.config import ConfigError, StageConfig
 from dataengine.records import Clip, Failure, Frames, Source
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
@@ -60,6 +64,10 @@ class DistillConfig(StageConfig):
 
     pairs: str = Field(description="'world' (ground truth of synthetic clips) or a run folder")
     preset: Literal["tiny", "small"] = "tiny"
+    family: Family = Field(
+        "qwen2_5_vl",
+        description="the student's architecture: qwen3_vl's vision tower has learned absolute positions",
+    )
     init: str | None = Field(
         None,
         description="start from this student folder (its tokenizer and weights) instead of random weights",
@@ -78,6 +86,20 @@ class DistillConfig(StageConfig):
     warmup_steps: int = Field(100, ge=0)
     min_lr_ratio: float = Field(0.05, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
+    position_init: Literal["sincos", "random"] | None = Field(
+        None,
+        description="qwen3_vl: how the vision tower's learned absolute position table starts. sincos: a 2-D "
+        "sine-cosine table at the scale of the patch features, so where things are is visible from the first "
+        "step; random: as built (N(0, 0.02), far below the patch features: the student does not learn "
+        "positions). Default: sincos for a new student, kept as trained with init",
+    )
+    digit_weight: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="loss weight of tokens that are digits: below 1, the exact numbers a teacher writes "
+        "(pixels, speeds) pull less than the words that name what is seen",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
     log_every: int = Field(25, ge=1)
     workers: int = Field(2, ge=1, description="processes that write and decode the world clips")
@@ -234,12 +256,15 @@ def encode_pair(processor: Any, pair: Pair, prompt_id: str) -> dict[str, Any]:
     labels = ids.clone()
     labels[:n_prompt] = -100
     labels[end:] = -100
-    return {
+    encoded = {
         "input_ids": ids[:end],
         "labels": labels[:end],
         "pixel_values_videos": full["pixel_values_videos"],
         "video_grid_thw": full["video_grid_thw"],
     }
+    if "mm_token_type_ids" in full:  # Qwen3-VL places its M-RoPE positions by them
+        encoded["mm_token_type_ids"] = full["mm_token_type_ids"][0, :end]
+    return encoded
 
 
 def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
@@ -253,13 +278,19 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     for row, x in enumerate(items):
         n = len(x["input_ids"])
         ids[row, :n], labels[row, :n], mask[row, :n] = x["input_ids"], x["labels"], 1
-    return {
+    batch = {
         "input_ids": ids,
         "labels": labels,
         "attention_mask": mask,
         "pixel_values_videos": torch.cat([x["pixel_values_videos"] for x in items]),
         "video_grid_thw": torch.cat([x["video_grid_thw"] for x in items]),
     }
+    if "mm_token_type_ids" in items[0]:
+        types = torch.zeros((len(items), length), dtype=torch.long)
+        for row, x in enumerate(items):
+            types[row, : len(x["mm_token_type_ids"])] = x["mm_token_type_ids"]
+        batch["mm_token_type_ids"] = types
+    return batch
 
 
 def tokenizer_corpus(captions: Sequence[str]) -> list[str]:
@@ -303,15 +334,16 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             pairs = _pairs(config, Path(tmp))
         prepared_s = time.perf_counter() - started
         if config.init is not None:
-            student_dir = Path(config.init)
+            student_dir = _init_folder(config)
         else:
-            student_dir = build_tiny_vlm(
-                Path(tmp) / "student", PRESETS[config.preset].model_copy(update={"seed": config.seed}),
-                corpus=tokenizer_corpus([p.caption for p in pairs]),
-            )  # fmt: skip
+            size = PRESETS[config.preset].model_copy(update={"seed": config.seed, "family": config.family})
+            corpus = tokenizer_corpus([p.caption for p in pairs])
+            student_dir = build_tiny_vlm(Path(tmp) / "student", size, corpus=corpus)
         processor = AutoProcessor.from_pretrained(student_dir)
         torch.manual_seed(config.seed)
         model = AutoModelForImageTextToText.from_pretrained(student_dir, dtype=torch.float32)
+        if config.position_init == "sincos" or (config.position_init is None and config.init is None):
+            _sincos_positions(model, encode_pair(processor, pairs[0], config.prompt_id))
         model.train()
         log = _train(config, model, processor, pairs, started)
 
@@ -331,6 +363,17 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
 
         build_folder(out, write)
     return DistillResult(out, log.steps, time.perf_counter() - started, log.recent_loss(), len(pairs))
+
+
+def _init_folder(config: DistillConfig) -> Path:
+    folder = Path(str(config.init))
+    config_json = folder / "config.json"
+    if not config_json.is_file():
+        raise ConfigError(f"init={folder} is not a model folder (no config.json)")
+    family = json.loads(config_json.read_text()).get("model_type")
+    if family != config.family:
+        raise ConfigError(f"init={folder} is a {family} student: pass --family {family} to go on training it")
+    return folder
 
 
 def _pairs(config: DistillConfig, work_dir: Path) -> list[Pair]:
@@ -365,6 +408,7 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     from rich.progress import Progress
 
     pad_id = processor.tokenizer.pad_token_id
+    digit_weights = _digit_weights(processor.tokenizer, config.digit_weight)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW(
@@ -390,7 +434,7 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = collate([encode_pair(processor, pairs[i], config.prompt_id) for i in indices], pad_id)
-            loss = model(**batch).loss
+            loss = _weighted_loss(model, batch, digit_weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -408,6 +452,59 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
             progress.update(task, completed=min(time.perf_counter() - t0, budget_s))
     log.seconds = time.perf_counter() - t0
     return log
+
+
+def _sincos_positions(model: Any, example: dict[str, Any]) -> None:
+    """Set a Qwen3-VL vision tower's position table (a ``side x side`` grid the tower interpolates to each
+    frame's patch grid) to a 2-D sine-cosine table, half the channels for rows and half for columns, with
+    the root-mean-square of the patch embeddings of ``example``'s frames. No-op for other families."""
+    import torch
+
+    visual = model.model.visual
+    table = getattr(visual, "pos_embed", None)
+    if table is None:
+        return
+    n, dim = table.weight.shape
+    side = math.isqrt(n)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    quarter = dim // 4
+    freqs = side ** (-torch.arange(quarter) / quarter)  # wavelengths from 2 pi cells to ~side x 2 pi
+
+    def encode(pos: Any) -> Any:
+        angles = pos.float()[..., None] * freqs
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+    sincos = torch.cat([encode(rows), encode(cols)], dim=-1).reshape(n, -1)
+    sincos = torch.nn.functional.pad(sincos, (0, dim - sincos.shape[1]))
+    with torch.no_grad():
+        scale = visual.patch_embed(example["pixel_values_videos"]).pow(2).mean().sqrt()
+        table.weight.copy_(sincos * scale / sincos.pow(2).mean().sqrt())
+
+
+def _digit_weights(tokenizer: Any, digit_weight: float) -> Any:
+    """Per vocabulary id: ``digit_weight`` for tokens that decode to digits only, 1 for the rest."""
+    import torch
+
+    weights = torch.ones(len(tokenizer))
+    for token_id in range(len(tokenizer)):
+        if tokenizer.decode([token_id]).strip().isdigit():
+            weights[token_id] = digit_weight
+    return weights
+
+
+def _weighted_loss(model: Any, batch: dict[str, Any], weights: Any) -> Any:
+    """Next-token cross-entropy over the labelled tokens, each weighted by its target's weight."""
+    import torch
+
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    labelled = targets != -100
+    losses = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(targets)
+    w = weights[targets.clamp(min=0)] * labelled
+    return (losses * w).sum() / w.sum().clamp(min=1e-6)
 
 
 def _lr(config: DistillConfig, step: int, expected_steps: float) -> float:

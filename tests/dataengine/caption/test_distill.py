@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from dataengine.caption.distill import DistillConfig, distill, encode_pair, world_pairs
+from dataengine.caption.distill import (
+    DistillConfig,
+    _digit_weights,
+    _weighted_loss,
+    collate,
+    distill,
+    encode_pair,
+    world_pairs,
+)
 from dataengine.caption.engines import TransformersEngineConfig, build_engine
 from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
@@ -18,12 +26,13 @@ from dataengine.world import read_caption
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def student(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def student(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
     work = tmp_path_factory.mktemp("distill")
     config = DistillConfig(
-        pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2, warmup_steps=2
-    )
+        pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2, warmup_steps=2,
+        family=request.param, digit_weight=0.5,
+    )  # fmt: skip
     pairs = world_pairs(config.world_clips, config.seed, config.view, work, workers=1)
     distill(config, work / "student", pairs)
     return work / "student", pairs
@@ -51,8 +60,29 @@ def test_only_the_answer_is_learned(student: tuple[Path, list]) -> None:
     assert item["video_grid_thw"].tolist()[0][0] == -(-t // 2)  # frames go in pairs, an odd last one repeated
 
 
+def test_digit_weight_scales_only_the_digit_targets(student: tuple[Path, list]) -> None:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = processor.tokenizer
+    batch = collate([encode_pair(processor, p, "dense-v1") for p in pairs[:2]], tokenizer.pad_token_id)
+    ignore_digits = _digit_weights(tokenizer, 0.0)
+    digits = ignore_digits == 0
+    assert {tokenizer.decode([int(i)]) for i in digits.nonzero()} == set("0123456789")
+    labels = batch["labels"]
+    words_only = dict(batch, labels=labels.masked_fill(digits[labels.clamp(min=0)], -100))
+    with torch.no_grad():
+        own = model(**batch).loss
+        assert torch.isclose(_weighted_loss(model, batch, _digit_weights(tokenizer, 1.0)), own)
+        assert torch.isclose(_weighted_loss(model, batch, ignore_digits), model(**words_only).loss)
+
+
 def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> None:
     folder, pairs = student
+    assert json.loads((folder / "config.json").read_text())["model_type"] in ("qwen2_5_vl", "qwen3_vl")
     summary = json.loads((folder / "distill.json").read_text())
     assert summary["steps"] == 8 and summary["pairs"] == 12
     first, last = summary["losses"][0][1], summary["losses"][-1][1]
@@ -68,3 +98,32 @@ def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> No
     finally:
         engine.teardown()
     assert out.output_tokens == 8 and out.text
+
+
+def test_sincos_positions_match_the_patch_features(tmp_path: Path, student: tuple[Path, list]) -> None:
+    """A new Qwen3-VL student's learned position table starts as a sine-cosine table at the patch features'
+    scale (as built, N(0, 0.02), it is invisible next to them), different for every cell of its grid."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from dataengine.caption.distill import PRESETS, _sincos_positions, tokenizer_corpus
+    from dataengine.caption.tiny_vlm import build_tiny_vlm
+
+    _, pairs = student
+    config = PRESETS["tiny"].model_copy(update={"family": "qwen3_vl"})
+    folder = build_tiny_vlm(tmp_path / "new", config, corpus=tokenizer_corpus([p.caption for p in pairs]))
+    processor = AutoProcessor.from_pretrained(folder)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    example = encode_pair(processor, pairs[0], "dense-v1")
+    visual = model.model.visual
+
+    def rms(x: torch.Tensor) -> float:
+        return float(x.pow(2).mean().sqrt())
+
+    with torch.no_grad():
+        patches = rms(visual.patch_embed(example["pixel_values_videos"]))
+        assert rms(visual.pos_embed.weight) < patches / 5  # as built
+        _sincos_positions(model, example)
+        table = visual.pos_embed.weight
+    assert abs(rms(table) / patches - 1) < 1e-3
+    assert len(torch.unique(table, dim=0)) == len(table)
