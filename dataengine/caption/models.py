@@ -3,8 +3,9 @@
 ``builtin:tiny-qwen2_5_vl`` and ``builtin:tiny-qwen3_vl`` are randomly initialised tiny VLMs built offline
 (see ``tiny_vlm.py``) and cached on disk; they make the whole loop run on a machine with no GPU and no hub,
 with nonsense captions. ``builtin:world-captioner`` is a trained one shipped in ``dataengine/assets/``: a
-Qwen2.5-VL student distilled from the synthetic world's ground truth (``dataengine distill``), which captions
-world clips correctly. Everything else is passed to the loaders unchanged.
+Qwen3-VL student distilled from the synthetic world's ground truth (``dataengine distill``); it gets the
+background, count and colours of world clips mostly right and object shape, size, position and motion often
+wrong (``fidelity.json`` next to its weights). Everything else is passed to the loaders unchanged.
 """
 
 from __future__ import annotations
