@@ -61,6 +61,7 @@ from dataengine.caption.distill import (
     _weighted_loss,
     collate,
     encode_pair,
+    make_optimizer,
     tokenizer_corpus,
     world_pairs,
 )
@@ -112,12 +113,7 @@ def _student(family: str, preset: str, pairs: Sequence[Pair], work: Path) -> Stu
     torch.manual_seed(_CONFIG.seed)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": _CONFIG.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=_CONFIG.lr, betas=(0.9, 0.98),
-    )  # fmt: skip
+    optimizer = make_optimizer(model, _CONFIG)
     weights = _digit_weights(processor.tokenizer, _CONFIG.digit_weight)
     return Student(family, processor, model, optimizer, weights, processor.tokenizer.pad_token_id)
 

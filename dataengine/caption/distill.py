@@ -403,18 +403,26 @@ def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
             yield rng.choice(n, batch_size).tolist()
 
 
+def make_optimizer(model: Any, config: DistillConfig) -> Any:
+    """AdamW with weight decay on the matrices but not on embeddings (token and position tables), norms or
+    biases."""
+    import torch
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=config.lr, betas=(0.9, 0.98),
+    )  # fmt: skip
+
+
 def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pair], started: float) -> _Log:
     import torch
     from rich.progress import Progress
 
     pad_id = processor.tokenizer.pad_token_id
     digit_weights = _digit_weights(processor.tokenizer, config.digit_weight)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98),
-    )  # fmt: skip
+    optimizer = make_optimizer(model, config)
     budget_s = config.minutes * 60 if config.minutes else math.inf
     max_steps = config.max_steps or 10**9
     # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
