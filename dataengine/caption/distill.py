@@ -65,7 +65,7 @@ class DistillConfig(StageConfig):
     pairs: str = Field(description="'world' (ground truth of synthetic clips) or a run folder")
     preset: Literal["tiny", "small"] = "tiny"
     family: Family = Field(
-        "qwen2_5_vl",
+        "qwen3_vl",
         description="the student's architecture: qwen3_vl's vision tower has learned absolute positions",
     )
     init: str | None = Field(
@@ -329,12 +329,13 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
+    init_dir = _init_folder(config) if config.init is not None else None  # checked before any work
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         if pairs is None:
             pairs = _pairs(config, Path(tmp))
         prepared_s = time.perf_counter() - started
-        if config.init is not None:
-            student_dir = _init_folder(config)
+        if init_dir is not None:
+            student_dir = init_dir
         else:
             size = PRESETS[config.preset].model_copy(update={"seed": config.seed, "family": config.family})
             corpus = tokenizer_corpus([p.caption for p in pairs])
