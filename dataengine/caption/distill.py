@@ -459,6 +459,8 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
                     f"{time.perf_counter() - started:.0f} s"
                 )
             progress.update(task, completed=min(time.perf_counter() - t0, budget_s))
+    if window:  # the steps since the last log line
+        log.losses.append((log.steps, round(float(np.mean(window)), 4)))
     log.seconds = time.perf_counter() - t0
     return log
 
