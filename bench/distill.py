@@ -1,5 +1,6 @@
-"""Captioner distillation: student training steps/s as ``distill()`` runs them (every batch tokenized in the
-step) vs the same model and optimizer on batches tokenized beforehand, side by side in one run.
+"""Captioner distillation: student training steps/s as ``distill()`` runs them (every batch tokenized while
+training, on a background thread) vs the same model and optimizer on batches tokenized beforehand, side by
+side in one run.
 
     .venv/bin/python bench/distill.py                  # 64 pairs, qwen3_vl tiny, batch 8, 10 steps, ~100 s
     .venv/bin/python bench/distill.py --quick --threads 1            # 16 pairs, 4 steps, best of 1, ~35 s
@@ -14,9 +15,10 @@ builds one: ``build_tiny_vlm`` of ``PRESETS[--preset]`` with that family and a t
 betas, and ``_digit_weights`` of the default ``digit_weight``. The batches are the first ``_WARMUP +
 --steps`` that ``distill()``'s own sampler (``_batches``) draws, the same ones on both sides.
 
-* distill: what ``distill()`` does per step: ``collate([encode_pair(processor, pair, "dense-v1") ...],
-  pad_id)`` of the batch's pairs (chat template, video processor, answer masking), ``_weighted_loss``,
-  backward, ``clip_grad_norm_`` 1.0, ``optimizer.step``, ``zero_grad``, ``loss.item()``.
+* distill: what ``distill()`` does: batches from ``encoded_batches`` (``collate([encode_pair(processor,
+  pair, "dense-v1") ...], pad_id)`` of each batch's pairs: chat template, video processor, answer masking;
+  on one background thread, two batches ahead), and per step ``_weighted_loss``, backward,
+  ``clip_grad_norm_`` 1.0, ``optimizer.step``, ``zero_grad``, ``loss.item()``.
 * in-memory (the speed of light: tokenization that costs nothing): the same model and optimizer on the same
   batches, encoded and collated beforehand (untimed) and cycled.
 
@@ -28,8 +30,9 @@ sequence length (vision tokens included), the number the step's cost grows with.
 order between repeats; best of ``--repeat``. Timings are reported, never asserted; ``spread`` (worst side's
 median/best - 1) flags noise, such as another job on the machine.
 
-``distill()`` tokenizes in the training process, on the cores the step uses: on a small CPU box they
-compete, on a GPU box encoding would run on the host while the GPU waits. ``--threads`` pins torch's
+``distill()`` tokenizes in the training process, on a thread beside the step: on a small CPU box the two
+share the cores (the step's kernels release the GIL, so encoding fills their gaps), on a GPU box encoding
+runs on the host while the GPU computes. ``--threads`` pins torch's
 intra-op threads (default: torch's own choice).
 """
 
@@ -61,6 +64,7 @@ from dataengine.caption.distill import (
     _weighted_loss,
     collate,
     encode_pair,
+    encoded_batches,
     make_optimizer,
     tokenizer_corpus,
     world_pairs,
@@ -129,7 +133,7 @@ def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
 
 
 def _distilling(student: Student, pairs: Sequence[Pair], plan: Plan) -> Iterator[Batch]:
-    return (student.encode(pairs, indices) for indices in plan)
+    return encoded_batches(student.processor, pairs, plan, _CONFIG.prompt_id)
 
 
 def _encode_alone(student: Student, pairs: Sequence[Pair], plan: Plan) -> tuple[list[Batch], float]:

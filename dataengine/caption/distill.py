@@ -18,12 +18,14 @@ loss weight of digit tokens, which carry most of the loss of exact-number captio
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +94,17 @@ class DistillConfig(StageConfig):
         "sine-cosine table at the scale of the patch features, so where things are is visible from the first "
         "step; random: as built (N(0, 0.02), far below the patch features: the student does not learn "
         "positions). Default: sincos for a new student, kept as trained with init",
+    )
+    position_rms: float | None = Field(
+        None,
+        gt=0,
+        description="with position_init=sincos: the table's root-mean-square; None: the patch features' at "
+        "the start (which grow tenfold in training while the table does not)",
+    )
+    freeze_positions: bool = Field(
+        False,
+        description="qwen3_vl: keep the position table as it starts (trained, the student shrinks it to a "
+        "fraction of the patch features, and the tokens the text model reads lose where they are)",
     )
     digit_weight: float = Field(
         1.0,
@@ -344,7 +357,10 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         torch.manual_seed(config.seed)
         model = AutoModelForImageTextToText.from_pretrained(student_dir, dtype=torch.float32)
         if config.position_init == "sincos" or (config.position_init is None and config.init is None):
-            _sincos_positions(model, encode_pair(processor, pairs[0], config.prompt_id))
+            _sincos_positions(model, encode_pair(processor, pairs[0], config.prompt_id), config.position_rms)
+        table = getattr(model.model.visual, "pos_embed", None)
+        if config.freeze_positions and table is not None:
+            table.weight.requires_grad_(False)
         model.train()
         log = _train(config, model, processor, pairs, started)
 
@@ -394,6 +410,41 @@ class _Log:
         return round(float(np.mean(tail)), 4) if tail else math.nan
 
 
+@dataclass
+class _PairEncoder:
+    """Pairs as a map-style dataset of encoded items, for a ``DataLoader`` worker."""
+
+    processor: Any
+    pairs: Sequence[Pair]
+    prompt_id: str
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return encode_pair(self.processor, self.pairs[index], self.prompt_id)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def encoded_batches(
+    processor: Any, pairs: Sequence[Pair], plan: Iterable[list[int]], prompt_id: str, ahead: int = 2
+) -> Generator[dict[str, Any]]:
+    """The collated batch of each index list in ``plan``, in order, encoded by a worker process while the
+    steps before it train: the chat template and video processor are Python-heavy, and a thread would hold
+    the GIL that the tiny student's many small kernels need. At most ``ahead`` batches wait encoded or
+    queued; the worker is forked, so the pairs are shared, not copied."""
+    from torch.utils.data import DataLoader
+
+    loader: DataLoader[dict[str, Any]] = DataLoader(
+        _PairEncoder(processor, pairs, prompt_id),  # type: ignore[arg-type]  # a map-style dataset
+        batch_sampler=plan,  # any iterable of index lists
+        collate_fn=functools.partial(collate, pad_id=processor.tokenizer.pad_token_id),
+        num_workers=1,
+        prefetch_factor=ahead,
+        multiprocessing_context="fork",
+    )
+    yield from loader
+
+
 def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     rng = np.random.default_rng(seed)
     while True:
@@ -405,12 +456,16 @@ def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
 
 
 def make_optimizer(model: Any, config: DistillConfig) -> Any:
-    """AdamW with weight decay on the matrices but not on embeddings (token and position tables), norms or
-    biases."""
+    """AdamW with weight decay on the matrices (the vision patch embedding's convolution among them) but not
+    on token and position tables, norms or biases."""
     import torch
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    def decayed(name: str, param: Any) -> bool:
+        return param.ndim >= 2 and ("embed" not in name or "patch_embed" in name)
+
+    params = list(model.named_parameters())
+    decay = [p for n, p in params if decayed(n, p)]
+    rest = [p for n, p in params if not decayed(n, p)]
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=config.lr, betas=(0.9, 0.98),
@@ -421,7 +476,6 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     import torch
     from rich.progress import Progress
 
-    pad_id = processor.tokenizer.pad_token_id
     digit_weights = _digit_weights(processor.tokenizer, config.digit_weight)
     optimizer = make_optimizer(model, config)
     budget_s = config.minutes * 60 if config.minutes else math.inf
@@ -431,9 +485,11 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     log = _Log()
     t0 = time.perf_counter()
     window: list[float] = []
-    with Progress(transient=True) as progress:
+    plan = _batches(len(pairs), config.batch_size, config.seed)
+    batches = encoded_batches(processor, pairs, plan, config.prompt_id)
+    with Progress(transient=True) as progress, contextlib.closing(batches):
         task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
-        for step, indices in enumerate(_batches(len(pairs), config.batch_size, config.seed), start=1):
+        for step, batch in enumerate(batches, start=1):
             elapsed = time.perf_counter() - t0
             if step > max_steps or elapsed >= budget_s:
                 break
@@ -442,7 +498,6 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
             lr = _lr(config, step, expected)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = collate([encode_pair(processor, pairs[i], config.prompt_id) for i in indices], pad_id)
             loss = _weighted_loss(model, batch, digit_weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -465,10 +520,11 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     return log
 
 
-def _sincos_positions(model: Any, example: dict[str, Any]) -> None:
+def _sincos_positions(model: Any, example: dict[str, Any], rms: float | None = None) -> None:
     """Set a Qwen3-VL vision tower's position table (a ``side x side`` grid the tower interpolates to each
     frame's patch grid) to a 2-D sine-cosine table, half the channels for rows and half for columns, with
-    the root-mean-square of the patch embeddings of ``example``'s frames. No-op for other families."""
+    root-mean-square ``rms``, by default that of the patch embeddings of ``example``'s frames. No-op for other
+    families."""
     import torch
 
     visual = model.model.visual
@@ -488,7 +544,7 @@ def _sincos_positions(model: Any, example: dict[str, Any]) -> None:
     sincos = torch.cat([encode(rows), encode(cols)], dim=-1).reshape(n, -1)
     sincos = torch.nn.functional.pad(sincos, (0, dim - sincos.shape[1]))
     with torch.no_grad():
-        scale = visual.patch_embed(example["pixel_values_videos"]).pow(2).mean().sqrt()
+        scale = rms or visual.patch_embed(example["pixel_values_videos"]).pow(2).mean().sqrt()
         table.weight.copy_(sincos * scale / sincos.pow(2).mean().sqrt())
 
 

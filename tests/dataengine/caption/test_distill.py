@@ -4,6 +4,7 @@ a student folder that transformers loads and generates from, and a loss that goe
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from dataengine.caption.schema import StructuredCaption
 from dataengine.world import read_caption
 
 pytestmark = pytest.mark.slow
+_TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
 
 
 @pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
@@ -31,7 +33,7 @@ def student(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     work = tmp_path_factory.mktemp("distill")
     config = DistillConfig(
         pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2, warmup_steps=2,
-        family=request.param, digit_weight=0.5,
+        family=request.param, digit_weight=0.5, freeze_positions=True, position_rms=_TABLE_RMS,
     )  # fmt: skip
     pairs = world_pairs(config.world_clips, config.seed, config.view, work, workers=1)
     distill(config, work / "student", pairs)
@@ -118,7 +120,7 @@ def test_sincos_positions_match_the_patch_features(tmp_path: Path, student: tupl
     visual = model.model.visual
 
     def rms(x: torch.Tensor) -> float:
-        return float(x.pow(2).mean().sqrt())
+        return float(x.detach().pow(2).mean().sqrt())
 
     with torch.no_grad():
         patches = rms(visual.patch_embed(example["pixel_values_videos"]))
@@ -127,3 +129,71 @@ def test_sincos_positions_match_the_patch_features(tmp_path: Path, student: tupl
         table = visual.pos_embed.weight
     assert abs(rms(table) / patches - 1) < 1e-3
     assert len(torch.unique(table, dim=0)) == len(table)
+
+
+def test_encoded_batches_are_the_plan_in_order(student: tuple[Path, list]) -> None:
+    """The batches a worker process encodes equal encoding each index list in the step, in the plan's order,
+    and a consumer that stops early leaves no worker running."""
+    import torch
+    from transformers import AutoProcessor
+
+    from dataengine.caption.distill import encoded_batches
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    plan = [[0, 1], [2], [3, 4, 5], [1, 0]]
+    batches = list(encoded_batches(processor, pairs, plan, "dense-v1", ahead=2))
+    assert len(batches) == len(plan)
+    for indices, batch in zip(plan, batches, strict=True):
+        direct = collate(
+            [encode_pair(processor, pairs[i], "dense-v1") for i in indices], processor.tokenizer.pad_token_id
+        )
+        assert batch.keys() == direct.keys()
+        assert all(torch.equal(batch[k], direct[k]) for k in batch)
+    long_plan = iter(plan * 100)
+    stream = encoded_batches(processor, pairs, long_plan, "dense-v1", ahead=2)
+    next(stream)
+    assert len(multiprocessing.active_children()) == 1  # the encoding worker
+    stream.close()  # shuts the worker down, and the plan is read no further
+    assert multiprocessing.active_children() == []
+    assert len(list(long_plan)) >= 400 - 4  # two ahead, and one more queued when the first was taken
+
+
+def test_weight_decay_is_on_the_matrices_not_the_tables(student: tuple[Path, list]) -> None:
+    """The patch embedding's convolution is decayed as a matrix; the position and token tables, norms and
+    biases are not."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from dataengine.caption.distill import make_optimizer
+
+    folder, _ = student
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    optimizer = make_optimizer(model, DistillConfig(pairs="world", weight_decay=0.1))
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
+    for name, param in params.items():
+        is_table = "embed_tokens" in name or "pos_embed" in name
+        decayed = param.ndim >= 2 and not is_table
+        assert group_of[id(param)]["weight_decay"] == (0.1 if decayed else 0.0), name
+
+
+def test_a_frozen_position_table_is_saved_as_it_started(student: tuple[Path, list]) -> None:
+    """freeze_positions with position_rms: eight steps later the saved table is still the sine-cosine table
+    at that scale (to bfloat16's precision)."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from dataengine.caption.distill import _sincos_positions
+
+    folder, pairs = student
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    table = getattr(model.model.visual, "pos_embed", None)
+    if table is None:
+        pytest.skip("Qwen2.5-VL's vision tower has no position table")
+    saved = table.weight.detach().clone()
+    example = encode_pair(AutoProcessor.from_pretrained(folder), pairs[0], "dense-v1")
+    _sincos_positions(model, example, _TABLE_RMS)
+    assert abs(float(saved.pow(2).mean().sqrt()) - _TABLE_RMS) < 0.01
+    assert torch.allclose(saved, table.weight, atol=_TABLE_RMS * 2**-7)
