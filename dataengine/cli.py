@@ -314,6 +314,41 @@ def eval_captions_cmd(
     _print_fidelity(result.as_json())
 
 
+@app.command("probe-student")
+def probe_student_cmd(
+    model: Annotated[
+        str, typer.Argument(help="a student folder (dataengine distill --out), e.g. the shipped one")
+    ],
+    n: Annotated[int, typer.Option(min=4, help="held-out world clips to probe")] = 48,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as one JSON document")] = False,
+) -> None:
+    """Look inside a distilled world captioner, teacher-forced on held-out world clips: its guess at the
+    first token of each attribute (by object count; at chance it does not know the fact), and whether the
+    visual tokens carry their place in the frame at the vision tower's input and output (a linear probe to
+    their grid row and column). Use it to find out why eval-captions misses an attribute."""
+    from dataengine.caption.models import resolve_model
+    from dataengine.caption.probe import probe_student
+
+    result = probe_student(resolve_model(model), n=n, threads=threads).as_json()
+    if as_json:
+        typer.echo(json.dumps(result, indent=1))
+        return
+    counts = sorted({k for v in result["attributes"].values() for k in v if k != "all"})
+    title = f"teacher-forced first-token accuracy: {result['model']} ({result['clips']} clips)"
+    table = Table("attribute", *(f"{k} object{'s' * (k != '1')}" for k in counts), "all", title=title)
+    for name, scores in result["attributes"].items():
+        table.add_row(name, *(f"{scores[k]:.2f}" if k in scores else "" for k in [*counts, "all"]))
+    out = Console()
+    out.print(table)
+    for where, scores in result["positions"].items():
+        out.print(
+            f"visual tokens at the tower's {where}: grid row {scores['row']:.2f} "
+            f"(chance {scores['row_chance']:.2f}), column {scores['col']:.2f} "
+            f"(chance {scores['col_chance']:.2f})"
+        )
+
+
 def _print_fidelity(scores: dict[str, Any]) -> None:
     table = Table("attribute", "recall", title=f"caption fidelity: {scores['model']} ({scores['engine']})")
     for name, value in scores["per_attribute"].items():

@@ -197,3 +197,34 @@ def test_a_frozen_position_table_is_saved_as_it_started(student: tuple[Path, lis
     _sincos_positions(model, example, _TABLE_RMS)
     assert abs(float(saved.pow(2).mean().sqrt()) - _TABLE_RMS) < 0.01
     assert torch.allclose(saved, table.weight, atol=_TABLE_RMS * 2**-7)
+
+
+def test_probe_places_values_and_finds_positions_where_the_table_holds_them(
+    student: tuple[Path, list],
+) -> None:
+    """probe-student scores each attribute at the first token of its value, and its linear probe reads the
+    grid position from the tower's input exactly when the family adds a position table there."""
+    import re
+
+    from transformers import AutoProcessor
+
+    from dataengine.caption.probe import ATTRIBUTE_PATTERNS, _value_starts, probe_student
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    item = encode_pair(processor, pairs[0], "dense-v1")
+    starts = _value_starts(processor.tokenizer, item, pairs[0].caption)
+    assert {name for name, _ in starts} == set(ATTRIBUTE_PATTERNS)
+    for name, index in starts:
+        token = processor.tokenizer.decode([int(item["input_ids"][index])]).strip()
+        words = [m.group(1) for m in re.finditer(ATTRIBUTE_PATTERNS[name], pairs[0].caption)]
+        assert token and any(word.startswith(token) for word in words), (name, token, words)
+
+    result = probe_student(folder, n=8)
+    assert set(result.attributes) == set(ATTRIBUTE_PATTERNS)
+    assert all(0 <= acc <= 1 for scores in result.attributes.values() for acc in scores.values())
+    tower_in = result.positions["input"]
+    if json.loads((folder / "config.json").read_text())["model_type"] == "qwen3_vl":
+        assert tower_in["row"] == tower_in["col"] == 1.0  # the frozen sine-cosine table
+    else:  # Qwen2.5-VL: rotary positions inside the tower, nothing added to the patch embedding
+        assert tower_in["row"] < 0.6 and tower_in["col"] < 0.6
