@@ -59,6 +59,7 @@ PRESETS: dict[str, TinyVLMConfig] = {
     ),
 }  # fmt: skip
 WORLD_SEED_OFFSET = 1_000  # training world clips come from seed + this; eval-captions uses other seeds
+_RUN_RECORDS = ("distill.json", "fidelity.json")  # what a student folder says of its own run: not inherited
 
 
 class DistillConfig(StageConfig):
@@ -366,7 +367,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
 
         def write(folder: Path) -> None:
             for item in student_dir.iterdir():  # processor, tokenizer, chat template, generation config
-                if item.is_file() and item.suffix in (".json", ".jinja") and item.name != "distill.json":
+                if item.is_file() and item.suffix in (".json", ".jinja") and item.name not in _RUN_RECORDS:
                     shutil.copy2(item, folder / item.name)
             model.eval()
             model.to(getattr(torch, config.save_dtype)).save_pretrained(folder)
