@@ -8,6 +8,7 @@ dataengine inspect out/run                       # counts, reasons, distribution
 dataengine demo --out out/demo                   # the embedded default, end to end
 dataengine eval-captions --recipe demo           # caption fidelity on held-out synthetic-world clips
 dataengine distill --pairs world --out DIR       # train a small captioner from a teacher's captions
+dataengine probe-student DIR                     # inside a distilled captioner: what it knows, what it sees
 """
 
 from __future__ import annotations
@@ -317,7 +318,7 @@ def eval_captions_cmd(
 @app.command("probe-student")
 def probe_student_cmd(
     model: Annotated[
-        str, typer.Argument(help="a student folder (dataengine distill --out), e.g. the shipped one")
+        str, typer.Argument(help="a student folder (dataengine distill --out) or builtin:world-captioner")
     ],
     n: Annotated[int, typer.Option(min=4, help="held-out world clips to probe")] = 48,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
