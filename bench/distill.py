@@ -1,6 +1,6 @@
 """Captioner distillation: student training steps/s as ``distill()`` runs them (every batch tokenized while
-training, on a background thread) vs the same model and optimizer on batches tokenized beforehand, side by
-side in one run.
+training, in a DataLoader worker process) vs the same model and optimizer on batches tokenized beforehand,
+side by side in one run.
 
     .venv/bin/python bench/distill.py                  # 64 pairs, qwen3_vl tiny, batch 8, 10 steps, ~100 s
     .venv/bin/python bench/distill.py --quick --threads 1            # 16 pairs, 4 steps, best of 1, ~35 s
@@ -17,7 +17,7 @@ betas, and ``_digit_weights`` of the default ``digit_weight``. The batches are t
 
 * distill: what ``distill()`` does: batches from ``encoded_batches`` (``collate([encode_pair(processor,
   pair, "dense-v1") ...], pad_id)`` of each batch's pairs: chat template, video processor, answer masking;
-  on one background thread, two batches ahead), and per step ``_weighted_loss``, backward,
+  in one worker process, two batches ahead), and per step ``_weighted_loss``, backward,
   ``clip_grad_norm_`` 1.0, ``optimizer.step``, ``zero_grad``, ``loss.item()``.
 * in-memory (the speed of light: tokenization that costs nothing): the same model and optimizer on the same
   batches, encoded and collated beforehand (untimed) and cycled.
@@ -30,9 +30,9 @@ sequence length (vision tokens included), the number the step's cost grows with.
 order between repeats; best of ``--repeat``. Timings are reported, never asserted; ``spread`` (worst side's
 median/best - 1) flags noise, such as another job on the machine.
 
-``distill()`` tokenizes in the training process, on a thread beside the step: on a small CPU box the two
-share the cores (the step's kernels release the GIL, so encoding fills their gaps), on a GPU box encoding
-runs on the host while the GPU computes. ``--threads`` pins torch's
+``distill()`` tokenizes in a worker process beside the step: on a small CPU box the two share the cores
+(with a core to spare, ``--threads 1`` on 2 cores, encoding is hidden), on a GPU box encoding runs on the
+host while the GPU computes. ``--threads`` pins torch's
 intra-op threads (default: torch's own choice).
 """
 

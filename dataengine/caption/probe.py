@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +52,7 @@ class ProbeResult:
     positions: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "clips": self.clips,
-            "attributes": self.attributes,
-            "positions": self.positions,
-        }
+        return asdict(self)
 
 
 def probe_student(
