@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.caption.distill import DistillConfig, collate, encode_pair, world_pairs
+from dataengine.caption.distill import DistillConfig, answer_offsets, collate, encode_pair, world_pairs
 
 PROBE_SEED = 777_000  # held out: distill draws from seed + WORLD_SEED_OFFSET, eval-captions from EVAL_SEED
 
@@ -106,14 +106,8 @@ def probe_student(
 
 def _value_starts(tokenizer: Any, item: dict[str, Any], caption: str) -> list[tuple[str, int]]:
     """(attribute, index in ``item``'s input ids) of the first token of each attribute value in the answer."""
-    labels = item["labels"]
-    start = int((labels != -100).nonzero()[0, 0])
-    encoded = tokenizer(caption, return_offsets_mapping=True, add_special_tokens=False)
-    if encoded["input_ids"] != item["input_ids"][start : start + len(encoded["input_ids"])].tolist():
-        raise RuntimeError(
-            "the answer does not tokenize alone as it does after the prompt; cannot place values"
-        )
-    offsets = encoded["offset_mapping"]
+    start = int((item["labels"] != -100).nonzero()[0, 0])
+    offsets = answer_offsets(tokenizer, item["input_ids"], start, caption)
     found = []
     for name, pattern in ATTRIBUTE_PATTERNS.items():
         for match in re.finditer(pattern, caption):

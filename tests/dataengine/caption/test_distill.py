@@ -4,14 +4,17 @@ a student folder that transformers loads and generates from, and a loss that goe
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 from pathlib import Path
 
 import pytest
 
 from dataengine.caption.distill import (
+    GROUNDING_ATTENTION,
     DistillConfig,
     _digit_weights,
+    _grounded_loss,
     _weighted_loss,
     collate,
     distill,
@@ -22,7 +25,8 @@ from dataengine.caption.engines import TransformersEngineConfig, build_engine
 from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
-from dataengine.world import read_caption
+from dataengine.config import ConfigError
+from dataengine.world import read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -34,6 +38,7 @@ def student(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     config = DistillConfig(
         pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2, warmup_steps=2,
         family=request.param, digit_weight=0.5, freeze_positions=True, position_rms=_TABLE_RMS,
+        grounding_weight=0.5,
     )  # fmt: skip
     pairs = world_pairs(config.world_clips, config.seed, config.view, work, workers=1)
     distill(config, work / "student", pairs)
@@ -87,6 +92,8 @@ def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> No
     assert json.loads((folder / "config.json").read_text())["model_type"] in ("qwen2_5_vl", "qwen3_vl")
     summary = json.loads((folder / "distill.json").read_text())
     assert summary["steps"] == 8 and summary["pairs"] == 12
+    assert [step for step, _ in summary["grounding"]] == [2, 4, 6, 8]
+    assert all(0 < mass < 1 for _, mass in summary["grounding"])
     first, last = summary["losses"][0][1], summary["losses"][-1][1]
     assert last < first  # 8 steps of a from-scratch model: the loss falls fast on the JSON scaffolding
     assert (folder / "loss_curve.png").stat().st_size > 0
@@ -228,3 +235,67 @@ def test_probe_places_values_and_finds_positions_where_the_table_holds_them(
         assert tower_in["row"] == tower_in["col"] == 1.0  # the frozen sine-cosine table
     else:  # Qwen2.5-VL: rotary positions inside the tower, nothing added to the patch embedding
         assert tower_in["row"] < 0.6 and tower_in["col"] < 0.6
+
+
+def test_grounding_targets_are_each_subjects_tokens_where_it_starts(student: tuple[Path, list]) -> None:
+    """Every answer token inside a subject's JSON object is a query, and its target is the cells of the
+    first frame pair that the subject's box touches: the cell of its start centre among them."""
+    from transformers import AutoProcessor
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    for pair in pairs:
+        item = encode_pair(processor, pair, "dense-v1", grounding=True)
+        queries, targets = item["grounding"]
+        _, h, w = (int(v) // s for v, s in zip(item["video_grid_thw"][0], (1, 2, 2), strict=True))
+        assert targets.shape == (len(queries), h * w)
+        subjects = StructuredCaption.model_validate_json(pair.caption).subjects
+        for subject, target in ((subjects[0], targets[0]), (subjects[-1], targets[-1])):
+            x, y = (float(v) for v in subject.position.split("(")[1].rstrip(")").split(","))
+            assert target[int(y / 240 * h) * w + int(x / 320 * w)], subject.position
+            assert region_of(x, y, 320, 240) == subject.position.split(",")[0]
+        described = processor.tokenizer.decode(item["input_ids"][queries + 1])
+        assert described == "".join(s.model_dump_json() + "," for s in subjects)[:-1]
+    assert "grounding" not in encode_pair(processor, pairs[0], "dense-v1")  # only when asked
+
+
+def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[Path, list]) -> None:
+    """A few steps on the grounding loss raise the attention the head puts on the described objects; the
+    caption loss is the rest of the total."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=GROUNDING_ATTENTION
+    )
+    weights = _digit_weights(processor.tokenizer, 1.0)
+    batch = collate([encode_pair(processor, p, "dense-v1", True) for p in pairs[:4]], 0)
+    config = DistillConfig(pairs="world", grounding_weight=1.0, grounding_layer=1)
+    with torch.no_grad():
+        total, caption, before = _grounded_loss(model, batch, weights, config)
+        assert torch.equal(caption, _weighted_loss(model, batch, weights))
+    assert float(total - caption) >= -math.log(before) - 1e-4  # the mean of -log(mass) is at least this
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    mostly_grounding = config.model_copy(update={"grounding_weight": 50.0})
+    for _ in range(10):
+        loss, _, _ = _grounded_loss(model, batch, weights, mostly_grounding)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    _, _, after = _grounded_loss(model, batch, weights, config)
+    assert after > 2 * before
+
+
+def test_grounding_a_layer_the_student_lacks_is_a_config_error(
+    tmp_path: Path, student: tuple[Path, list]
+) -> None:
+    folder, pairs = student
+    family = json.loads((folder / "config.json").read_text())["model_type"]
+    config = DistillConfig(
+        pairs="world", init=str(folder), family=family, max_steps=1, grounding_weight=1.0, grounding_layer=4
+    )
+    with pytest.raises(ConfigError, match="grounding_layer=4: the student has 4 layers"):
+        distill(config, tmp_path / "out", pairs[:2])
