@@ -120,12 +120,17 @@ class DistillConfig(StageConfig):
     grounding_weight: float = Field(
         0.0,
         ge=0,
-        description="world pairs: weight of an auxiliary loss that makes the first attention head of text "
-        "layer grounding_layer look, while the caption describes an object, at the visual tokens of the "
-        "first frame pair that show it (the world knows where it is): the lookup that start region, shape "
-        "and size need, which the caption loss alone did not teach in 135 CPU minutes. 0: off",
+        description="world pairs: weight of an auxiliary loss that makes an attention head of text layer "
+        "grounding_layer look, while the caption describes an object, at the visual tokens of the first "
+        "frame pair that show it (the world knows where it is): the lookup that start region, shape and "
+        "size need, which the caption loss alone did not teach in 135 CPU minutes. 0: off",
     )
-    grounding_layer: int = Field(1, ge=0, description="the text layer whose first head grounding trains")
+    grounding_layer: int = Field(1, ge=0, description="the text layer whose heads grounding trains")
+    grounding_motion: bool = Field(
+        True,
+        description="grounding: the layer's second head looks at the object in the last frame pair (where "
+        "it ends, so its motion), the first in the first pair; off: only the first head, first pair",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
     log_every: int = Field(25, ge=1)
     workers: int = Field(2, ge=1, description="processes that write and decode the world clips")
@@ -332,11 +337,12 @@ def grounding_targets(
     grid_thw: Any,
     merge: int,
 ) -> tuple[Any, Any]:
-    """Where the answer describes each subject, and which visual tokens of the first frame pair show it.
+    """Where the answer describes each subject, and which visual tokens of the first and of the last frame
+    pair show it (where it starts and where it ends).
 
     Returns ``(queries, targets)``: the sequence positions whose next token lies in a subject's JSON object
-    (Q,), and for each a mask (Q, rows x cols) over the first frame pair's merged tokens, row-major, true
-    where the subject's box in either frame of the pair overlaps the token's cell.
+    (Q,), and for each two masks (Q, 2, rows x cols) over the merged tokens of the first and of the last
+    frame pair, row-major, true where the subject's box in either frame of the pair overlaps the token's cell.
     """
     import torch
 
@@ -344,17 +350,23 @@ def grounding_targets(
     if len(starts) != len(boxes):
         raise RuntimeError(f"the caption names {len(starts)} subjects and the world {len(boxes)}")
     ends = [*starts[1:], caption.index("}]", starts[-1]) + 1]
-    rows, cols = (int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
+    frame_pairs, rows, cols = (int(grid_thw[0]), int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
     r, c = np.indices((rows, cols))
+
+    def cells(frame_boxes: np.ndarray) -> np.ndarray:
+        mask = np.zeros((rows, cols), dtype=bool)
+        for x0, y0, x1, y1 in frame_boxes:
+            mask |= (x0 < (c + 1) / cols) & (x1 > c / cols) & (y0 < (r + 1) / rows) & (y1 > r / rows)
+        return mask.ravel()
+
+    last = 2 * (frame_pairs - 1)  # an odd last frame is repeated in its pair: its box alone
     queries, targets = [], []
     for subject, (a, b) in enumerate(zip(starts, ends, strict=True)):
-        cells = np.zeros((rows, cols), dtype=bool)
-        for x0, y0, x1, y1 in boxes[subject, :2]:  # the first frame pair
-            cells |= (x0 < (c + 1) / cols) & (x1 > c / cols) & (y0 < (r + 1) / rows) & (y1 > r / rows)
+        both = np.stack([cells(boxes[subject, :2]), cells(boxes[subject, last : last + 2])])
         for j, (char, _) in enumerate(offsets):
             if a <= char < b:
                 queries.append(answer_start + j - 1)
-                targets.append(cells.ravel())
+                targets.append(both)
     return torch.tensor(queries, dtype=torch.long), torch.from_numpy(np.array(targets))
 
 
@@ -687,21 +699,25 @@ def _grounded_loss(
     model: Any, batch: dict[str, Any], weights: Any, config: DistillConfig
 ) -> tuple[Any, Any, float]:
     """The caption loss plus ``grounding_weight`` x the mean over grounded queries of -log(the attention
-    probability that head 0 of text layer ``grounding_layer`` puts on the described object's visual tokens);
-    and, for the log, the caption loss alone and that probability's mean."""
+    probability that head 0 of text layer ``grounding_layer`` puts on the described object's visual tokens in
+    the first frame pair, and head 1 on those of the last pair); and, for the log, the caption loss alone and
+    that probability's mean."""
     import torch
 
     inputs = {k: v for k, v in batch.items() if k not in ("labels", "grounding")}
     outputs = model(**inputs, output_attentions=True)
-    attention = outputs.attentions[config.grounding_layer][:, 0]  # (batch, query, key)
+    attention = outputs.attentions[config.grounding_layer]  # (batch, head, query, key)
+    heads = min(attention.shape[1], 2 if config.grounding_motion else 1)
     video = model.config.video_token_id
     masses = []
     for row, grounding in enumerate(batch.get("grounding") or []):
         if grounding is None:
             continue
         queries, targets = grounding
-        visual = (batch["input_ids"][row] == video).nonzero()[: targets.shape[1], 0]  # the first frame pair
-        masses.append((attention[row][queries][:, visual] * targets).sum(-1))
+        visual = (batch["input_ids"][row] == video).nonzero()[:, 0]
+        n = targets.shape[-1]  # tokens per frame pair
+        for head, keys in enumerate((visual[:n], visual[-n:])[:heads]):
+            masses.append((attention[row, head][queries][:, keys] * targets[:, head]).sum(-1))
     caption = _weighted_loss(model, batch, weights, outputs)
     if not masses:
         return caption, caption.detach(), math.nan

@@ -237,9 +237,12 @@ def test_probe_places_values_and_finds_positions_where_the_table_holds_them(
         assert tower_in["row"] < 0.6 and tower_in["col"] < 0.6
 
 
-def test_grounding_targets_are_each_subjects_tokens_where_it_starts(student: tuple[Path, list]) -> None:
-    """Every answer token inside a subject's JSON object is a query, and its target is the cells of the
-    first frame pair that the subject's box touches: the cell of its start centre among them."""
+def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
+    student: tuple[Path, list],
+) -> None:
+    """Every answer token inside a subject's JSON object is a query, and its targets are the cells the
+    subject's box touches in the first frame pair (the cell of the start centre its caption names among them)
+    and in the last (the cell of its centre in the last frame among them)."""
     from transformers import AutoProcessor
 
     folder, pairs = student
@@ -248,19 +251,23 @@ def test_grounding_targets_are_each_subjects_tokens_where_it_starts(student: tup
         item = encode_pair(processor, pair, "dense-v1", grounding=True)
         queries, targets = item["grounding"]
         _, h, w = (int(v) // s for v, s in zip(item["video_grid_thw"][0], (1, 2, 2), strict=True))
-        assert targets.shape == (len(queries), h * w)
+        assert targets.shape == (len(queries), 2, h * w)
         subjects = StructuredCaption.model_validate_json(pair.caption).subjects
         for subject, target in ((subjects[0], targets[0]), (subjects[-1], targets[-1])):
             x, y = (float(v) for v in subject.position.split("(")[1].rstrip(")").split(","))
-            assert target[int(y / 240 * h) * w + int(x / 320 * w)], subject.position
+            assert target[0, int(y / 240 * h) * w + int(x / 320 * w)], subject.position
             assert region_of(x, y, 320, 240) == subject.position.split(",")[0]
+        x0, y0, x1, y1 = pair.boxes[-1, -1]  # the last subject in the last frame, as fractions of the frame
+        assert targets[-1, 1, int((y0 + y1) / 2 * h) * w + int((x0 + x1) / 2 * w)]
         described = processor.tokenizer.decode(item["input_ids"][queries + 1])
-        assert described == "".join(s.model_dump_json() + "," for s in subjects)[:-1]
+        subjects_json = ",".join(s.model_dump_json() for s in subjects)
+        assert subjects_json[2:-1] in described and described in pair.caption  # whole tokens at the edges
+        assert '"summary"' not in described and '"events"' not in described
     assert "grounding" not in encode_pair(processor, pairs[0], "dense-v1")  # only when asked
 
 
 def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[Path, list]) -> None:
-    """A few steps on the grounding loss raise the attention the head puts on the described objects; the
+    """A few steps on the grounding loss raise the attention the heads put on the described objects; the
     caption loss is the rest of the total."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
