@@ -388,7 +388,14 @@ def distill(
     ] = None,
     seed: Annotated[int, typer.Option(help="same seed, same world clips, same initial weights")] = 0,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="override a setting, e.g. --set world_clips=500")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a setting, e.g. --set world_clips=500: init (go on from a student folder), lr, "
+            "batch_size, threads, digit_weight, grounding_weight (teach a head to look at the object "
+            "described; world pairs), freeze_positions, ... (all of them: DistillConfig in "
+            "dataengine/caption/distill.py)",
+        ),
     ] = None,
 ) -> None:
     """Train a small Qwen-VL captioner (servable by vLLM and transformers) on (clip, teacher caption)
