@@ -436,6 +436,9 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
     init_dir = _init_folder(config) if config.init is not None else None  # checked before any work
+    layers = _text_layers(config, init_dir)
+    if config.grounding_weight and not config.grounding_layer < layers:
+        raise ConfigError(f"grounding_layer={config.grounding_layer}: the student has {layers} layers")
     with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
         if pairs is None:
             pairs = _pairs(config, Path(tmp))
@@ -452,9 +455,6 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         model = AutoModelForImageTextToText.from_pretrained(
             student_dir, dtype=torch.float32, attn_implementation=attention
         )
-        layers = model.config.text_config.num_hidden_layers
-        if config.grounding_weight and not config.grounding_layer < layers:
-            raise ConfigError(f"grounding_layer={config.grounding_layer}: the student has {layers} layers")
         if config.position_init == "sincos" or (config.position_init is None and config.init is None):
             _sincos_positions(model, encode_pair(processor, pairs[0], config.prompt_id), config.position_rms)
         table = getattr(model.model.visual, "pos_embed", None)
@@ -481,6 +481,14 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
 
         build_folder(out, write)
     return DistillResult(out, log.steps, time.perf_counter() - started, log.recent_loss(), len(pairs))
+
+
+def _text_layers(config: DistillConfig, init_dir: Path | None) -> int:
+    """How many text layers the student has: its init folder's, or its preset's."""
+    if init_dir is None:
+        return PRESETS[config.preset].num_layers
+    saved = json.loads((init_dir / "config.json").read_text())
+    return int(saved.get("text_config", saved).get("num_hidden_layers", saved.get("num_hidden_layers")))
 
 
 def _init_folder(config: DistillConfig) -> Path:
