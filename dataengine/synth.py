@@ -221,6 +221,10 @@ def _draw_shot(
     background = rng.choice([c for c in PALETTE if prev is None or c != prev.background]).item()
     pattern = rng.choice([p for p in _PATTERNS if prev is None or p != prev.pattern]).item()
     pan = _draw_pan(rng)
+    if pattern == "flat":
+        # A pan over a plain background moves no pixel: what a viewer sees is a still camera. (The pan is
+        # drawn anyway, so every later draw, and so every pixel of every clip, stays as it was.)
+        pan = (0.0, 0.0)
     contrasting = [c for c in PALETTE if math.dist(PALETTE[c], PALETTE[background]) >= _MIN_OBJECT_CONTRAST]
     colours = rng.choice(contrasting, size=int(rng.integers(1, 4)), replace=False).tolist()
     objects = [_draw_object(rng, colour, shot_s, pan, width, height) for colour in colours]

@@ -19,6 +19,7 @@ from dataengine.synth import (
     VideoSpec,
     random_spec,
     render_frames,
+    render_shot,
     synthesize,
     write_video,
 )
@@ -87,6 +88,25 @@ def test_random_spec_is_deterministic_and_valid() -> None:
             for t in (0.0, shot.duration_s):  # the centre is on screen at both ends of the shot
                 x, y = (obj.start_xy[a] + (obj.velocity_xy[a] - shot.pan_xy[a]) * t for a in (0, 1))
                 assert 0 < x < spec.width and 0 < y < spec.height
+
+
+def test_random_pans_only_over_a_pattern() -> None:
+    """The truth states only what is on screen: a pan over a plain background moves no pixel."""
+    shots = [
+        shot for seed in range(60) for shot in random_spec(np.random.default_rng(seed), max_shots=3).shots
+    ]
+    moving = [shot.pattern for shot in shots if shot.pan_xy != (0.0, 0.0)]
+    assert "flat" not in moving
+    assert {"stripes", "checker"} <= set(moving)  # patterned shots still pan
+    flat = next(shot for shot in shots if shot.pattern == "flat")
+    # Pan the camera and add the pan to every object's world velocity: the on-screen paths stay the same.
+    objects = [
+        o.model_copy(update={"velocity_xy": (o.velocity_xy[0] + 25, o.velocity_xy[1] - 5)})
+        for o in flat.objects
+    ]
+    panned = flat.model_copy(update={"pan_xy": (25.0, -5.0), "objects": objects})
+    for tau in (0.0, flat.duration_s / 2, flat.duration_s):
+        assert (render_shot(flat, tau, 320, 240) == render_shot(panned, tau, 320, 240)).all()
 
 
 def test_render_frames_draws_objects_and_backgrounds_exactly() -> None:
