@@ -6,6 +6,7 @@ side by side in one run.
     .venv/bin/python bench/distill.py --quick --threads 1            # 16 pairs, 4 steps, best of 1, ~35 s
     .venv/bin/python bench/distill.py --family qwen2_5_vl qwen3_vl --quick --threads 1        # ~45 s
     .venv/bin/python bench/distill.py --preset small --batch-size 4 --repeat 5 --json
+    .venv/bin/python bench/distill.py --grounding-weight 0 0.1 --threads 1   # plain and grounded step, ~200 s
 
 Setup (untimed): ``--pairs`` world pairs (``world_pairs``, one worker) through the default ``DistillConfig``
 caption view (2 fps, at most 8 frames, short side 112), then per ``--family`` a student as ``distill()``
@@ -21,6 +22,11 @@ betas, and ``_digit_weights`` of the default ``digit_weight``. The batches are t
   ``clip_grad_norm_`` 1.0, ``optimizer.step``, ``zero_grad``, ``loss.item()``.
 * in-memory (the speed of light: tokenization that costs nothing): the same model and optimizer on the same
   batches, encoded and collated beforehand (untimed) and cycled.
+
+``--grounding-weight W`` (one row per weight and family): the step ``distill --set grounding_weight=W``
+trains with W > 0: the text model's attention eager (``GROUNDING_ATTENTION``), pairs encoded with their
+grounding targets, ``_world_loss`` (attention probabilities returned, the grounding term added). The
+in-memory steps/s of a W = 0 row and a W > 0 row of one run are what grounding costs.
 
 Both sides run ``_WARMUP`` untimed steps, then the wall time of ``--steps`` steps. ratio = distill /
 in-memory steps/s, goal >= 0.90: the per-step tokenization costs less than 10% of a step. encode alone:
@@ -56,12 +62,14 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.caption.distill import (
+    GROUNDING_ATTENTION,
     PRESETS,
     DistillConfig,
     Pair,
     _batches,
     _digit_weights,
     _weighted_loss,
+    _world_loss,
     collate,
     encode_pair,
     encoded_batches,
@@ -84,6 +92,7 @@ class Student:
     """One family's student as ``distill()`` sets it up, with what a training step needs."""
 
     family: str
+    config: DistillConfig  # distill()'s defaults, and the grounding weight
     processor: Any
     model: Any
     optimizer: torch.optim.Optimizer
@@ -92,7 +101,10 @@ class Student:
 
     def step(self, batch: Batch) -> None:
         """One step of ``distill()``'s loop, the lr schedule aside (it does not change the work)."""
-        loss = _weighted_loss(self.model, batch, self.weights)
+        if self.config.grounding_weight:
+            loss = _world_loss(self.model, batch, self.weights, self.config)[0]
+        else:
+            loss = _weighted_loss(self.model, batch, self.weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
@@ -100,11 +112,12 @@ class Student:
         loss.item()
 
     def encode(self, pairs: Sequence[Pair], indices: list[int]) -> Batch:
-        items = [encode_pair(self.processor, pairs[i], _CONFIG.prompt_id) for i in indices]
+        grounding = self.config.grounding_weight > 0
+        items = [encode_pair(self.processor, pairs[i], _CONFIG.prompt_id, grounding) for i in indices]
         return collate(items, self.pad_id)
 
 
-def _student(family: str, preset: str, pairs: Sequence[Pair], work: Path) -> Student:
+def _student(family: str, preset: str, weight: float, pairs: Sequence[Pair], work: Path) -> Student:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
 
@@ -112,14 +125,20 @@ def _student(family: str, preset: str, pairs: Sequence[Pair], work: Path) -> Stu
 
     size = PRESETS[preset].model_copy(update={"seed": _CONFIG.seed, "family": family})
     corpus = tokenizer_corpus([p.caption for p in pairs])
-    folder = build_tiny_vlm(work / f"student-{family}-{preset}", size, corpus=corpus)
+    folder = work / f"student-{family}-{preset}"
+    if not folder.is_dir():
+        build_tiny_vlm(folder, size, corpus=corpus)
     processor = AutoProcessor.from_pretrained(folder)
     torch.manual_seed(_CONFIG.seed)
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    attention = GROUNDING_ATTENTION if weight else None
+    model = AutoModelForImageTextToText.from_pretrained(
+        folder, dtype=torch.float32, attn_implementation=attention
+    )
     model.train()
     optimizer = make_optimizer(model, _CONFIG)
     weights = _digit_weights(processor.tokenizer, _CONFIG.digit_weight)
-    return Student(family, processor, model, optimizer, weights, processor.tokenizer.pad_token_id)
+    config = _CONFIG.model_copy(update={"grounding_weight": weight})
+    return Student(family, config, processor, model, optimizer, weights, processor.tokenizer.pad_token_id)
 
 
 def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
@@ -133,7 +152,8 @@ def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
 
 
 def _distilling(student: Student, pairs: Sequence[Pair], plan: Plan) -> Iterator[Batch]:
-    return encoded_batches(student.processor, pairs, plan, _CONFIG.prompt_id)
+    grounding = student.config.grounding_weight > 0
+    return encoded_batches(student.processor, pairs, plan, _CONFIG.prompt_id, world_targets=grounding)
 
 
 def _encode_alone(student: Student, pairs: Sequence[Pair], plan: Plan) -> tuple[list[Batch], float]:
@@ -166,7 +186,8 @@ def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
     rate = {k: args.steps / min(v) for k, v in walls.items()}
     tokens = [int(n) for b in cached for n in b["attention_mask"].sum(dim=1)]
     return {
-        "family": student.family, "preset": args.preset, "batch": args.batch_size,
+        "family": student.family, "grounding_weight": student.config.grounding_weight,
+        "preset": args.preset, "batch": args.batch_size,
         "tokens_per_sample": float(np.mean(tokens)), "encode_s_per_batch": min(encode) / args.steps,
         "memory_steps_s": rate["memory"], "distill_steps_s": rate["distill"],
         "memory_samples_s": rate["memory"] * args.batch_size,
@@ -177,8 +198,8 @@ def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
 
 
 _COLUMNS = (
-    "family", "preset", "batch", "tokens", "encode s/batch", "in-memory steps/s", "distill steps/s",
-    "in-memory samples/s", "distill samples/s", "ratio", "spread",
+    "family", "grounding", "preset", "batch", "tokens", "encode s/batch", "in-memory steps/s",
+    "distill steps/s", "in-memory samples/s", "distill samples/s", "ratio", "spread",
 )  # fmt: skip
 
 
@@ -189,15 +210,16 @@ def _table(rows: list[Row], args: Any, setup_s: float) -> Table:
         f"made in {setup_s:.0f} s, untimed); {args.steps} steps after {_WARMUP} warm-up, best of "
         f"{args.repeat}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores. ratio = distill / "
         f"in-memory steps/s, goal >= {_GOAL}; tokens: mean per sample, unpadded; encode s/batch: "
-        "encode_pair + collate alone."
+        "encode_pair + collate alone; grounding: the grounding weight (0: the plain step)."
     )
     table = Table(title="distill: student steps tokenizing each batch vs in-memory batches", caption=caption)
     for col in _COLUMNS:
         table.add_column(col, justify="left" if col == "family" else "right")
     for r in rows:
         table.add_row(
-            r["family"], r["preset"], str(r["batch"]), f"{r['tokens_per_sample']:.0f}",
-            f"{r['encode_s_per_batch']:.3f}", f"{r['memory_steps_s']:.2f}", f"{r['distill_steps_s']:.2f}",
+            r["family"], f"{r['grounding_weight']:g}", r["preset"], str(r["batch"]),
+            f"{r['tokens_per_sample']:.0f}", f"{r['encode_s_per_batch']:.3f}", f"{r['memory_steps_s']:.2f}",
+            f"{r['distill_steps_s']:.2f}",
             f"{r['memory_samples_s']:.1f}", f"{r['distill_samples_s']:.1f}", ratio_cell(r["ratio"], _GOAL),
             f"{r['spread']:.0%}",
         )  # fmt: skip
@@ -212,6 +234,13 @@ def main(argv: list[str] | None = None) -> None:
         "--family", nargs="+", choices=families, default=["qwen3_vl"], help="student family, one row each"
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="student size")
+    parser.add_argument(
+        "--grounding-weight",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="distill's grounding_weight, one row each (0: the plain step; > 0: the grounded one)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step (distill's default: 8)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (10; quick: 4)")
     parser.add_argument("--pairs", type=int, help="world pairs to draw batches from (64; quick: 16)")
@@ -225,18 +254,21 @@ def main(argv: list[str] | None = None) -> None:
     threads = 1 if args.threads is None else args.threads
     if min(args.repeat, args.steps, args.pairs, args.batch_size, threads) < 1:
         parser.error("--repeat, --steps, --pairs, --batch-size and --threads must be >= 1")
+    if min(args.grounding_weight) < 0:
+        parser.error("--grounding-weight must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    console, rows = Console(width=120), []
+    console, rows = Console(width=132), []
     with tempfile.TemporaryDirectory(prefix="bench-distill-") as tmp:
         work = Path(tmp)
         start = time.perf_counter()
         pairs = world_pairs(args.pairs, _CONFIG.seed, _CONFIG.view, work, workers=1)
         setup_s = time.perf_counter() - start
         for family in dict.fromkeys(args.family):  # once each, in the order given
-            student = _student(family, args.preset, pairs, work)
-            rows.append(_row(student, pairs, args))
-            del student
+            for weight in dict.fromkeys(args.grounding_weight):  # each starts from the same fresh student
+                student = _student(family, args.preset, weight, pairs, work)
+                rows.append(_row(student, pairs, args))
+                del student
     console.print(_table(rows, args, setup_s))
     if args.json:
         report = {"repeat": args.repeat, "steps": args.steps, "pairs": args.pairs, "setup_s": setup_s}

@@ -63,6 +63,7 @@ WORLD_SEED_OFFSET = 1_000  # training world clips come from seed + this; eval-ca
 # grounding reads the text model's attention probabilities, which only eager attention returns
 GROUNDING_ATTENTION = {"": "eager", "text_config": "eager", "vision_config": "sdpa"}
 _RUN_RECORDS = ("distill.json", "fidelity.json")  # what a student folder says of its own run: not inherited
+_WORLD_TARGETS = ("grounding", "dense")  # batch entries that are targets, not model inputs
 
 
 class DistillConfig(StageConfig):
@@ -131,6 +132,15 @@ class DistillConfig(StageConfig):
         description="grounding: the layer's second head looks at the object in the last frame pair (where "
         "it ends, so its motion), the first in the first pair; off: only the first head, first pair",
     )
+    dense_weight: float = Field(
+        0.0,
+        ge=0,
+        description="world pairs: weight of an auxiliary loss on the visual tokens themselves: a linear "
+        "head (used in training only, not saved) reads from each merged token the shape and size word of "
+        "the object on it, that object's motion, or, where no object is, the background pattern and the "
+        "camera movement (the world knows them); it teaches the vision tower the features the caption "
+        "needs and the caption loss alone did not. 0: off",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
     log_every: int = Field(25, ge=1)
     workers: int = Field(2, ge=1, description="processes that write and decode the world clips")
@@ -146,6 +156,41 @@ class Pair:
     # world pairs: each subject's on-screen bounding box (x0, y0, x1, y1, fractions of the frame) at each
     # frame, (subjects, frames, 4) in caption order; None where the teacher does not say where things are
     boxes: np.ndarray | None = None
+    classes: WorldClasses | None = None  # world pairs: what each subject and the scene are
+
+
+@dataclass(frozen=True)
+class WorldClasses:
+    """What a world shot's subjects and scene are: the class ids the dense loss reads from visual tokens."""
+
+    subjects: np.ndarray  # (subjects, 2) in caption order: shape x size word (SHAPES x SIZES), motion
+    scene: int  # pattern x camera movement (PATTERNS x CAMERAS)
+
+
+SIZES = ("small", "medium", "large")
+MOTIONS = ("still", "up", "down", "left", "right", "up-left", "up-right", "down-left", "down-right")
+PATTERNS = ("flat", "stripes", "checker")
+CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")
+# the dense head's three readings: what is on a token (nothing, or shape x size), its motion, the scene
+DENSE_CLASSES = (1 + 3 * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS))
+
+
+def world_classes(shot: ShotSpec, width: int, height: int) -> WorldClasses:
+    from dataengine.world import SHAPES, camera_movement, motion_of, size_word
+
+    subjects = [
+        (
+            SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(size_word(obj.size_px, width, height)),
+            MOTIONS.index(
+                motion_of(obj.velocity_xy[0] - shot.pan_xy[0], obj.velocity_xy[1] - shot.pan_xy[1])
+            ),
+        )
+        for obj in shot.objects
+    ]
+    camera = CAMERAS.index(camera_movement(*shot.pan_xy))
+    return WorldClasses(
+        np.array(subjects, dtype=np.int64), PATTERNS.index(shot.pattern) * len(CAMERAS) + camera
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,7 +253,8 @@ def _world_chunk(specs: Sequence[VideoSpec], view: ViewConfig, path: Path) -> li
         frames = result.views["caption"]
         caption = shot_caption(shot, joined.width, joined.height)
         boxes = object_boxes(shot, frames.timestamps_s - start_s, joined.width, joined.height)
-        pairs.append(Pair(frames, _fit_events(caption, frames).model_dump_json(), boxes))
+        classes = world_classes(shot, joined.width, joined.height)
+        pairs.append(Pair(frames, _fit_events(caption, frames).model_dump_json(), boxes, classes))
     return pairs
 
 
@@ -280,10 +326,11 @@ def _request(frames: Frames, prompt_id: str) -> EngineRequest:
     return EngineRequest(prompt, text, frames, None, SamplingConfig())
 
 
-def encode_pair(processor: Any, pair: Pair, prompt_id: str, grounding: bool = False) -> dict[str, Any]:
+def encode_pair(processor: Any, pair: Pair, prompt_id: str, world_targets: bool = False) -> dict[str, Any]:
     """Tokens, pixels and labels of one pair, as the caption stage's request would be tokenized, with the
     answer appended; labels are -100 everywhere but the answer and its end-of-turn token. With
-    ``grounding`` and a pair that has boxes, also ``grounding``: ``grounding_targets``' queries and masks."""
+    ``world_targets`` and a world pair (it has boxes), also ``grounding`` (``grounding_targets``' queries and
+    masks) and ``dense`` (``dense_targets``)."""
     request = _request(pair.frames, prompt_id)
     frames_THWC = even_frames(pair.frames)
     metadata = video_metadata(frames_THWC, pair.frames.fps)
@@ -312,12 +359,13 @@ def encode_pair(processor: Any, pair: Pair, prompt_id: str, grounding: bool = Fa
     }
     if "mm_token_type_ids" in full:  # Qwen3-VL places its M-RoPE positions by them
         encoded["mm_token_type_ids"] = full["mm_token_type_ids"][0, :end]
-    if grounding and pair.boxes is not None:
+    if world_targets and pair.boxes is not None:
         offsets = answer_offsets(processor.tokenizer, ids, n_prompt, pair.caption)
         merge = processor.video_processor.merge_size
-        encoded["grounding"] = grounding_targets(
-            pair.caption, offsets, n_prompt, pair.boxes, full["video_grid_thw"][0], merge
-        )
+        grid_thw = full["video_grid_thw"][0]
+        encoded["grounding"] = grounding_targets(pair.caption, offsets, n_prompt, pair.boxes, grid_thw, merge)
+        if pair.classes is not None:
+            encoded["dense"] = dense_targets(pair.boxes, pair.classes, grid_thw, merge)
     return encoded
 
 
@@ -370,9 +418,41 @@ def grounding_targets(
     return torch.tensor(queries, dtype=torch.long), torch.from_numpy(np.array(targets))
 
 
+def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge: int) -> Any:
+    """What each merged visual token shows, as (frame pairs x rows x cols, 3) class ids in the visual
+    tokens' order, -100 where a reading does not apply.
+
+    A token is an object's when that object (its box averaged over the pair's two frames) covers a tenth
+    of the token's cell or its centre lies in the cell; where objects compete, the one covering more (then
+    the one drawn later, on top). Columns: 0, the object's shape x size word + 1, or 0 on a token no object
+    touches; 1, the object's motion; 2, on a token no object touches, the scene's pattern x camera. A token
+    an object touches but does not cover is left out of all three.
+    """
+    import torch
+
+    frame_pairs, rows, cols = (int(grid_thw[0]), int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
+    r, c = np.indices((rows, cols))
+    targets = np.full((frame_pairs, rows, cols, 3), -100, dtype=np.int64)
+    for p in range(frame_pairs):
+        x0, y0, x1, y1 = boxes[:, 2 * p : 2 * p + 2].mean(axis=1).T[:, :, None, None]  # (subjects, 1, 1)
+        overlap = (np.minimum(x1 * cols, c + 1) - np.maximum(x0 * cols, c)).clip(0) * (
+            np.minimum(y1 * rows, r + 1) - np.maximum(y0 * rows, r)
+        ).clip(0)  # (subjects, rows, cols): the fraction of each cell the box covers
+        centre = (np.floor((x0 + x1) / 2 * cols) == c) & (np.floor((y0 + y1) / 2 * rows) == r)
+        covers = (overlap >= 0.1) | centre
+        ranked = np.where(covers, overlap + 1e-6 * np.arange(len(boxes))[:, None, None], -1.0)
+        top = ranked.argmax(axis=0)
+        on, touched = covers.any(axis=0), (overlap > 0).any(axis=0)
+        targets[p, on, 0] = 1 + classes.subjects[top[on], 0]
+        targets[p, on, 1] = classes.subjects[top[on], 1]
+        targets[p, ~touched, 0] = 0
+        targets[p, ~touched, 2] = classes.scene
+    return torch.from_numpy(targets.reshape(-1, 3))
+
+
 def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-padded batch: padding is masked out of attention and loss; ``grounding`` (where items have it)
-    is a list, one entry (or None) per row."""
+    """Right-padded batch: padding is masked out of attention and loss; ``grounding`` and ``dense`` (where
+    items have them) are lists, one entry (or None) per row."""
     import torch
 
     length = max(len(x["input_ids"]) for x in items)
@@ -389,8 +469,9 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "pixel_values_videos": torch.cat([x["pixel_values_videos"] for x in items]),
         "video_grid_thw": torch.cat([x["video_grid_thw"] for x in items]),
     }
-    if any("grounding" in x for x in items):
-        batch["grounding"] = [x.get("grounding") for x in items]
+    for key in _WORLD_TARGETS:
+        if any(key in x for x in items):
+            batch[key] = [x.get(key) for x in items]
     if "mm_token_type_ids" in items[0]:
         types = torch.zeros((len(items), length), dtype=torch.long)
         for row, x in enumerate(items):
@@ -476,6 +557,8 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             }  # fmt: skip
             if log.grounding:
                 summary["grounding"] = log.grounding
+            if log.dense:
+                summary["dense"] = log.dense
             (folder / "distill.json").write_text(json.dumps(summary, indent=1) + "\n")
             _loss_curve(log.losses, folder / "loss_curve.png")
 
@@ -514,6 +597,7 @@ class _Log:
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
     grounding: list[tuple[int, float]] = field(default_factory=list)  # attention mass on the object
+    dense: list[tuple[int, float]] = field(default_factory=list)  # the dense head's accuracy on the tokens
 
     def recent_loss(self) -> float:
         tail = [loss for _, loss in self.losses[-5:]]
@@ -527,10 +611,10 @@ class _PairEncoder:
     processor: Any
     pairs: Sequence[Pair]
     prompt_id: str
-    grounding: bool = False
+    world_targets: bool = False
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return encode_pair(self.processor, self.pairs[index], self.prompt_id, self.grounding)
+        return encode_pair(self.processor, self.pairs[index], self.prompt_id, self.world_targets)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -542,7 +626,7 @@ def encoded_batches(
     plan: Iterable[list[int]],
     prompt_id: str,
     ahead: int = 2,
-    grounding: bool = False,
+    world_targets: bool = False,
 ) -> Generator[dict[str, Any]]:
     """The collated batch of each index list in ``plan``, in order, encoded by a worker process while the
     steps before it train: the chat template and video processor are Python-heavy, and a thread would hold
@@ -551,7 +635,7 @@ def encoded_batches(
     from torch.utils.data import DataLoader
 
     loader: DataLoader[dict[str, Any]] = DataLoader(
-        _PairEncoder(processor, pairs, prompt_id, grounding),  # type: ignore[arg-type]  # a map-style dataset
+        _PairEncoder(processor, pairs, prompt_id, world_targets),  # type: ignore[arg-type]  # map-style dataset
         batch_sampler=plan,  # any iterable of index lists
         collate_fn=functools.partial(collate, pad_id=processor.tokenizer.pad_token_id),
         num_workers=1,
@@ -594,6 +678,10 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
 
     digit_weights = _digit_weights(processor.tokenizer, config.digit_weight)
     optimizer = make_optimizer(model, config)
+    dense_head = None
+    if config.dense_weight:  # trained beside the student, never saved: it only shapes the vision tower
+        dense_head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
+        optimizer.add_param_group({"params": list(dense_head.parameters()), "weight_decay": 0.0})
     budget_s = config.minutes * 60 if config.minutes else math.inf
     max_steps = config.max_steps or 10**9
     # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
@@ -602,9 +690,9 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     t0 = time.perf_counter()
     window: list[float] = []
     plan = _batches(len(pairs), config.batch_size, config.seed)
-    grounding = config.grounding_weight > 0
-    batches = encoded_batches(processor, pairs, plan, config.prompt_id, grounding=grounding)
-    masses: list[float] = []
+    world = config.grounding_weight > 0 or dense_head is not None
+    batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=world)
+    measured: dict[str, list[float]] = {"attention": [], "cells": []}
     with Progress(transient=True) as progress, contextlib.closing(batches):
         task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
         for step, batch in enumerate(batches, start=1):
@@ -616,9 +704,12 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
             lr = _lr(config, step, expected)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if grounding:
-                loss, caption_loss, mass = _grounded_loss(model, batch, digit_weights, config)
-                masses.append(mass)
+            if world:
+                loss, caption_loss, step_measured = _world_loss(
+                    model, batch, digit_weights, config, dense_head
+                )
+                for key, value in step_measured.items():
+                    measured[key].append(value)
             else:
                 loss = caption_loss = _weighted_loss(model, batch, digit_weights)
             loss.backward()
@@ -632,10 +723,14 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
                 window.clear()
                 per_step = (time.perf_counter() - t0) / step
                 looks = ""
-                if masses:
-                    log.grounding.append((step, round(float(np.mean(masses)), 4)))
-                    looks = f"  attention on the object {log.grounding[-1][1]:.3f}"
-                    masses.clear()
+                if measured["attention"]:
+                    log.grounding.append((step, round(float(np.mean(measured["attention"])), 4)))
+                    looks += f"  attention on the object {log.grounding[-1][1]:.3f}"
+                if measured["cells"]:
+                    log.dense.append((step, round(float(np.mean(measured["cells"])), 4)))
+                    looks += f"  tokens read right {log.dense[-1][1]:.3f}"
+                for values in measured.values():
+                    values.clear()
                 progress.console.print(
                     f"step {step}  loss {log.losses[-1][1]:.4f}{looks}  lr {lr:.2e}  {per_step:.2f} s/step  "
                     f"{time.perf_counter() - started:.0f} s"
@@ -692,7 +787,7 @@ def _weighted_loss(model: Any, batch: dict[str, Any], weights: Any, outputs: Any
     import torch
 
     if outputs is None:
-        outputs = model(**{k: v for k, v in batch.items() if k not in ("labels", "grounding")})
+        outputs = model(**{k: v for k, v in batch.items() if k not in ("labels", *_WORLD_TARGETS)})
     logits = outputs.logits[:, :-1].float()
     targets = batch["labels"][:, 1:]
     labelled = targets != -100
@@ -703,35 +798,62 @@ def _weighted_loss(model: Any, batch: dict[str, Any], weights: Any, outputs: Any
     return (losses * w).sum() / w.sum().clamp(min=1e-6)
 
 
-def _grounded_loss(
-    model: Any, batch: dict[str, Any], weights: Any, config: DistillConfig
-) -> tuple[Any, Any, float]:
-    """The caption loss plus ``grounding_weight`` x the mean over grounded queries of -log(the attention
-    probability that head 0 of text layer ``grounding_layer`` puts on the described object's visual tokens in
-    the first frame pair, and head 1 on those of the last pair); and, for the log, the caption loss alone and
-    that probability's mean."""
+def _world_loss(
+    model: Any, batch: dict[str, Any], weights: Any, config: DistillConfig, dense_head: Any = None
+) -> tuple[Any, Any, dict[str, float]]:
+    """The caption loss plus the world's auxiliary losses that ``config`` weights, and, for the log, the
+    caption loss alone and what the auxiliaries measure.
+
+    Grounding: ``grounding_weight`` x the mean over grounded queries of -log(the attention probability that
+    head 0 of text layer ``grounding_layer`` puts on the described object's visual tokens in the first
+    frame pair, and head 1 on those of the last pair); logged as that probability's mean, ``attention``.
+    Dense: ``dense_weight`` x the mean of ``dense_head``'s three cross-entropies on the visual tokens as
+    they enter the text model (``dense_targets``); logged as the mean of the three accuracies, ``cells``.
+    """
     import torch
 
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "grounding")}
-    outputs = model(**inputs, output_attentions=True)
+    grounding = config.grounding_weight > 0
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", *_WORLD_TARGETS)}
+    outputs = model(**inputs, output_attentions=grounding, output_hidden_states=dense_head is not None)
+    caption = _weighted_loss(model, batch, weights, outputs)
+    loss, measured = caption, {}
+    video = model.config.video_token_id
+    visual = [(batch["input_ids"][row] == video).nonzero()[:, 0] for row in range(len(batch["input_ids"]))]
+    if grounding and (mass := _attention_mass(outputs, batch, visual, config)) is not None:
+        loss = loss + config.grounding_weight * -torch.log(mass + 1e-6).mean()
+        measured["attention"] = float(mass.detach().mean())
+    if dense_head is not None and batch.get("dense"):
+        rows = [row for row, targets in enumerate(batch["dense"]) if targets is not None]
+        tokens = torch.cat([outputs.hidden_states[0][row, visual[row]] for row in rows])
+        targets = torch.cat([batch["dense"][row] for row in rows])
+        losses, right = [], []
+        for k, logits in enumerate(dense_head(tokens).split(DENSE_CLASSES, dim=-1)):
+            read = targets[:, k] != -100
+            if read.any():
+                losses.append(torch.nn.functional.cross_entropy(logits[read], targets[read, k]))
+                right.append(float((logits[read].argmax(-1) == targets[read, k]).float().mean()))
+        if losses:
+            loss = loss + config.dense_weight * torch.stack(losses).mean()
+            measured["cells"] = float(np.mean(right))
+    return loss, caption.detach(), measured
+
+
+def _attention_mass(outputs: Any, batch: dict[str, Any], visual: list[Any], config: DistillConfig) -> Any:
+    """Per grounded query and head, the attention probability on the described object's tokens (None
+    when the batch has no grounded query)."""
+    import torch
+
     attention = outputs.attentions[config.grounding_layer]  # (batch, head, query, key)
     heads = min(attention.shape[1], 2 if config.grounding_motion else 1)
-    video = model.config.video_token_id
     masses = []
     for row, grounding in enumerate(batch.get("grounding") or []):
         if grounding is None:
             continue
         queries, targets = grounding
-        visual = (batch["input_ids"][row] == video).nonzero()[:, 0]
         n = targets.shape[-1]  # tokens per frame pair
-        for head, keys in enumerate((visual[:n], visual[-n:])[:heads]):
+        for head, keys in enumerate((visual[row][:n], visual[row][-n:])[:heads]):
             masses.append((attention[row, head][queries][:, keys] * targets[:, head]).sum(-1))
-    caption = _weighted_loss(model, batch, weights, outputs)
-    if not masses:
-        return caption, caption.detach(), math.nan
-    mass = torch.cat(masses)
-    loss = caption + config.grounding_weight * -torch.log(mass + 1e-6).mean()
-    return loss, caption.detach(), float(mass.detach().mean())
+    return torch.cat(masses) if masses else None
 
 
 def _lr(config: DistillConfig, step: int, expected_steps: float) -> float:

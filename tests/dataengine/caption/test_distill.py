@@ -8,14 +8,20 @@ import math
 import multiprocessing
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dataengine.caption.distill import (
+    CAMERAS,
+    DENSE_CLASSES,
     GROUNDING_ATTENTION,
+    MOTIONS,
+    PATTERNS,
+    SIZES,
     DistillConfig,
     _digit_weights,
-    _grounded_loss,
     _weighted_loss,
+    _world_loss,
     collate,
     distill,
     encode_pair,
@@ -26,7 +32,7 @@ from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
-from dataengine.world import read_caption, region_of
+from dataengine.world import SHAPES, read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -38,7 +44,7 @@ def student(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     config = DistillConfig(
         pairs="world", world_clips=12, max_steps=8, minutes=None, batch_size=4, log_every=2, warmup_steps=2,
         family=request.param, digit_weight=0.5, freeze_positions=True, position_rms=_TABLE_RMS,
-        grounding_weight=0.5,
+        grounding_weight=0.5, dense_weight=0.5,
     )  # fmt: skip
     pairs = world_pairs(config.world_clips, config.seed, config.view, work, workers=1)
     distill(config, work / "student", pairs)
@@ -94,6 +100,8 @@ def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> No
     assert summary["steps"] == 8 and summary["pairs"] == 12
     assert [step for step, _ in summary["grounding"]] == [2, 4, 6, 8]
     assert all(0 < mass < 1 for _, mass in summary["grounding"])
+    assert [step for step, _ in summary["dense"]] == [2, 4, 6, 8]
+    assert all(0 <= right <= 1 for _, right in summary["dense"])
     first, last = summary["losses"][0][1], summary["losses"][-1][1]
     assert last < first  # 8 steps of a from-scratch model: the loss falls fast on the JSON scaffolding
     assert (folder / "loss_curve.png").stat().st_size > 0
@@ -248,7 +256,7 @@ def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
     folder, pairs = student
     processor = AutoProcessor.from_pretrained(folder)
     for pair in pairs:
-        item = encode_pair(processor, pair, "dense-v1", grounding=True)
+        item = encode_pair(processor, pair, "dense-v1", world_targets=True)
         queries, targets = item["grounding"]
         _, h, w = (int(v) // s for v, s in zip(item["video_grid_thw"][0], (1, 2, 2), strict=True))
         assert targets.shape == (len(queries), 2, h * w)
@@ -263,7 +271,77 @@ def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
         subjects_json = ",".join(s.model_dump_json() for s in subjects)
         assert subjects_json[2:-1] in described and described in pair.caption  # whole tokens at the edges
         assert '"summary"' not in described and '"events"' not in described
-    assert "grounding" not in encode_pair(processor, pairs[0], "dense-v1")  # only when asked
+    assert not {"grounding", "dense"} & set(encode_pair(processor, pairs[0], "dense-v1"))  # only when asked
+
+
+def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, list]) -> None:
+    """One row per visual token: the token under each subject's start centre (first frame pair) reads
+    that subject's shape x size word and motion as its caption states them; a token no object touches
+    reads nothing there and the scene's pattern x camera."""
+    from transformers import AutoProcessor
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    video = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    seen_scene = checked = 0
+    for pair in pairs:
+        item = encode_pair(processor, pair, "dense-v1", world_targets=True)
+        dense = item["dense"]
+        _, h, w = (int(v) // s for v, s in zip(item["video_grid_thw"][0], (1, 2, 2), strict=True))
+        assert dense.shape == (int((item["input_ids"] == video).sum()), 3)
+        for k, n in enumerate(DENSE_CLASSES):
+            assert ((dense[:, k] == -100) | ((dense[:, k] >= 0) & (dense[:, k] < n))).all()
+        (shot,) = read_caption(StructuredCaption.model_validate_json(pair.caption))
+        for i, (obj, box) in enumerate(zip(shot.objects, pair.boxes, strict=True)):
+            x0, y0, x1, y1 = box[:2].mean(axis=0)  # over the first frame pair
+            row, col = int((y0 + y1) / 2 * h), int((x0 + x1) / 2 * w)
+            cell = np.array([col / w, row / h, (col + 1) / w, (row + 1) / h])
+            if any(_touches(other[:2].mean(axis=0), cell) for j, other in enumerate(pair.boxes) if j != i):
+                continue  # another subject may cover more of this token
+            token = dense[row * w + col]
+            assert token[0] == 1 + SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)
+            assert token[1] == MOTIONS.index(obj.motion)
+            assert token[2] == -100
+            checked += 1
+        empty = (dense[:, 0] == 0).nonzero()[:, 0]
+        scene = PATTERNS.index(shot.pattern) * len(CAMERAS) + CAMERAS.index(shot.camera)
+        assert (dense[empty, 2] == scene).all() and (dense[empty, 1] == -100).all()
+        seen_scene += len(empty)
+    assert seen_scene > 0 and checked >= len(pairs)
+
+
+def _touches(box: np.ndarray, cell: np.ndarray) -> bool:
+    return bool(box[0] < cell[2] and cell[0] < box[2] and box[1] < cell[3] and cell[1] < box[3])
+
+
+def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[Path, list]) -> None:
+    """A few steps on the dense loss alone (the head and the model together) raise the head's accuracy
+    on the visual tokens; the caption loss is the rest of the total."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
+    weights = _digit_weights(processor.tokenizer, 1.0)
+    batch = collate([encode_pair(processor, p, "dense-v1", True) for p in pairs[:4]], 0)
+    config = DistillConfig(pairs="world", dense_weight=1.0)
+    with torch.no_grad():
+        total, caption, measured = _world_loss(model, batch, weights, config, head)
+        assert torch.equal(caption, _weighted_loss(model, batch, weights))
+    before = measured["cells"]
+    assert float(total - caption) > 0 and "attention" not in measured
+    optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
+    mostly_dense = config.model_copy(update={"dense_weight": 50.0})
+    for _ in range(15):
+        loss, _, _ = _world_loss(model, batch, weights, mostly_dense, head)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    _, _, after = _world_loss(model, batch, weights, config, head)
+    assert after["cells"] > before + 0.2
 
 
 def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[Path, list]) -> None:
@@ -282,18 +360,19 @@ def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[
     batch = collate([encode_pair(processor, p, "dense-v1", True) for p in pairs[:4]], 0)
     config = DistillConfig(pairs="world", grounding_weight=1.0, grounding_layer=1)
     with torch.no_grad():
-        total, caption, before = _grounded_loss(model, batch, weights, config)
+        total, caption, measured = _world_loss(model, batch, weights, config)
         assert torch.equal(caption, _weighted_loss(model, batch, weights))
+    before = measured["attention"]
     assert float(total - caption) >= -math.log(before) - 1e-4  # the mean of -log(mass) is at least this
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     mostly_grounding = config.model_copy(update={"grounding_weight": 50.0})
     for _ in range(10):
-        loss, _, _ = _grounded_loss(model, batch, weights, mostly_grounding)
+        loss, _, _ = _world_loss(model, batch, weights, mostly_grounding)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    _, _, after = _grounded_loss(model, batch, weights, config)
-    assert after > 2 * before
+    _, _, after = _world_loss(model, batch, weights, config)
+    assert after["attention"] > 2 * before
 
 
 def test_grounding_a_layer_the_student_lacks_is_a_config_error(
