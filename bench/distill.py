@@ -6,7 +6,7 @@ side by side in one run.
     .venv/bin/python bench/distill.py --quick --threads 1            # 16 pairs, 4 steps, best of 1, ~35 s
     .venv/bin/python bench/distill.py --family qwen2_5_vl qwen3_vl --quick --threads 1        # ~45 s
     .venv/bin/python bench/distill.py --preset small --batch-size 4 --repeat 5 --json
-    .venv/bin/python bench/distill.py --grounding-weight 0 0.1 --threads 1   # plain and grounded step, ~200 s
+    .venv/bin/python bench/distill.py --loss plain grounded dense --threads 1       # the three steps, ~5 min
 
 Setup (untimed): ``--pairs`` world pairs (``world_pairs``, one worker) through the default ``DistillConfig``
 caption view (2 fps, at most 8 frames, short side 112), then per ``--family`` a student as ``distill()``
@@ -23,10 +23,11 @@ betas, and ``_digit_weights`` of the default ``digit_weight``. The batches are t
 * in-memory (the speed of light: tokenization that costs nothing): the same model and optimizer on the same
   batches, encoded and collated beforehand (untimed) and cycled.
 
-``--grounding-weight W`` (one row per weight and family): the step ``distill --set grounding_weight=W``
-trains with W > 0: the text model's attention eager (``GROUNDING_ATTENTION``), pairs encoded with their
-grounding targets, ``_world_loss`` (attention probabilities returned, the grounding term added). The
-in-memory steps/s of a W = 0 row and a W > 0 row of one run are what grounding costs.
+``--loss`` (one row per loss and family): ``plain``, the caption loss; ``grounded``, the step of ``distill
+--set grounding_weight=0.1``: the text model's attention eager (``GROUNDING_ATTENTION``), pairs encoded with
+their world targets, ``_world_loss`` (attention probabilities returned, the grounding term added);
+``dense``, that and ``--set dense_weight=0.1``: hidden states returned and the dense head (a linear layer
+in the optimizer) on the visual tokens. The in-memory steps/s of the rows of one run are what each costs.
 
 Both sides run ``_WARMUP`` untimed steps, then the wall time of ``--steps`` steps. ratio = distill /
 in-memory steps/s, goal >= 0.90: the per-step tokenization costs less than 10% of a step. encode alone:
@@ -62,6 +63,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.caption.distill import (
+    DENSE_CLASSES,
     GROUNDING_ATTENTION,
     PRESETS,
     DistillConfig,
@@ -85,6 +87,11 @@ Plan = list[list[int]]  # the pair indices of each batch, in order
 _WARMUP = 2
 _GOAL = 0.90
 _CONFIG = DistillConfig(pairs="world")  # the defaults distill() trains with: view, prompt, lr, weights
+_LOSSES = {  # as the shipped captioner's stages train
+    "plain": {},
+    "grounded": {"grounding_weight": 0.1},
+    "dense": {"grounding_weight": 0.1, "dense_weight": 0.1},
+}
 
 
 @dataclass
@@ -92,32 +99,38 @@ class Student:
     """One family's student as ``distill()`` sets it up, with what a training step needs."""
 
     family: str
-    config: DistillConfig  # distill()'s defaults, and the grounding weight
+    loss: str  # a key of _LOSSES
+    config: DistillConfig  # distill()'s defaults with the loss's weights
     processor: Any
     model: Any
     optimizer: torch.optim.Optimizer
     weights: torch.Tensor
+    dense_head: torch.nn.Linear | None
     pad_id: int
 
     def step(self, batch: Batch) -> None:
         """One step of ``distill()``'s loop, the lr schedule aside (it does not change the work)."""
-        if self.config.grounding_weight:
-            loss = _world_loss(self.model, batch, self.weights, self.config)[0]
+        if self.world_targets:
+            loss = _world_loss(self.model, batch, self.weights, self.config, self.dense_head)[0]
         else:
             loss = _weighted_loss(self.model, batch, self.weights)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # as distill(): the head unclipped
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss.item()
 
+    @property
+    def world_targets(self) -> bool:
+        return self.config.grounding_weight > 0 or self.dense_head is not None
+
     def encode(self, pairs: Sequence[Pair], indices: list[int]) -> Batch:
-        grounding = self.config.grounding_weight > 0
-        items = [encode_pair(self.processor, pairs[i], _CONFIG.prompt_id, grounding) for i in indices]
+        world = self.world_targets
+        items = [encode_pair(self.processor, pairs[i], _CONFIG.prompt_id, world) for i in indices]
         return collate(items, self.pad_id)
 
 
-def _student(family: str, preset: str, weight: float, pairs: Sequence[Pair], work: Path) -> Student:
+def _student(family: str, preset: str, loss: str, pairs: Sequence[Pair], work: Path) -> Student:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
 
@@ -130,15 +143,20 @@ def _student(family: str, preset: str, weight: float, pairs: Sequence[Pair], wor
         build_tiny_vlm(folder, size, corpus=corpus)
     processor = AutoProcessor.from_pretrained(folder)
     torch.manual_seed(_CONFIG.seed)
-    attention = GROUNDING_ATTENTION if weight else None
+    config = _CONFIG.model_copy(update=_LOSSES[loss])
+    attention = GROUNDING_ATTENTION if config.grounding_weight else None
     model = AutoModelForImageTextToText.from_pretrained(
         folder, dtype=torch.float32, attn_implementation=attention
     )
     model.train()
     optimizer = make_optimizer(model, _CONFIG)
+    dense_head = None
+    if config.dense_weight:  # as distill() adds it
+        dense_head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
+        optimizer.add_param_group({"params": list(dense_head.parameters()), "weight_decay": 0.0})
     weights = _digit_weights(processor.tokenizer, _CONFIG.digit_weight)
-    config = _CONFIG.model_copy(update={"grounding_weight": weight})
-    return Student(family, config, processor, model, optimizer, weights, processor.tokenizer.pad_token_id)
+    pad_id = processor.tokenizer.pad_token_id
+    return Student(family, loss, config, processor, model, optimizer, weights, dense_head, pad_id)
 
 
 def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
@@ -152,8 +170,8 @@ def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
 
 
 def _distilling(student: Student, pairs: Sequence[Pair], plan: Plan) -> Iterator[Batch]:
-    grounding = student.config.grounding_weight > 0
-    return encoded_batches(student.processor, pairs, plan, _CONFIG.prompt_id, world_targets=grounding)
+    world = student.world_targets
+    return encoded_batches(student.processor, pairs, plan, _CONFIG.prompt_id, world_targets=world)
 
 
 def _encode_alone(student: Student, pairs: Sequence[Pair], plan: Plan) -> tuple[list[Batch], float]:
@@ -186,7 +204,7 @@ def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
     rate = {k: args.steps / min(v) for k, v in walls.items()}
     tokens = [int(n) for b in cached for n in b["attention_mask"].sum(dim=1)]
     return {
-        "family": student.family, "grounding_weight": student.config.grounding_weight,
+        "family": student.family, "loss": student.loss,
         "preset": args.preset, "batch": args.batch_size,
         "tokens_per_sample": float(np.mean(tokens)), "encode_s_per_batch": min(encode) / args.steps,
         "memory_steps_s": rate["memory"], "distill_steps_s": rate["distill"],
@@ -198,7 +216,7 @@ def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
 
 
 _COLUMNS = (
-    "family", "grounding", "preset", "batch", "tokens", "encode s/batch", "in-memory steps/s",
+    "family", "loss", "preset", "batch", "tokens", "encode s/batch", "in-memory steps/s",
     "distill steps/s", "in-memory samples/s", "distill samples/s", "ratio", "spread",
 )  # fmt: skip
 
@@ -210,14 +228,14 @@ def _table(rows: list[Row], args: Any, setup_s: float) -> Table:
         f"made in {setup_s:.0f} s, untimed); {args.steps} steps after {_WARMUP} warm-up, best of "
         f"{args.repeat}; {torch.get_num_threads()} torch threads, {os.cpu_count()} cores. ratio = distill / "
         f"in-memory steps/s, goal >= {_GOAL}; tokens: mean per sample, unpadded; encode s/batch: "
-        "encode_pair + collate alone; grounding: the grounding weight (0: the plain step)."
+        "encode_pair + collate alone; loss: plain (caption), grounded (+ grounding 0.1), dense (+ dense 0.1)."
     )
     table = Table(title="distill: student steps tokenizing each batch vs in-memory batches", caption=caption)
     for col in _COLUMNS:
         table.add_column(col, justify="left" if col == "family" else "right")
     for r in rows:
         table.add_row(
-            r["family"], f"{r['grounding_weight']:g}", r["preset"], str(r["batch"]),
+            r["family"], r["loss"], r["preset"], str(r["batch"]),
             f"{r['tokens_per_sample']:.0f}", f"{r['encode_s_per_batch']:.3f}", f"{r['memory_steps_s']:.2f}",
             f"{r['distill_steps_s']:.2f}",
             f"{r['memory_samples_s']:.1f}", f"{r['distill_samples_s']:.1f}", ratio_cell(r["ratio"], _GOAL),
@@ -235,11 +253,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="student size")
     parser.add_argument(
-        "--grounding-weight",
-        type=float,
+        "--loss",
         nargs="+",
-        default=[0.0],
-        help="distill's grounding_weight, one row each (0: the plain step; > 0: the grounded one)",
+        choices=list(_LOSSES),
+        default=["plain"],
+        help="the step's loss, one row each: plain (caption), grounded (grounding_weight=0.1), dense "
+        "(grounding_weight=0.1, dense_weight=0.1)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step (distill's default: 8)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (10; quick: 4)")
@@ -254,8 +273,6 @@ def main(argv: list[str] | None = None) -> None:
     threads = 1 if args.threads is None else args.threads
     if min(args.repeat, args.steps, args.pairs, args.batch_size, threads) < 1:
         parser.error("--repeat, --steps, --pairs, --batch-size and --threads must be >= 1")
-    if min(args.grounding_weight) < 0:
-        parser.error("--grounding-weight must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     console, rows = Console(width=132), []
@@ -265,8 +282,8 @@ def main(argv: list[str] | None = None) -> None:
         pairs = world_pairs(args.pairs, _CONFIG.seed, _CONFIG.view, work, workers=1)
         setup_s = time.perf_counter() - start
         for family in dict.fromkeys(args.family):  # once each, in the order given
-            for weight in dict.fromkeys(args.grounding_weight):  # each starts from the same fresh student
-                student = _student(family, args.preset, weight, pairs, work)
+            for loss in dict.fromkeys(args.loss):  # each starts from the same fresh student
+                student = _student(family, args.preset, loss, pairs, work)
                 rows.append(_row(student, pairs, args))
                 del student
     console.print(_table(rows, args, setup_s))
