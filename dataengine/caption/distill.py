@@ -172,6 +172,7 @@ MOTIONS = ("still", "up", "down", "left", "right", "up-left", "up-right", "down-
 PATTERNS = ("flat", "stripes", "checker")
 CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")
 # the dense head's three readings: what is on a token (nothing, or shape x size), its motion, the scene
+DENSE_READINGS = ("object", "motion", "scene")
 DENSE_CLASSES = (1 + 3 * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS))
 
 
@@ -597,7 +598,7 @@ class _Log:
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
     grounding: list[tuple[int, float]] = field(default_factory=list)  # attention mass on the object
-    dense: list[tuple[int, float]] = field(default_factory=list)  # the dense head's accuracy on the tokens
+    dense: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # the dense head's accuracies
 
     def recent_loss(self) -> float:
         tail = [loss for _, loss in self.losses[-5:]]
@@ -692,7 +693,7 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     plan = _batches(len(pairs), config.batch_size, config.seed)
     world = config.grounding_weight > 0 or dense_head is not None
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=world)
-    measured: dict[str, list[float]] = {"attention": [], "cells": []}
+    measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_READINGS)}
     with Progress(transient=True) as progress, contextlib.closing(batches):
         task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
         for step, batch in enumerate(batches, start=1):
@@ -726,9 +727,9 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
                 if measured["attention"]:
                     log.grounding.append((step, round(float(np.mean(measured["attention"])), 4)))
                     looks += f"  attention on the object {log.grounding[-1][1]:.3f}"
-                if measured["cells"]:
-                    log.dense.append((step, round(float(np.mean(measured["cells"])), 4)))
-                    looks += f"  tokens read right {log.dense[-1][1]:.3f}"
+                if read := {k: round(float(np.mean(measured[k])), 4) for k in DENSE_READINGS if measured[k]}:
+                    log.dense.append((step, read))
+                    looks += "  tokens read right " + " ".join(f"{k} {v:.2f}" for k, v in read.items())
                 for values in measured.values():
                     values.clear()
                 progress.console.print(
@@ -808,7 +809,7 @@ def _world_loss(
     head 0 of text layer ``grounding_layer`` puts on the described object's visual tokens in the first
     frame pair, and head 1 on those of the last pair); logged as that probability's mean, ``attention``.
     Dense: ``dense_weight`` x the mean of ``dense_head``'s three cross-entropies on the visual tokens as
-    they enter the text model (``dense_targets``); logged as the mean of the three accuracies, ``cells``.
+    they enter the text model (``dense_targets``); logged as each reading's accuracy (``DENSE_READINGS``).
     """
     import torch
 
@@ -826,15 +827,15 @@ def _world_loss(
         rows = [row for row, targets in enumerate(batch["dense"]) if targets is not None]
         tokens = torch.cat([outputs.hidden_states[0][row, visual[row]] for row in rows])
         targets = torch.cat([batch["dense"][row] for row in rows])
-        losses, right = [], []
+        losses = []
         for k, logits in enumerate(dense_head(tokens).split(DENSE_CLASSES, dim=-1)):
             read = targets[:, k] != -100
             if read.any():
                 losses.append(torch.nn.functional.cross_entropy(logits[read], targets[read, k]))
-                right.append(float((logits[read].argmax(-1) == targets[read, k]).float().mean()))
+                right = (logits[read].argmax(-1) == targets[read, k]).float().mean()
+                measured[DENSE_READINGS[k]] = float(right)
         if losses:
             loss = loss + config.dense_weight * torch.stack(losses).mean()
-            measured["cells"] = float(np.mean(right))
     return loss, caption.detach(), measured
 
 
