@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import re
 import shutil
@@ -534,6 +535,8 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         processor = AutoProcessor.from_pretrained(student_dir)
         torch.manual_seed(config.seed)
         attention = GROUNDING_ATTENTION if config.grounding_weight else None
+        if attention:  # the vision tower stays sdpa on purpose: only the text model's attention is read
+            logging.getLogger("transformers.integrations.sdpa_attention").setLevel(logging.ERROR)
         model = AutoModelForImageTextToText.from_pretrained(
             student_dir, dtype=torch.float32, attn_implementation=attention
         )
