@@ -30,7 +30,7 @@ import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 from pydantic import Field
@@ -49,6 +49,16 @@ from dataengine.config import ConfigError, StageConfig
 from dataengine.records import Clip, Failure, Frames, Source
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
 from dataengine.synth import ShotSpec, VideoSpec
+from dataengine.world import (
+    SHAPES,
+    Motion,
+    Pattern,
+    SizeWord,
+    camera_movement,
+    motion_of,
+    shot_caption,
+    size_word,
+)
 
 PRESETS: dict[str, TinyVLMConfig] = {
     "tiny": TinyVLMConfig(
@@ -168,18 +178,16 @@ class WorldClasses:
     scene: int  # pattern x camera movement (PATTERNS x CAMERAS)
 
 
-SIZES = ("small", "medium", "large")
-MOTIONS = ("still", "up", "down", "left", "right", "up-left", "up-right", "down-left", "down-right")
-PATTERNS = ("flat", "stripes", "checker")
-CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")
+SIZES: tuple[SizeWord, ...] = get_args(SizeWord)
+MOTIONS: tuple[Motion, ...] = get_args(Motion)
+PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
+CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
 # the dense head's three readings: what is on a token (nothing, or shape x size), its motion, the scene
 DENSE_READINGS = ("object", "motion", "scene")
-DENSE_CLASSES = (1 + 3 * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS))
+DENSE_CLASSES = (1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS))
 
 
 def world_classes(shot: ShotSpec, width: int, height: int) -> WorldClasses:
-    from dataengine.world import SHAPES, camera_movement, motion_of, size_word
-
     subjects = [
         (
             SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(size_word(obj.size_px, width, height)),
@@ -231,7 +239,6 @@ _SHOTS_PER_VIDEO = 50
 
 def _world_chunk(specs: Sequence[VideoSpec], view: ViewConfig, path: Path) -> list[Pair]:
     from dataengine.synth import write_video
-    from dataengine.world import shot_caption
 
     first = specs[0]
     joined = first.model_copy(update={"shots": [spec.shots[0] for spec in specs]})
