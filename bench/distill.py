@@ -63,7 +63,6 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.caption.distill import (
-    DENSE_CLASSES,
     GROUNDING_ATTENTION,
     PRESETS,
     DistillConfig,
@@ -72,6 +71,7 @@ from dataengine.caption.distill import (
     _digit_weights,
     _weighted_loss,
     _world_loss,
+    add_dense_head,
     collate,
     encode_pair,
     encoded_batches,
@@ -110,7 +110,7 @@ class Student:
 
     def step(self, batch: Batch) -> None:
         """One step of ``distill()``'s loop, the lr schedule aside (it does not change the work)."""
-        if self.world_targets:
+        if self.config.world_targets:
             loss = _world_loss(self.model, batch, self.weights, self.config, self.dense_head)[0]
         else:
             loss = _weighted_loss(self.model, batch, self.weights)
@@ -120,12 +120,8 @@ class Student:
         self.optimizer.zero_grad(set_to_none=True)
         loss.item()
 
-    @property
-    def world_targets(self) -> bool:
-        return self.config.grounding_weight > 0 or self.dense_head is not None
-
     def encode(self, pairs: Sequence[Pair], indices: list[int]) -> Batch:
-        world = self.world_targets
+        world = self.config.world_targets
         items = [encode_pair(self.processor, pairs[i], _CONFIG.prompt_id, world) for i in indices]
         return collate(items, self.pad_id)
 
@@ -150,10 +146,7 @@ def _student(family: str, preset: str, loss: str, pairs: Sequence[Pair], work: P
     )
     model.train()
     optimizer = make_optimizer(model, _CONFIG)
-    dense_head = None
-    if config.dense_weight:  # as distill() adds it
-        dense_head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
-        optimizer.add_param_group({"params": list(dense_head.parameters()), "weight_decay": 0.0})
+    dense_head = add_dense_head(model, optimizer, config)
     weights = _digit_weights(processor.tokenizer, _CONFIG.digit_weight)
     pad_id = processor.tokenizer.pad_token_id
     return Student(family, loss, config, processor, model, optimizer, weights, dense_head, pad_id)
@@ -170,7 +163,7 @@ def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
 
 
 def _distilling(student: Student, pairs: Sequence[Pair], plan: Plan) -> Iterator[Batch]:
-    world = student.world_targets
+    world = student.config.world_targets
     return encoded_batches(student.processor, pairs, plan, _CONFIG.prompt_id, world_targets=world)
 
 

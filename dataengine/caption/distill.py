@@ -159,6 +159,11 @@ class DistillConfig(StageConfig):
         "bfloat16", description="weights as saved (half the size; loaders cast to their compute dtype)"
     )
 
+    @property
+    def world_targets(self) -> bool:
+        """Whether training reads the world's targets (grounding and dense) beside the captions."""
+        return self.grounding_weight > 0 or self.dense_weight > 0
+
 
 @dataclass
 class Pair:
@@ -683,16 +688,25 @@ def make_optimizer(model: Any, config: DistillConfig) -> Any:
     )  # fmt: skip
 
 
+def add_dense_head(model: Any, optimizer: Any, config: DistillConfig) -> Any:
+    """With ``dense_weight``, the dense head (``_world_loss``), its parameters added to ``optimizer``:
+    trained beside the student, never saved, it only shapes the vision tower. Otherwise None."""
+    import torch
+
+    if not config.dense_weight:
+        return None
+    head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
+    optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0})
+    return head
+
+
 def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pair], started: float) -> _Log:
     import torch
     from rich.progress import Progress
 
     digit_weights = _digit_weights(processor.tokenizer, config.digit_weight)
     optimizer = make_optimizer(model, config)
-    dense_head = None
-    if config.dense_weight:  # trained beside the student, never saved: it only shapes the vision tower
-        dense_head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
-        optimizer.add_param_group({"params": list(dense_head.parameters()), "weight_decay": 0.0})
+    dense_head = add_dense_head(model, optimizer, config)
     budget_s = config.minutes * 60 if config.minutes else math.inf
     max_steps = config.max_steps or 10**9
     # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
@@ -701,7 +715,7 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     t0 = time.perf_counter()
     window: list[float] = []
     plan = _batches(len(pairs), config.batch_size, config.seed)
-    world = config.grounding_weight > 0 or dense_head is not None
+    world = config.world_targets
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=world)
     measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_READINGS)}
     with Progress(transient=True) as progress, contextlib.closing(batches):
