@@ -327,7 +327,10 @@ def probe_student_cmd(
     """Look inside a distilled world captioner, teacher-forced on held-out world clips: its guess at the
     first token of each attribute (by object count; at chance it does not know the fact), and whether the
     visual tokens carry their place in the frame at the vision tower's input and output (a linear probe to
-    their grid row and column). Use it to find out why eval-captions misses an attribute."""
+    their grid row and column), and what the tokens the text model reads show (a linear probe, fitted on
+    three quarters of the clips, to the shape, size word and motion of the object on each token, or the
+    scene's pattern and camera movement; compare with the majority baseline). Use it to find out why
+    eval-captions misses an attribute."""
     from dataengine.caption.models import resolve_model
     from dataengine.caption.probe import probe_student
 
@@ -348,6 +351,12 @@ def probe_student_cmd(
             f"(chance {scores['row_chance']:.2f}), column {scores['col']:.2f} "
             f"(chance {scores['col_chance']:.2f})"
         )
+    table = Table(
+        "reading", "accuracy", "majority", "tokens", title="what the visual tokens show (linear probe)"
+    )
+    for reading, probe in result["contents"].items():
+        table.add_row(reading, f"{probe['accuracy']:.2f}", f"{probe['majority']:.2f}", str(probe["tokens"]))
+    out.print(table)
 
 
 def _print_fidelity(scores: dict[str, Any]) -> None:

@@ -11,6 +11,12 @@ for finding out *why* a student misses an attribute rather than only *that* it d
   tokens and scored on the rest, at the vision tower's input (patch embedding + position table, the 2 x 2
   window averaged) and at its output (the merged tokens the text model reads). At chance at the output, no
   amount of text-model training can name where an object starts.
+
+And one probe of what the tokens show: **token contents**, a ridge classifier from each merged visual token
+(every frame pair) to what the world knows is on it (``distill.dense_targets``): the shape, size word and
+motion of the object covering it, or the scene's pattern and camera movement where no object is; fitted on
+the tokens of three quarters of the clips, scored on the others' (tokens of one clip never on both sides).
+A reading near its majority baseline is one the vision tower does not yet deliver to the text model.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.caption.distill import DistillConfig, answer_offsets, collate, encode_pair, world_pairs
+from dataengine.caption.distill import (
+    CAMERAS,
+    SIZES,
+    DistillConfig,
+    answer_offsets,
+    collate,
+    encode_pair,
+    world_pairs,
+)
 
 PROBE_SEED = 777_000  # held out: distill draws from seed + WORLD_SEED_OFFSET, eval-captions from EVAL_SEED
 
@@ -50,6 +64,8 @@ class ProbeResult:
     attributes: dict[str, dict[str, float]] = field(default_factory=dict)
     # "input" / "output" -> {"row": accuracy, "col": accuracy, "row_chance": ..., "col_chance": ...}
     positions: dict[str, dict[str, float]] = field(default_factory=dict)
+    # reading (shape, size, motion, pattern, camera) -> {"accuracy": ..., "majority": ..., "tokens": ...}
+    contents: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,7 +74,7 @@ class ProbeResult:
 def probe_student(
     model_dir: str | Path, n: int = 48, seed: int = PROBE_SEED, threads: int | None = None
 ) -> ProbeResult:
-    """Both probes on ``n`` held-out single-shot world clips through the distill caption view."""
+    """The three probes on ``n`` held-out single-shot world clips through the distill caption view."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -73,11 +89,16 @@ def probe_student(
     tokens: dict[str, list[np.ndarray]] = defaultdict(list)
     rows: list[np.ndarray] = []
     cols: list[np.ndarray] = []
+    merged: list[np.ndarray] = []
+    dense: list[np.ndarray] = []
     for pair in pairs:
-        item = encode_pair(processor, pair, "dense-v1")
+        item = encode_pair(processor, pair, "dense-v1", world_targets=True)
+        dense.append(item.pop("dense").numpy())
+        item.pop("grounding", None)
         with torch.no_grad():
             logits = model(**collate([item], processor.tokenizer.pad_token_id)).logits[0]
-            layers = _visual_tokens(model, item)
+            layers, all_merged = _visual_tokens(model, item)
+        merged.append(all_merged)
         objects = str(pair.caption.count('"kind"'))
         for name, position in _value_starts(processor.tokenizer, item, pair.caption):
             guess = int(logits[position - 1].argmax())
@@ -101,7 +122,29 @@ def probe_student(
             "row_chance": round(1 / (row.max() + 1), 3),
             "col_chance": round(1 / (col.max() + 1), 3),
         }
+    clip = np.concatenate([np.full(len(x), i) for i, x in enumerate(merged)])
+    x, targets = np.concatenate(merged), np.concatenate(dense)
+    for reading, y in _content_readings(targets).items():
+        read = y >= 0
+        if len(np.unique(clip[read])) < 2:
+            continue  # too few clips show it to hold some out
+        accuracy, majority = _grouped_probe(x[read], y[read], clip[read])
+        result.contents[reading] = {"accuracy": accuracy, "majority": majority, "tokens": int(read.sum())}
     return result
+
+
+def _content_readings(targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per visual token, each reading's class id (-1 where it does not apply), from ``dense_targets``'s
+    columns: what covers the token (0 nothing, else 1 + shape x size word), its motion, the scene."""
+    what, motion, scene = targets[:, 0], targets[:, 1], targets[:, 2]
+    on, empty = what > 0, scene >= 0
+    return {
+        "shape": np.where(on, (what - 1) // len(SIZES), -1),
+        "size": np.where(on, (what - 1) % len(SIZES), -1),
+        "motion": np.where(motion >= 0, motion, -1),
+        "pattern": np.where(empty, scene // len(CAMERAS), -1),
+        "camera": np.where(empty, scene % len(CAMERAS), -1),
+    }
 
 
 def _value_starts(tokenizer: Any, item: dict[str, Any], caption: str) -> list[tuple[str, int]]:
@@ -117,9 +160,10 @@ def _value_starts(tokenizer: Any, item: dict[str, Any], caption: str) -> list[tu
     return found
 
 
-def _visual_tokens(model: Any, item: dict[str, Any]) -> dict[str, np.ndarray]:
+def _visual_tokens(model: Any, item: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The first frame pair's tokens on their (rows, cols) grid: at the vision tower's input (patch embedding
-    plus, where the family has one, the position table; each 2 x 2 window averaged) and at its output."""
+    plus, where the family has one, the position table; each 2 x 2 window averaged) and at its output; and
+    the output tokens of every frame pair, (tokens, width) in the order the text model reads them."""
     visual = model.model.visual
     pixels, grid_thw = item["pixel_values_videos"], item["video_grid_thw"]
     _, h, w = (int(v) for v in grid_thw[0])
@@ -142,19 +186,41 @@ def _visual_tokens(model: Any, item: dict[str, Any]) -> dict[str, np.ndarray]:
         )  # fmt: skip
         patches = patches + (table(indices) * weights[:, :, None]).sum(1)
     tower_in = patches[:first].reshape(hh, ww, merge * merge, -1).mean(2)
-    return {
+    grids = {
         "input": tower_in.float().numpy(),
         "output": merged[: hh * ww].reshape(hh, ww, -1).float().numpy(),
     }
+    return grids, merged.float().numpy()
 
 
 def _ridge_accuracy(x: np.ndarray, y: np.ndarray, penalty: float = 0.1) -> float:
     """Held-out accuracy of a one-vs-rest ridge classifier (features standardized), 3/4 fit, 1/4 scored."""
     order = np.random.default_rng(0).permutation(len(x))
     fit, held = order[: len(x) * 3 // 4], order[len(x) * 3 // 4 :]
+    return round(float(np.mean(_ridge_predict(x, y, fit, held, penalty) == y[held])), 3)
+
+
+def _grouped_probe(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, penalty: float = 0.1
+) -> tuple[float, float]:
+    """``_ridge_accuracy`` with each group (a clip's tokens) wholly on one side, 3/4 of the groups fit: the
+    held-out accuracy, and that of always guessing the fit rows' commonest class."""
+    names = np.random.default_rng(0).permutation(np.unique(groups))
+    fitted = np.isin(groups, names[: max(1, len(names) * 3 // 4)])
+    fit, held = np.flatnonzero(fitted), np.flatnonzero(~fitted)
+    accuracy = float(np.mean(_ridge_predict(x, y, fit, held, penalty) == y[held]))
+    majority = float(np.mean(y[held] == np.bincount(y[fit]).argmax()))
+    return round(accuracy, 3), round(majority, 3)
+
+
+def _ridge_predict(
+    x: np.ndarray, y: np.ndarray, fit: np.ndarray, held: np.ndarray, penalty: float
+) -> np.ndarray:
+    """A one-vs-rest ridge classifier fitted on rows ``fit`` (features standardized on them); its classes
+    for rows ``held``."""
     mean, std = x[fit].mean(0), x[fit].std(0) + 1e-6
     features = np.c_[(x - mean) / std, np.ones(len(x))]
     targets = np.eye(int(y.max()) + 1)[y]
     a = features[fit]
     coef = np.linalg.solve(a.T @ a + penalty * np.eye(a.shape[1]), a.T @ targets[fit])
-    return round(float(np.mean((features[held] @ coef).argmax(1) == y[held])), 3)
+    return (features[held] @ coef).argmax(1)

@@ -244,6 +244,26 @@ def test_probe_places_values_and_finds_positions_where_the_table_holds_them(
         assert tower_in["row"] == tower_in["col"] == 1.0  # the frozen sine-cosine table
     else:  # Qwen2.5-VL: rotary positions inside the tower, nothing added to the patch embedding
         assert tower_in["row"] < 0.6 and tower_in["col"] < 0.6
+    assert result.contents and set(result.contents) <= {"shape", "size", "motion", "pattern", "camera"}
+    for probe in result.contents.values():
+        assert 0 <= probe["accuracy"] <= 1 and 0 <= probe["majority"] <= 1 and probe["tokens"] > 0
+
+
+def test_content_probe_holds_out_whole_clips() -> None:
+    """The token-contents probe scores on clips it never fitted: features that only name the clip (and a
+    label fixed per clip) read perfectly when a clip's tokens fall on both sides, and not when held out
+    whole; features that carry the label read perfectly either way."""
+    from dataengine.caption.probe import _grouped_probe, _ridge_accuracy
+
+    rng = np.random.default_rng(0)
+    clips = np.repeat(np.arange(40), 20)
+    label = rng.integers(0, 3, 40)[clips]
+    names_clip = np.eye(40)[clips] + 0.01 * rng.standard_normal((len(clips), 40))
+    assert _ridge_accuracy(names_clip, label) > 0.95  # tokens of one clip on both sides: it leaks
+    accuracy, majority = _grouped_probe(names_clip, label, clips)
+    assert accuracy < 0.7 and 0 < majority < 0.7
+    carries_label = np.c_[np.eye(3)[label], rng.standard_normal((len(clips), 5))]
+    assert _grouped_probe(carries_label, label, clips)[0] == 1.0
 
 
 def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
