@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from dataengine.config import ConfigError
+
 
 def cache_root(root: Path | None = None) -> Path:
     """``root``, else ``$DATAENGINE_CACHE``, else ``~/.cache/dataengine/models``."""
@@ -27,6 +29,19 @@ def cache_key(recipe: str) -> str:
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
+class OutputExistsError(ConfigError, FileExistsError):
+    """An output folder that already has content: choose another, or remove it."""
+
+
+def require_empty(out_dir: Path) -> None:
+    """Refuse an output folder with content. Commands that train call it before any work, so that minutes
+    of training are never lost to a folder ``build_folder`` refuses at the end."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise OutputExistsError(
+            f"{out_dir} exists and is not empty: choose another output folder or remove it"
+        )
+
+
 def build_folder(out_dir: Path, write: Callable[[Path], None]) -> Path:
     """Run ``write(tmp)`` into a temporary sibling of ``out_dir``, then rename it to ``out_dir``.
 
@@ -34,8 +49,7 @@ def build_folder(out_dir: Path, write: Callable[[Path], None]) -> Path:
         FileExistsError: ``out_dir`` has content, before the build or (another process) by its end.
     """
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty")
+    require_empty(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:

@@ -515,7 +515,8 @@ class DistillResult:
 
 
 def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = None) -> DistillResult:
-    """Build the student, train it on the pairs, save it to ``out`` (which must not exist or be empty).
+    """Build the student, train it on the pairs, save it to ``out`` (which must not exist or be empty;
+    checked first: ``OutputExistsError``).
 
     Args:
         config: what to train.
@@ -525,8 +526,9 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from dataengine.model_cache import build_folder
+    from dataengine.model_cache import build_folder, require_empty
 
+    require_empty(out)  # before the pairs and the training, not after
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()

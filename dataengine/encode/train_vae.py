@@ -38,7 +38,7 @@ from dataengine import synth
 from dataengine.config import StageConfig
 from dataengine.encode.vae import VAEConfig, load_vae
 from dataengine.footage import sample_footage
-from dataengine.model_cache import build_folder, cache_root
+from dataengine.model_cache import build_folder, cache_root, require_empty
 from dataengine.records import Clip, Failure, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
 
@@ -391,14 +391,13 @@ def train_vae(config: VAETrainConfig, out_dir: Path, log: Log = print) -> TrainR
     latent statistics), ``diffusion_pytorch_model.safetensors`` and ``training.json``.
 
     Raises:
-        FileExistsError: ``out_dir`` has content.
+        OutputExistsError (a FileExistsError and a ConfigError): ``out_dir`` has content; checked first.
         OSError: the footage could not be downloaded (footage.train_clips=0, footage.heldout_clips=0: none).
     """
     import diffusers
     import torch
 
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir} exists and is not empty")
+    require_empty(out_dir)
     torch.set_num_threads(1)  # the machines this runs on share their cores; one thread is also reproducible
     data = build_dataset(config, log)
     model = build_model(config)

@@ -406,3 +406,18 @@ def test_grounding_a_layer_the_student_lacks_is_a_config_error(
     )
     with pytest.raises(ConfigError, match="grounding_layer=4: the student has 4 layers"):
         distill(config, tmp_path / "out", pairs[:2])
+
+
+def test_distill_refuses_a_full_output_folder_before_it_makes_pairs(tmp_path: Path) -> None:
+    """A full --out stops distill at once with a message (and the CLI with exit 2), not after the training;
+    the folder keeps what it had."""
+    from dataengine.model_cache import OutputExistsError
+
+    out = tmp_path / "student"
+    out.mkdir()
+    (out / "model.safetensors").write_text("an earlier student")
+    config = DistillConfig(pairs="world", world_clips=2000, minutes=30)  # minutes of work if it went on
+    with pytest.raises(OutputExistsError, match="not empty: choose another output folder or remove it"):
+        distill(config, out)
+    assert [p.name for p in out.iterdir()] == ["model.safetensors"]
+    assert (out / "model.safetensors").read_text() == "an earlier student"
