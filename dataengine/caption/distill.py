@@ -464,6 +464,21 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
     return torch.from_numpy(targets.reshape(-1, 3))
 
 
+def split_dense_targets(targets: np.ndarray) -> dict[str, np.ndarray]:
+    """``dense_targets``'s (tokens, 3) class ids undone into the world's own readings, per token a class id
+    (-1 where the reading does not apply): the shape and size word of the object covering it (``SHAPES``,
+    ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's pattern and camera movement."""
+    what, motion, scene = targets[:, 0], targets[:, 1], targets[:, 2]
+    on, empty = what > 0, scene >= 0
+    return {
+        "shape": np.where(on, (what - 1) // len(SIZES), -1),
+        "size": np.where(on, (what - 1) % len(SIZES), -1),
+        "motion": np.where(motion >= 0, motion, -1),
+        "pattern": np.where(empty, scene // len(CAMERAS), -1),
+        "camera": np.where(empty, scene % len(CAMERAS), -1),
+    }
+
+
 def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
     """Right-padded batch: padding is masked out of attention and loss; ``grounding`` and ``dense`` (where
     items have them) are lists, one entry (or None) per row."""

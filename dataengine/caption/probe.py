@@ -31,12 +31,11 @@ from typing import Any
 import numpy as np
 
 from dataengine.caption.distill import (
-    CAMERAS,
-    SIZES,
     DistillConfig,
     answer_offsets,
     collate,
     encode_pair,
+    split_dense_targets,
     world_pairs,
 )
 
@@ -124,27 +123,13 @@ def probe_student(
         }
     clip = np.concatenate([np.full(len(x), i) for i, x in enumerate(merged)])
     x, targets = np.concatenate(merged), np.concatenate(dense)
-    for reading, y in _content_readings(targets).items():
+    for reading, y in split_dense_targets(targets).items():
         read = y >= 0
         if len(np.unique(clip[read])) < 2:
             continue  # too few clips show it to hold some out
         accuracy, majority = _grouped_probe(x[read], y[read], clip[read])
         result.contents[reading] = {"accuracy": accuracy, "majority": majority, "tokens": int(read.sum())}
     return result
-
-
-def _content_readings(targets: np.ndarray) -> dict[str, np.ndarray]:
-    """Per visual token, each reading's class id (-1 where it does not apply), from ``dense_targets``'s
-    columns: what covers the token (0 nothing, else 1 + shape x size word), its motion, the scene."""
-    what, motion, scene = targets[:, 0], targets[:, 1], targets[:, 2]
-    on, empty = what > 0, scene >= 0
-    return {
-        "shape": np.where(on, (what - 1) // len(SIZES), -1),
-        "size": np.where(on, (what - 1) % len(SIZES), -1),
-        "motion": np.where(motion >= 0, motion, -1),
-        "pattern": np.where(empty, scene // len(CAMERAS), -1),
-        "camera": np.where(empty, scene % len(CAMERAS), -1),
-    }
 
 
 def _value_starts(tokenizer: Any, item: dict[str, Any], caption: str) -> list[tuple[str, int]]:

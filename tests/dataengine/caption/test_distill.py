@@ -25,6 +25,7 @@ from dataengine.caption.distill import (
     collate,
     distill,
     encode_pair,
+    split_dense_targets,
     world_pairs,
 )
 from dataengine.caption.engines import TransformersEngineConfig, build_engine
@@ -323,6 +324,11 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
             assert token[0] == 1 + SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)
             assert token[1] == MOTIONS.index(obj.motion)
             assert token[2] == -100
+            readings = {k: int(v[row * w + col]) for k, v in split_dense_targets(dense.numpy()).items()}
+            assert readings == {
+                "shape": SHAPES.index(obj.shape), "size": SIZES.index(obj.size),
+                "motion": MOTIONS.index(obj.motion), "pattern": -1, "camera": -1,
+            }  # fmt: skip
             checked += 1
         empty = (dense[:, 0] == 0).nonzero()[:, 0]
         scene = PATTERNS.index(shot.pattern) * len(CAMERAS) + CAMERAS.index(shot.camera)
