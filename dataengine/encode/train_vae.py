@@ -1,6 +1,6 @@
 """Train a small Wan-architecture video autoencoder (``diffusers.AutoencoderKLWan``) on one CPU thread.
 
-    dataengine train-vae --out dataengine/assets/world-vae          # the shipped builtin:world-vae (~15 min)
+    dataengine train-vae --out dataengine/assets/world-vae          # the shipped builtin:world-vae (~45 min)
     dataengine train-vae --out /tmp/vae --set minutes=null --set max_steps=5 --set world_clips=8 \\
         --set footage.train_clips=0 --set footage.heldout_clips=0   # ~15 s, no download
 
@@ -52,17 +52,44 @@ Log = Callable[[str], None]
 
 
 class WanArch(StageConfig):
-    """``AutoencoderKLWan`` constructor arguments; four levels of ``dim_mult`` make 8x spatial compression,
-    two ``temperal_downsample`` 4x temporal."""
+    """``AutoencoderKLWan`` constructor arguments: each level of ``dim_mult`` after the first halves the size
+    (four levels: 8x spatial compression), each true ``temperal_downsample`` halves the frames (two: 4x)."""
 
-    base_dim: int = Field(8, ge=4)
+    base_dim: int = Field(12, ge=4)
     z_dim: int = Field(16, ge=1, description="latent channels")
-    dim_mult: list[int] = Field(default_factory=lambda: [1, 2, 4, 4])
+    dim_mult: list[int] = Field(
+        default_factory=lambda: [1, 2, 2],
+        min_length=2,
+        description="with is_residual the last two must be equal (Wan 2.2's shortcuts); [1, 2, 2]: 4x "
+        "spatial, a 16x16 latent grid for the demo's 64x64 view (Wan's [1, 2, 4, 4] is 8x)",
+    )
     num_res_blocks: int = Field(1, ge=1)
-    temperal_downsample: list[bool] = Field(default_factory=lambda: [False, True, True])
+    temperal_downsample: list[bool] = Field(default_factory=lambda: [True, True])
     is_residual: bool = Field(
         True, description="Wan 2.2's parameter-free averaging shortcuts around every resolution change"
     )
+
+    @model_validator(mode="after")
+    def _levels(self) -> WanArch:
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise ValueError(
+                f"temperal_downsample needs one entry per resolution change: {len(self.dim_mult) - 1} for "
+                f"dim_mult {self.dim_mult}, got {self.temperal_downsample}"
+            )
+        if self.is_residual and self.dim_mult[-1] != self.dim_mult[-2]:
+            raise ValueError(
+                f"with is_residual the last level keeps its width (its shortcut cannot widen without "
+                f"downsampling): end dim_mult with two equal entries, e.g. [1, 2, 2], not {self.dim_mult}"
+            )
+        return self
+
+    def constructor_kwargs(self) -> dict[str, Any]:
+        """The fields plus the compression they make (diffusers' defaults, 8 and 4, hold only for four levels
+        with two time downsamplings, and the encode stage reads them from the config)."""
+        return self.model_dump() | {
+            "scale_factor_spatial": 2 ** (len(self.dim_mult) - 1),
+            "scale_factor_temporal": 2 ** sum(self.temperal_downsample),
+        }
 
 
 class FootageConfig(StageConfig):
@@ -76,7 +103,7 @@ class FootageConfig(StageConfig):
 
 class VAETrainConfig(StageConfig):
     seed: int = Field(0, description="initial weights, training clips and their order")
-    minutes: float | None = Field(12.0, gt=0, description="training-loop budget; data preparation is extra")
+    minutes: float | None = Field(40.0, gt=0, description="training-loop budget; data preparation is extra")
     max_steps: int | None = Field(None, ge=1, description="stop here even with minutes left")
     batch_size: int = Field(8, ge=1)
     lr: float = Field(5e-4, gt=0, description="peak; 1e-3 and above collapse to a blurry mean")
@@ -257,7 +284,7 @@ def build_model(config: VAETrainConfig) -> Any:
     import torch
 
     torch.manual_seed(config.seed)
-    model: Any = diffusers.AutoencoderKLWan(**config.arch.model_dump())
+    model: Any = diffusers.AutoencoderKLWan(**config.arch.constructor_kwargs())
     if config.frame_init:
         _per_frame_init(model)
     # Adam moves a bias by about lr per step: from 0 (std 1, the latents drowned in noise) to a trained

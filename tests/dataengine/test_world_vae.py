@@ -14,6 +14,7 @@ from dataengine.config import ConfigError
 from dataengine.encode.tiny_vae import SHIPPED, resolve_vae
 from dataengine.encode.train_vae import (
     VAETrainConfig,
+    WanArch,
     build_model,
     fit,
     heldout_psnr,
@@ -67,10 +68,12 @@ def test_a_random_vae_does_not_reach_it(report: dict[str, object], heldout_frame
 def test_shipped_vae_loads_with_its_latent_statistics(report: dict[str, object]) -> None:
     vae = load_vae(WORLD_VAE)
     mean, scale = normalization(vae.info)
+    arch = VAETrainConfig.model_validate(report["config"]).arch
+    compression = arch.constructor_kwargs()
     assert vae.info["class"] == "AutoencoderKLWan" and (
         vae.spatial_compression,
         vae.temporal_compression,
-    ) == (8, 4)
+    ) == (compression["scale_factor_spatial"], compression["scale_factor_temporal"])
     assert len(mean) == vae.info["latent_channels"] and np.all(scale > 0)
     assert report["steps"] > 0  # type: ignore[operator]
     with pytest.raises(ConfigError, match="not a built-in VAE of kind 'ltx'"):
@@ -121,6 +124,28 @@ def test_train_vae_writes_a_folder_load_vae_loads(tmp_path: Path) -> None:
     assert written["steps"] == result.steps == 2 and written["heldout_psnr_db"]["footage"] is None
     vae = load_vae(VAEConfig(kind="wan", model=str(out)))
     assert vae.info["latent_channels"] == 4 and len(vae.info["latents_std"]) == 4
+    assert (vae.spatial_compression, vae.temporal_compression) == (4, 4)  # the default arch's three levels
+    latents = vae.encode(np.zeros((1, 9, 32, 32, 3), np.uint8))
+    assert latents.shape[-3:] == (3, 8, 8)
     assert result.psnr_db["world"] is not None and result.psnr_db["world"] > 0
     with pytest.raises(FileExistsError):
         train_vae(_tiny(), out, log=lambda _: None)
+
+
+def test_the_recorded_compression_follows_the_levels() -> None:
+    wan21 = WanArch(base_dim=8, dim_mult=[1, 2, 4, 4], temperal_downsample=[False, True, True])
+    kwargs = wan21.constructor_kwargs()
+    assert (kwargs["scale_factor_spatial"], kwargs["scale_factor_temporal"]) == (8, 4)
+    kwargs = WanArch(dim_mult=[1, 2, 2], temperal_downsample=[False, True]).constructor_kwargs()
+    assert (kwargs["scale_factor_spatial"], kwargs["scale_factor_temporal"]) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    ("dim_mult", "temporal", "message"),
+    [([1, 2, 2], [True], "one entry per resolution change"), ([1, 2, 4], [True, True], "two equal entries")],
+)
+def test_an_arch_diffusers_cannot_build_is_refused_with_the_fix(
+    dim_mult: list[int], temporal: list[bool], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        WanArch(dim_mult=dim_mult, temperal_downsample=temporal)
