@@ -491,6 +491,13 @@ def demo(
     steps: Annotated[int, typer.Option(min=1, help="training steps of the tiny DiT")] = 200,
     eval_clips: Annotated[int, typer.Option(min=1, help="held-out world clips for caption fidelity")] = 8,
     samples: Annotated[int, typer.Option(min=1, help="DiT samples scored for prompt adherence")] = 3,
+    train_recipe: Annotated[
+        str,
+        typer.Option(
+            help="training recipe of the DiT: demo (tiny, a few hundred steps) or cpu-mini (4 blocks, "
+            "thousands of steps on a few hundred clips: where prompt adherence rises; see the README)"
+        ),
+    ] = "demo",
 ) -> None:
     """The whole loop on the embedded default (no GPU, no model hub): synthetic world videos with ground truth
     and real footage from a PyPI wheel -> `run --recipe demo` (in-process vLLM with the shipped distilled
@@ -503,7 +510,8 @@ def demo(
 
     require_ffmpeg()
     try:
-        Demo(out, n, steps, console, eval_clips=eval_clips, samples=samples).run(_print_inspection)
+        demo = Demo(out, n, steps, console, eval_clips=eval_clips, samples=samples, train_recipe=train_recipe)
+        demo.run(_print_inspection)
     except RunError as exc:
         console.print(f"[bold red]demo failed[/]: {exc}")
         raise typer.Exit(1) from None

@@ -37,10 +37,18 @@ PROMPT_SEED = EVAL_SEED + 1  # held-out world scenes the DiT is asked to generat
 
 class Demo:
     def __init__(
-        self, out: Path, videos: int, steps: int, console: Console, eval_clips: int = 8, samples: int = 3
+        self,
+        out: Path,
+        videos: int,
+        steps: int,
+        console: Console,
+        eval_clips: int = 8,
+        samples: int = 3,
+        train_recipe: str = "demo",
     ) -> None:
         self.out, self.n, self.steps, self.console = out, videos, steps, console
         self.eval_clips, self.samples = eval_clips, samples
+        self.train_recipe = get_train_recipe(train_recipe)  # unknown names stop here, before any work
         self.timings: dict[str, float] = {}
         self.paths: dict[str, Path] = {}
         self.scores: dict[str, Any] = {}
@@ -59,7 +67,8 @@ class Demo:
         with self._step(2, "run: probe -> split -> decode -> caption -> encode -> shards (recipe demo)"):
             if not launch_run(get_recipe("demo"), inputs, run_dir, None, False, self.console):
                 raise RunError("the demo run failed (see above)")
-        with self._step(3, f"train: the tiny DiT, {self.steps} steps on the run's shards (recipe demo)"):
+        recipe = self.train_recipe.name
+        with self._step(3, f"train: the DiT, {self.steps} steps on the run's shards (recipe {recipe})"):
             self._train(run_dir, ckpt)
         with self._step(4, f"sample: {self.samples} clips from held-out world captions"):
             prompts = world_eval_specs(self.samples, PROMPT_SEED)
@@ -88,7 +97,7 @@ class Demo:
         return inputs
 
     def _train(self, run_dir: Path, ckpt: Path) -> None:
-        config = get_train_recipe("demo")
+        config = self.train_recipe
         config = config.model_copy(
             update={"steps": self.steps, "data": config.data.model_copy(update={"shards": [str(run_dir)]})}
         )

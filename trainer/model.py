@@ -425,6 +425,7 @@ def build_dit(preset: str, in_channels: int, text_dim: int, **overrides: Any) ->
 
 PRESETS: dict[str, dict[str, Any]] = {  # DiT's sizes; patch (1, 2, 2) is DiT-*/2 on each frame
     "tiny": {"hidden": 64, "depth": 2, "heads": 4},
+    "mini": {"hidden": 128, "depth": 4, "heads": 4},  # CPU runs of a few thousand steps
     "S": {"hidden": 384, "depth": 12, "heads": 6},
     "B": {"hidden": 768, "depth": 12, "heads": 12},
     "L": {"hidden": 1024, "depth": 24, "heads": 16},

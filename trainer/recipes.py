@@ -1,6 +1,9 @@
 """Training recipes: functions returning a complete ``TrainConfig`` (shards and steps come from the CLI).
 
 ``demo``       the tiny DiT on CPU: what ``dataengine demo`` trains for a few minutes on the demo run's shards
+``cpu-mini``   a 4-block DiT on CPU for tens of minutes on a few hundred clips: the recipe under which prompt
+               adherence rises (``dataengine demo --train-recipe cpu-mini``); a fixed 10k-step cosine, so
+               reruns with a larger --steps continue one schedule
 ``gpu-dit-b``  DiT-B/2 in bf16 on GPUs with torch.compile; an image-first curriculum: images only for 20k
                steps, then half images, then mostly video
 """
@@ -30,6 +33,21 @@ def demo() -> TrainConfig:
     )
 
 
+def cpu_mini() -> TrainConfig:
+    return TrainConfig(
+        name="cpu-mini",
+        model=ModelConfig(preset="mini"),
+        data=DataConfig(batch_size=8, num_workers=1, shuffle_buffer=256),
+        optim=OptimConfig(lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, schedule_steps=10_000),
+        flow=FlowConfig(text_dropout=0.1),
+        steps=10_000,
+        ema_decay=0.999,
+        log_every=25,
+        ckpt_every=500,
+        precision="fp32",
+    )
+
+
 def gpu_dit_b() -> TrainConfig:
     return TrainConfig(
         name="gpu-dit-b",
@@ -55,7 +73,11 @@ def gpu_dit_b() -> TrainConfig:
     )
 
 
-TRAIN_RECIPES: dict[str, Callable[[], TrainConfig]] = {"demo": demo, "gpu-dit-b": gpu_dit_b}
+TRAIN_RECIPES: dict[str, Callable[[], TrainConfig]] = {
+    "demo": demo,
+    "cpu-mini": cpu_mini,
+    "gpu-dit-b": gpu_dit_b,
+}
 
 
 def get_train_recipe(name: str) -> TrainConfig:

@@ -67,6 +67,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert list((tmp_path / "demo" / "train" / "checkpoints").glob("step_*.pt"))
 
 
+def test_demo_refuses_an_unknown_training_recipe_before_any_work(tmp_path: Path) -> None:
+    done = run("demo", "--out", str(tmp_path / "demo"), "--train-recipe", "nope")
+    assert done.returncode == 2 and "known: cpu-mini, demo, gpu-dit-b" in " ".join(done.stderr.split())
+    assert not (tmp_path / "demo").exists()
+
+
 def test_caption_rejects_unknown_recipes_and_keys(tmp_path: Path) -> None:
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")

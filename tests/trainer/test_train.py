@@ -20,7 +20,7 @@ from dataengine.shards import ShardConfig, ShardWriter
 from pipelines.recipes import apply_overrides
 from tests.net import free_port
 from trainer.data import DataConfig, Phase, build_loader, expand_shards, split_shards
-from trainer.recipes import demo
+from trainer.recipes import cpu_mini, demo
 from trainer.sample import loss_curve, sample_video
 from trainer.train import METRICS, TrainConfig, Trainer, latest_checkpoint
 
@@ -115,6 +115,20 @@ def test_overfitting_a_handful_of_samples_lowers_the_loss_clearly(tmp_path: Path
     losses = [json.loads(line)["loss"] for line in (tmp_path / "ck" / METRICS).read_text().splitlines()]
     assert all(np.isfinite(losses)) and len(losses) == 8  # each the mean of 50 steps
     assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_the_cpu_mini_recipe_trains_on_one_schedule_whatever_the_steps(shards: Path, tmp_path: Path) -> None:
+    lrs = []
+    for steps in (5, 10):
+        base = cpu_mini().model_copy(update={"data": DataConfig(shards=[str(shards)])})
+        cfg = apply_overrides(base, [f"steps={steps}", "data.batch_size=4", "log_every=5", "ckpt_every=5"])
+        trainer = Trainer(cfg, tmp_path / str(steps))
+        trainer.fit()
+        assert (trainer.model.config.hidden, trainer.model.config.depth) == (128, 4)
+        lines = [json.loads(x) for x in (tmp_path / str(steps) / METRICS).read_text().splitlines()]
+        assert all(np.isfinite(m["loss"]) for m in lines)
+        lrs.append(lines[0]["lr"])  # step 5 of both: a rerun with a larger --steps continues one schedule
+    assert lrs[0] == lrs[1]
 
 
 def test_twenty_steps_then_twenty_more_equal_forty_steps(shards: Path, tmp_path: Path) -> None:
