@@ -194,7 +194,7 @@ def test_bad_shapes_raise_clear_errors() -> None:
 
 
 def test_unknown_preset_and_bad_config_raise() -> None:
-    with pytest.raises(ValueError, match="tiny, S, B, L, XL"):
+    with pytest.raises(ValueError, match="tiny, mini, S, B, L, XL"):
         build_dit("XXL", C, E)
     with pytest.raises(ValidationError, match="hiden"):
         build_dit("tiny", C, E, hiden=32)
