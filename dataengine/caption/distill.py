@@ -153,6 +153,11 @@ class DistillConfig(StageConfig):
         "needs and the caption loss alone did not. 0: off",
     )
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
+    device: str = Field(
+        "cpu",
+        description="where the student trains: cpu, or a torch device such as cuda or cuda:1 (float32 "
+        "either way; the pairs are made and encoded on the CPU, batches moved to the device)",
+    )
     log_every: int = Field(25, ge=1)
     workers: int = Field(2, ge=1, description="processes that write and decode the world clips")
     save_dtype: Literal["float32", "bfloat16"] = Field(
@@ -544,6 +549,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
     from dataengine.model_cache import build_folder, require_empty
 
     require_empty(out)  # before the pairs and the training, not after
+    device = _device(config.device)  # likewise
     if config.threads:
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
@@ -574,7 +580,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         table = getattr(model.model.visual, "pos_embed", None)
         if config.freeze_positions and table is not None:
             table.weight.requires_grad_(False)
-        model.train()
+        model.to(device).train()
         log = _train(config, model, processor, pairs, started)
 
         def write(folder: Path) -> None:
@@ -582,6 +588,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
                 if item.is_file() and item.suffix in (".json", ".jinja") and item.name not in _RUN_RECORDS:
                     shutil.copy2(item, folder / item.name)
             model.eval()
+            model.to("cpu")  # from the training device, if another
             model.to(getattr(torch, config.save_dtype)).save_pretrained(folder)
             summary = {
                 "config": config.model_dump(mode="json"), "pairs": len(pairs), "steps": log.steps,
@@ -597,6 +604,30 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
 
         build_folder(out, write)
     return DistillResult(out, log.steps, time.perf_counter() - started, log.recent_loss(), len(pairs))
+
+
+def _device(name: str) -> Any:
+    """``name`` as a torch device the student can train on here, or a ``ConfigError`` that says why not."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name!r} is not a torch device (cpu, cuda, cuda:1, ...): {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: torch sees no CUDA GPU on this machine; use device=cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return device
+
+
+def _to(value: Any, device: Any) -> Any:
+    """``value`` (a batch: tensors, and lists or tuples of them or None) with every tensor on ``device``."""
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to(v, device) for v in value)
+    return value.to(device, non_blocking=True) if hasattr(value, "to") else value
 
 
 def _text_layers(config: DistillConfig, init_dir: Path | None) -> int:
@@ -713,6 +744,7 @@ def add_dense_head(model: Any, optimizer: Any, config: DistillConfig) -> Any:
     if not config.dense_weight:
         return None
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
+    head.to(next(model.parameters()).device)
     optimizer.add_param_group({"params": list(head.parameters()), "weight_decay": 0.0})
     return head
 
@@ -721,7 +753,8 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     import torch
     from rich.progress import Progress
 
-    digit_weights = _digit_weights(processor.tokenizer, config.digit_weight)
+    device = next(model.parameters()).device
+    digit_weights = _digit_weights(processor.tokenizer, config.digit_weight).to(device)
     optimizer = make_optimizer(model, config)
     dense_head = add_dense_head(model, optimizer, config)
     budget_s = config.minutes * 60 if config.minutes else math.inf
@@ -737,7 +770,8 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_READINGS)}
     with Progress(transient=True) as progress, contextlib.closing(batches):
         task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
-        for step, batch in enumerate(batches, start=1):
+        for step, cpu_batch in enumerate(batches, start=1):
+            batch = _to(cpu_batch, device)
             elapsed = time.perf_counter() - t0
             if step > max_steps or elapsed >= budget_s:
                 break

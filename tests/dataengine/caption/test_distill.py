@@ -427,3 +427,19 @@ def test_distill_refuses_a_full_output_folder_before_it_makes_pairs(tmp_path: Pa
         distill(config, out)
     assert [p.name for p in out.iterdir()] == ["model.safetensors"]
     assert (out / "model.safetensors").read_text() == "an earlier student"
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("cuda:99", "device='cuda:99': (torch sees no CUDA GPU|this machine has)"),
+        ("gpu", "is not a torch device"),
+    ],
+)
+def test_a_device_the_machine_lacks_is_refused_before_any_work(
+    tmp_path: Path, device: str, message: str
+) -> None:
+    config = DistillConfig(pairs="world", world_clips=2000, minutes=30, device=device)
+    with pytest.raises(ConfigError, match=message):
+        distill(config, tmp_path / "student")
+    assert not (tmp_path / "student").exists()
