@@ -573,9 +573,10 @@ def train_vae(
         typer.Option("--set", help="override a setting, e.g. --set max_steps=500 --set arch.z_dim=8"),
     ] = None,
 ) -> None:
-    """Train a small Wan video autoencoder (diffusers AutoencoderKLWan: 8x spatial, 4x temporal) on world
-    clips and the sample footage, on one CPU thread; prints the held-out PSNRs. The shipped
-    builtin:world-vae is: dataengine train-vae --out dataengine/assets/world-vae"""
+    """Train a small Wan video autoencoder (diffusers AutoencoderKLWan: 4x spatial, 4x temporal by default)
+    on world clips and the sample footage, on one CPU thread; prints the held-out PSNRs. The shipped
+    builtin:world-vae is the defaults (40 min): dataengine train-vae --out /tmp/world-vae, then copy the
+    folder to dataengine/assets/world-vae"""
     from dataengine.encode.train_vae import VAETrainConfig
     from dataengine.encode.train_vae import train_vae as run_train_vae
 

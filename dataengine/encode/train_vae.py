@@ -1,6 +1,6 @@
 """Train a small Wan-architecture video autoencoder (``diffusers.AutoencoderKLWan``) on one CPU thread.
 
-    dataengine train-vae --out dataengine/assets/world-vae          # the shipped builtin:world-vae (~45 min)
+    dataengine train-vae --out /tmp/world-vae   # the shipped builtin:world-vae (~43 min: 2 min of data)
     dataengine train-vae --out /tmp/vae --set minutes=null --set max_steps=5 --set world_clips=8 \\
         --set footage.train_clips=0 --set footage.heldout_clips=0   # ~15 s, no download
 
