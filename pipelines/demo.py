@@ -23,7 +23,13 @@ from dataengine.caption.schema import render_caption
 from dataengine.footage import sample_footage
 from dataengine.stages.caption import CaptionStage
 from dataengine.world import shot_caption
-from pipelines.eval_captions import EVAL_SEED, eval_captions, prompt_adherence, world_eval_specs
+from pipelines.eval_captions import (
+    EVAL_SEED,
+    eval_captions,
+    prompt_adherence,
+    through_the_vae,
+    world_eval_specs,
+)
 from pipelines.inspect_run import Inspection, inspect_run
 from pipelines.launch import launch_run
 from pipelines.recipes import get_recipe
@@ -122,10 +128,17 @@ class Demo:
     def _fidelity(self, prompts: list[synth.VideoSpec], videos: list[Path]) -> None:
         recipe = get_recipe("demo")
         stage = CaptionStage(recipe.caption)
-        with stage:  # one engine for both
+        references = through_the_vae(recipe, prompts, self.out / "through_the_vae")
+        self.paths["prompts' clips through the VAE"] = self.out / "through_the_vae"
+        with stage:  # one engine for all three
             found = eval_captions(recipe, self.out / "fidelity", n=self.eval_clips, stage=stage)
             adherence = prompt_adherence(recipe, prompts, videos, stage)
-        self.scores = found.as_json() | {"prompt_adherence": round(adherence.fact_recall, 4)}
+            ceiling = prompt_adherence(recipe, prompts, references, stage)
+        self.scores = found.as_json() | {
+            "prompt_adherence": round(adherence.fact_recall, 4),
+            "prompt_adherence_other_prompts": _rounded(adherence.other_prompts),
+            "prompt_adherence_through_the_vae": round(ceiling.fact_recall, 4),
+        }
         self.paths["fidelity report"] = found.report
         f = found.fidelity
         self.console.print(
@@ -133,9 +146,15 @@ class Demo:
             f"{f.fact_recall:.3f}, precision {f.fact_precision:.3f}; blind reconstruction PSNR "
             f"{f.recon_psnr:.1f} dB, IoU {f.recon_iou:.3f}"
         )
+        other = (
+            ""
+            if adherence.other_prompts is None
+            else f", against other prompts {adherence.other_prompts:.3f} (the captioner's priors)"
+        )
         self.console.print(
             f"prompt adherence of {len(videos)} DiT samples (fact recall of their captions vs the prompts): "
-            f"{adherence.fact_recall:.3f}"
+            f"{adherence.fact_recall:.3f}{other}; the prompts' own clips "
+            f"through the VAE {ceiling.fact_recall:.3f} (what a perfect DiT would get)"
         )
 
     def _summary(self) -> None:
@@ -148,8 +167,15 @@ class Demo:
         self.console.print(f"time per step: {steps}; total {total:.1f} s")
         if self.scores:
             s = self.scores
+            other = s["prompt_adherence_other_prompts"]
+            control = "" if other is None else f"other prompts {other:.3f}, "
             self.console.print(
                 f"[bold]scores[/]: caption fact recall {s['fact_recall']:.3f}, precision "
                 f"{s['fact_precision']:.3f}, blind reconstruction {s['recon_psnr']:.1f} dB / IoU "
-                f"{s['recon_iou']:.3f}; DiT prompt adherence {s['prompt_adherence']:.3f}"
+                f"{s['recon_iou']:.3f}; DiT prompt adherence {s['prompt_adherence']:.3f} "
+                f"({control}the prompts' clips through the VAE {s['prompt_adherence_through_the_vae']:.3f})"
             )
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

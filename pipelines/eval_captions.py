@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from dataengine.records import CaptionedClip, Clip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage
 from dataengine.stages.caption import CaptionStage
 from dataengine.synth import ShotSpec, VideoSpec, random_spec, render_shot, write_video
-from dataengine.world import read_caption
+from dataengine.world import ReadShot, read_caption
 from pipelines.local import batched
 from pipelines.recipes import RecipeConfig
 
@@ -238,11 +238,14 @@ same moments redrawn from the caption alone (bottom).</p>
 
 @dataclass
 class Adherence:
-    """Fact recall of generated clips' captions against the scenes their prompts described."""
+    """Fact recall of generated clips' captions against the scenes their prompts described, and the same
+    captions against the next clip's prompt (``other_prompts``: what the captioner's priors and a generator
+    that ignores its prompt score; None for a single clip)."""
 
     fact_recall: float
     per_attribute: dict[str, float]
     captions: list[str | None]
+    other_prompts: float | None = None
 
 
 def prompt_adherence(
@@ -257,17 +260,51 @@ def prompt_adherence(
     view = recipe.decode.views["latents"]
     decoded = decode_whole(videos, recipe)
     results = caption_all(recipe, decoded, stage)
-    scores, captions = [], []
+    truths, reads, captions = [], [], []
     for spec, result in zip(prompts, results, strict=True):
         width, height = view.width or spec.width, view.height or spec.height
         shot = cropped_shot(spec.shots[0], spec.width, spec.height, width, height)
+        truths.append((shot, width, height, spec.fps))
         read = None
         if not isinstance(result, Failure):
             (read,) = read_caption(StructuredCaption.model_validate(result.caption.structured))
+        reads.append(read)
         captions.append(None if isinstance(result, Failure) else result.caption.caption)
-        scores.append(score_shot(shot, read, width, height, spec.fps))
-    fidelity = Fidelity.of(scores)
-    return Adherence(fidelity.fact_recall, fidelity.per_attribute, captions)
+
+    def recall(pairs: Iterable[tuple[tuple[ShotSpec, int, int, int], ReadShot | None]]) -> Fidelity:
+        return Fidelity.of([score_shot(shot, read, w, h, fps) for (shot, w, h, fps), read in pairs])
+
+    fidelity = recall(zip(truths, reads, strict=True))
+    other = None
+    if len(prompts) > 1:  # each caption against the next clip's prompt
+        other = recall(zip(truths[1:] + truths[:1], reads, strict=True)).fact_recall
+    return Adherence(fidelity.fact_recall, fidelity.per_attribute, captions, other)
+
+
+def through_the_vae(recipe: RecipeConfig, prompts: Sequence[VideoSpec], out_dir: Path) -> list[Path]:
+    """Each prompt's own world clip as the DiT learns from it (the recipe's latents view) and as a perfect
+    DiT would give it back (through the recipe's VAE and out again), written as a sample is: the ceiling of
+    ``prompt_adherence`` for this VAE and captioner."""
+    from dataengine.encode.vae import load_vae
+    from trainer.sample import write_mp4
+
+    name = recipe.encode.view
+    stage = DecodeStage(recipe.decode.model_copy(update={"views": {name: recipe.decode.views[name]}}))
+    prober, vae = ProbeStage(recipe.probe), load_vae(recipe.encode.vae)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, spec in enumerate(prompts):
+        source = write_video(spec, out_dir / f"{i:02d}_source.mp4")
+        video = prober.probe(Source.from_uri(str(source)))
+        if isinstance(video, Failure):  # our own file: a bug or a broken ffmpeg
+            raise RuntimeError(f"probing {source}: {video.reason}")
+        decoded = stage.decode(Clip.of(video, 0, 0.0, spec.duration_s))
+        if isinstance(decoded, Failure):
+            raise RuntimeError(f"decoding {source}: {decoded.reason}")
+        frames = decoded.views[name]
+        rebuilt_THWC = vae.decode(vae.encode(vae.fit(frames.frames_THWC)[None]))[0]
+        paths.append(write_mp4(rebuilt_THWC, out_dir / f"{i:02d}.mp4", frames.fps))
+    return paths
 
 
 def cropped_shot(shot: ShotSpec, width: int, height: int, out_w: int, out_h: int) -> ShotSpec:

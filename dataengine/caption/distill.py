@@ -588,7 +588,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
                 if item.is_file() and item.suffix in (".json", ".jinja") and item.name not in _RUN_RECORDS:
                     shutil.copy2(item, folder / item.name)
             model.eval()
-            model.to("cpu")  # from the training device, if another
+            model.cpu()  # from the training device, if another
             model.to(getattr(torch, config.save_dtype)).save_pretrained(folder)
             summary = {
                 "config": config.model_dump(mode="json"), "pairs": len(pairs), "steps": log.steps,
