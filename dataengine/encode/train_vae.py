@@ -410,12 +410,32 @@ def heldout_psnr(vae_config: VAEConfig, frames_NTHWC: np.ndarray) -> float | Non
     return psnr_db(frames_NTHWC, vae.decode(vae.encode(frames_NTHWC)))
 
 
+def reconstruction_sheet(vae_config: VAEConfig, frames_NTHWC: np.ndarray, path: Path, zoom: int = 2) -> Path:
+    """A PNG, one row per clip: its first, middle and last frames, then the same frames after
+    ``load_vae(vae_config)``'s encode and decode, each ``zoom`` times enlarged (nearest neighbour)."""
+    from PIL import Image
+
+    vae = load_vae(vae_config)
+    rebuilt_NTHWC = vae.decode(vae.encode(frames_NTHWC))
+    t = frames_NTHWC.shape[1]
+    moments = [0, t // 2, t - 1]
+    gap = np.full((frames_NTHWC.shape[2], 8, 3), 255, np.uint8)
+    rows = []
+    for clip, rebuilt in zip(frames_NTHWC, rebuilt_NTHWC, strict=True):
+        rows.append(np.concatenate([*clip[moments], gap, *rebuilt[moments]], axis=1))
+        rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+    sheet = np.concatenate(rows[:-1]).repeat(zoom, axis=0).repeat(zoom, axis=1)
+    Image.fromarray(sheet).save(path)
+    return path
+
+
 # --- the whole run ----------------------------------------------------------------------------------------
 
 
 def train_vae(config: VAETrainConfig, out_dir: Path, log: Log = print) -> TrainResult:
     """Build the data, train on one thread, and write ``out_dir`` atomically: ``config.json`` (with the
-    latent statistics), ``diffusion_pytorch_model.safetensors`` and ``training.json``.
+    latent statistics), ``diffusion_pytorch_model.safetensors``, ``training.json`` and
+    ``reconstruction.png`` (the held-out clips beside their reconstructions).
 
     Raises:
         OutputExistsError (a FileExistsError and a ConfigError): ``out_dir`` has content; checked first.
@@ -440,6 +460,8 @@ def train_vae(config: VAETrainConfig, out_dir: Path, log: Log = print) -> TrainR
         written = VAEConfig(kind="wan", model=str(tmp))
         psnr.update(world=heldout_psnr(written, data.heldout_world))
         psnr.update(footage=heldout_psnr(written, data.heldout_footage))
+        heldout = np.concatenate([data.heldout_world, data.heldout_footage])
+        reconstruction_sheet(written, heldout, tmp / "reconstruction.png")
         report = {
             "config": config.model_dump(mode="json"), "parameters": n_params, "steps": steps,
             "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps, 1), 3),

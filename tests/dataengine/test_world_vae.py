@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dataengine.config import ConfigError
 from dataengine.encode.tiny_vae import SHIPPED, resolve_vae
@@ -119,6 +120,7 @@ def test_train_vae_writes_a_folder_load_vae_loads(tmp_path: Path) -> None:
         "config.json",
         "diffusion_pytorch_model.safetensors",
         "training.json",
+        "reconstruction.png",
     }
     written = json.loads((out / "training.json").read_text())
     assert written["steps"] == result.steps == 2 and written["heldout_psnr_db"]["footage"] is None
@@ -128,6 +130,12 @@ def test_train_vae_writes_a_folder_load_vae_loads(tmp_path: Path) -> None:
     latents = vae.encode(np.zeros((1, 9, 32, 32, 3), np.uint8))
     assert latents.shape[-3:] == (3, 8, 8)
     assert result.psnr_db["world"] is not None and result.psnr_db["world"] > 0
+    config = _tiny()
+    sheet = Image.open(out / "reconstruction.png")  # each held-out clip: 3 frames, a gap, 3 rebuilt, 2x
+    assert sheet.size == (
+        2 * (6 * config.width + 8),
+        2 * (config.heldout_world_clips * (config.height + 4) - 4),
+    )
     with pytest.raises(FileExistsError):
         train_vae(_tiny(), out, log=lambda _: None)
 
