@@ -112,9 +112,11 @@ def eval_captions(
     return result
 
 
-def decode_whole(paths: Sequence[Path], recipe: RecipeConfig) -> list[DecodedClip | Failure]:
-    """Each video as one clip, decoded through the recipe's caption view only."""
-    view = recipe.caption.view
+def decode_whole(
+    paths: Sequence[Path], recipe: RecipeConfig, view: str | None = None
+) -> list[DecodedClip | Failure]:
+    """Each video as one clip, decoded through one of the recipe's views only (default: the caption view)."""
+    view = view or recipe.caption.view
     stage = DecodeStage(recipe.decode.model_copy(update={"views": {view: recipe.decode.views[view]}}))
     prober = ProbeStage(recipe.probe)
     decoded: list[DecodedClip | Failure] = []
@@ -289,18 +291,13 @@ def through_the_vae(recipe: RecipeConfig, prompts: Sequence[VideoSpec], out_dir:
     from trainer.sample import write_mp4
 
     name = recipe.encode.view
-    stage = DecodeStage(recipe.decode.model_copy(update={"views": {name: recipe.decode.views[name]}}))
-    prober, vae = ProbeStage(recipe.probe), load_vae(recipe.encode.vae)
+    vae = load_vae(recipe.encode.vae)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sources = [write_video(spec, out_dir / f"{i:02d}_source.mp4") for i, spec in enumerate(prompts)]
     paths = []
-    for i, spec in enumerate(prompts):
-        source = write_video(spec, out_dir / f"{i:02d}_source.mp4")
-        video = prober.probe(Source.from_uri(str(source)))
-        if isinstance(video, Failure):  # our own file: a bug or a broken ffmpeg
-            raise RuntimeError(f"probing {source}: {video.reason}")
-        decoded = stage.decode(Clip.of(video, 0, 0.0, spec.duration_s))
-        if isinstance(decoded, Failure):
-            raise RuntimeError(f"decoding {source}: {decoded.reason}")
+    for i, (source, decoded) in enumerate(zip(sources, decode_whole(sources, recipe, name), strict=True)):
+        if isinstance(decoded, Failure):  # our own file: a bug or a broken ffmpeg
+            raise RuntimeError(f"{source}: {decoded.stage} failed: {decoded.reason}")
         frames = decoded.views[name]
         rebuilt_THWC = vae.decode(vae.encode(vae.fit(frames.frames_THWC)[None]))[0]
         paths.append(write_mp4(rebuilt_THWC, out_dir / f"{i:02d}.mp4", frames.fps))

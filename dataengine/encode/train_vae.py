@@ -410,13 +410,13 @@ def heldout_psnr(vae_config: VAEConfig, frames_NTHWC: np.ndarray) -> float | Non
     return psnr_db(frames_NTHWC, vae.decode(vae.encode(frames_NTHWC)))
 
 
-def reconstruction_sheet(vae_config: VAEConfig, frames_NTHWC: np.ndarray, path: Path, zoom: int = 2) -> Path:
-    """A PNG, one row per clip: its first, middle and last frames, then the same frames after
-    ``load_vae(vae_config)``'s encode and decode, each ``zoom`` times enlarged (nearest neighbour)."""
+def reconstruction_sheet(
+    frames_NTHWC: np.ndarray, rebuilt_NTHWC: np.ndarray, path: Path, zoom: int = 2
+) -> Path:
+    """A PNG, one row per clip: its first, middle and last frames, then the same frames of its
+    reconstruction, each ``zoom`` times enlarged (nearest neighbour)."""
     from PIL import Image
 
-    vae = load_vae(vae_config)
-    rebuilt_NTHWC = vae.decode(vae.encode(frames_NTHWC))
     t = frames_NTHWC.shape[1]
     moments = [0, t // 2, t - 1]
     gap = np.full((frames_NTHWC.shape[2], 8, 3), 255, np.uint8)
@@ -457,11 +457,14 @@ def train_vae(config: VAETrainConfig, out_dir: Path, log: Log = print) -> TrainR
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
-        written = VAEConfig(kind="wan", model=str(tmp))
-        psnr.update(world=heldout_psnr(written, data.heldout_world))
-        psnr.update(footage=heldout_psnr(written, data.heldout_footage))
-        heldout = np.concatenate([data.heldout_world, data.heldout_footage])
-        reconstruction_sheet(written, heldout, tmp / "reconstruction.png")
+        vae = load_vae(VAEConfig(kind="wan", model=str(tmp)))  # the written folder, as the pipeline loads it
+        heldout = {"world": data.heldout_world, "footage": data.heldout_footage}
+        rebuilt = {k: vae.decode(vae.encode(f)) if len(f) else f for k, f in heldout.items()}
+        psnr.update({k: psnr_db(f, rebuilt[k]) if len(f) else None for k, f in heldout.items()})
+        reconstruction_sheet(
+            np.concatenate(list(heldout.values())), np.concatenate(list(rebuilt.values())),
+            tmp / "reconstruction.png",
+        )  # fmt: skip
         report = {
             "config": config.model_dump(mode="json"), "parameters": n_params, "steps": steps,
             "seconds": round(seconds, 1), "seconds_per_step": round(seconds / max(steps, 1), 3),
