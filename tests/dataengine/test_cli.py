@@ -63,6 +63,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (demo / "samples" / "00" / "sample.mp4").stat().st_size > 0
     assert (demo / "fidelity" / "report.html").exists() and (demo / "fidelity" / "scores.json").exists()
     assert "caption fact recall" in done.stderr and "DiT prompt adherence" in done.stderr
+    scores = json.loads((demo / "scores.json").read_text())
+    per_fact = scores["prompt_adherence_per_attribute"]
+    assert {"background", "colour", "shape"} <= set(per_fact) and "prompt adherence per fact" in done.stderr
+    assert all(0 <= row["through_the_vae"] <= 1 and 0 <= row["samples"] <= 1 for row in per_fact.values())
     assert "clips through the VAE" in done.stderr  # the closed loop's ceiling, beside the samples' score
     assert (demo / "through_the_vae" / "00.mp4").stat().st_size > 0
     assert (tmp_path / "demo" / "train" / "loss_curve.png").stat().st_size > 0
