@@ -7,6 +7,7 @@ side by side in one run.
     .venv/bin/python bench/distill.py --family qwen2_5_vl qwen3_vl --quick --threads 1        # ~45 s
     .venv/bin/python bench/distill.py --preset small --batch-size 4 --repeat 5 --json
     .venv/bin/python bench/distill.py --loss plain grounded dense --threads 1       # the three steps, ~5 min
+    .venv/bin/python bench/distill.py --patch-size 16 8 --loss dense --threads 1     # what 8-px patches cost
 
 Setup (untimed): ``--pairs`` world pairs (``world_pairs``, one worker) through the default ``DistillConfig``
 caption view (2 fps, at most 8 frames, short side 112), then per ``--family`` a student as ``distill()``
@@ -100,6 +101,7 @@ class Student:
 
     family: str
     loss: str  # a key of _LOSSES
+    patch: int  # the vision tower's patch side, px
     config: DistillConfig  # distill()'s defaults with the loss's weights
     processor: Any
     model: Any
@@ -126,15 +128,18 @@ class Student:
         return collate(items, self.pad_id)
 
 
-def _student(family: str, preset: str, loss: str, pairs: Sequence[Pair], work: Path) -> Student:
+def _student(
+    family: str, preset: str, loss: str, patch: int | None, pairs: Sequence[Pair], work: Path
+) -> Student:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards", "Loading weights": noise around the table
 
-    size = PRESETS[preset].model_copy(update={"seed": _CONFIG.seed, "family": family})
+    update = {"seed": _CONFIG.seed, "family": family, "vision_patch_size": patch}
+    size = PRESETS[preset].model_copy(update=update)
     corpus = tokenizer_corpus([p.caption for p in pairs])
-    folder = work / f"student-{family}-{preset}"
+    folder = work / f"student-{family}-{preset}-{size.patch_size}"
     if not folder.is_dir():
         build_tiny_vlm(folder, size, corpus=corpus)
     processor = AutoProcessor.from_pretrained(folder)
@@ -149,7 +154,9 @@ def _student(family: str, preset: str, loss: str, pairs: Sequence[Pair], work: P
     dense_head = add_dense_head(model, optimizer, config)
     weights = _digit_weights(processor.tokenizer, _CONFIG.digit_weight)
     pad_id = processor.tokenizer.pad_token_id
-    return Student(family, loss, config, processor, model, optimizer, weights, dense_head, pad_id)
+    return Student(
+        family, loss, size.patch_size, config, processor, model, optimizer, weights, dense_head, pad_id
+    )
 
 
 def _steps(student: Student, batches: Iterator[Batch], steps: int) -> float:
@@ -197,7 +204,7 @@ def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
     rate = {k: args.steps / min(v) for k, v in walls.items()}
     tokens = [int(n) for b in cached for n in b["attention_mask"].sum(dim=1)]
     return {
-        "family": student.family, "loss": student.loss,
+        "family": student.family, "loss": student.loss, "patch": student.patch,
         "preset": args.preset, "batch": args.batch_size,
         "tokens_per_sample": float(np.mean(tokens)), "encode_s_per_batch": min(encode) / args.steps,
         "memory_steps_s": rate["memory"], "distill_steps_s": rate["distill"],
@@ -209,7 +216,7 @@ def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
 
 
 _COLUMNS = (
-    "family", "loss", "preset", "batch", "tokens", "encode s/batch", "in-memory steps/s",
+    "family", "loss", "patch", "preset", "batch", "tokens", "encode s/batch", "in-memory steps/s",
     "distill steps/s", "in-memory samples/s", "distill samples/s", "ratio", "spread",
 )  # fmt: skip
 
@@ -228,7 +235,7 @@ def _table(rows: list[Row], args: Any, setup_s: float) -> Table:
         table.add_column(col, justify="left" if col == "family" else "right")
     for r in rows:
         table.add_row(
-            r["family"], r["loss"], r["preset"], str(r["batch"]),
+            r["family"], r["loss"], str(r["patch"]), r["preset"], str(r["batch"]),
             f"{r['tokens_per_sample']:.0f}", f"{r['encode_s_per_batch']:.3f}", f"{r['memory_steps_s']:.2f}",
             f"{r['distill_steps_s']:.2f}",
             f"{r['memory_samples_s']:.1f}", f"{r['distill_samples_s']:.1f}", ratio_cell(r["ratio"], _GOAL),
@@ -253,6 +260,14 @@ def main(argv: list[str] | None = None) -> None:
         help="the step's loss, one row each: plain (caption), grounded (grounding_weight=0.1), dense "
         "(grounding_weight=0.1, dense_weight=0.1)",
     )
+    parser.add_argument(
+        "--patch-size",
+        nargs="+",
+        type=int,
+        default=[None],
+        help="the vision tower's patch side in px, one row each (distill --set patch_size; default: the "
+        "family's, 16 for qwen3_vl)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per step (distill's default: 8)")
     parser.add_argument("--steps", type=int, help="timed steps per measurement (10; quick: 4)")
     parser.add_argument("--pairs", type=int, help="world pairs to draw batches from (64; quick: 16)")
@@ -275,10 +290,11 @@ def main(argv: list[str] | None = None) -> None:
         pairs = world_pairs(args.pairs, _CONFIG.seed, _CONFIG.view, work, workers=1)
         setup_s = time.perf_counter() - start
         for family in dict.fromkeys(args.family):  # once each, in the order given
-            for loss in dict.fromkeys(args.loss):  # each starts from the same fresh student
-                student = _student(family, args.preset, loss, pairs, work)
-                rows.append(_row(student, pairs, args))
-                del student
+            for patch in dict.fromkeys(args.patch_size):
+                for loss in dict.fromkeys(args.loss):  # each starts from the same fresh student
+                    student = _student(family, args.preset, loss, patch, pairs, work)
+                    rows.append(_row(student, pairs, args))
+                    del student
     console.print(_table(rows, args, setup_s))
     if args.json:
         report = {"repeat": args.repeat, "steps": args.steps, "pairs": args.pairs, "setup_s": setup_s}

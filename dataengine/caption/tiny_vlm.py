@@ -62,6 +62,15 @@ class TinyVLMConfig(BaseModel):
     vision_depth: int = Field(default=2, ge=1, le=8)
     vision_hidden_size: int = Field(default=64, ge=32, le=2048)
     vision_num_heads: int = Field(default=2, ge=1, le=32)
+    vision_patch_size: int | None = Field(
+        default=None,
+        ge=4,
+        le=32,
+        multiple_of=2,
+        description="pixels per side of a vision patch; None: the family's released size (14 for "
+        "qwen2_5_vl, 16 for qwen3_vl). Smaller patches cost more tokens per frame (a quarter the size, "
+        "four times the tokens) and let a small tower see shapes inside a patch",
+    )
     max_position_embeddings: int = Field(default=4096, ge=1024, le=131072)
     seed: int = Field(default=0, ge=0)
 
@@ -74,6 +83,11 @@ class TinyVLMConfig(BaseModel):
         if self.vision_hidden_size % (4 * self.vision_num_heads):
             raise ValueError("vision_hidden_size / vision_num_heads must be a multiple of 4 (2-D rotary)")
         return self
+
+    @property
+    def patch_size(self) -> int:
+        """The vision tower's patch side in pixels."""
+        return self.vision_patch_size or (14 if self.family == "qwen2_5_vl" else 16)
 
 
 _DEFAULT_CONFIG = TinyVLMConfig()
@@ -112,7 +126,7 @@ def ensure_tiny_vlm(cache_root: Path | None = None, config: TinyVLMConfig = _DEF
     Returns:
         ``<cache_root>/<family>-<first 12 hex digits of the config's hash>/``, complete.
     """
-    key = cache_key(f"{_BUILDER_VERSION}\n{config.model_dump_json()}")
+    key = cache_key(f"{_BUILDER_VERSION}\n{config.model_dump_json(exclude_none=True)}")  # None: as before
     target = model_cache.cache_root(cache_root) / f"{config.family}-{key}"
     return cached_folder(target, lambda out: build_tiny_vlm(out, config))
 
@@ -163,7 +177,8 @@ def _model_config(config: TinyVLMConfig, tokenizer: Any) -> Any:
             "rope_type": "default", "rope_theta": 1e6, "mrope_section": [half - 2 * hw, hw, hw],
         }  # fmt: skip
         vision |= {
-            "patch_size": 14, "window_size": 112, "fullatt_block_indexes": [config.vision_depth - 1],
+            "patch_size": config.patch_size, "window_size": 8 * config.patch_size,
+            "fullatt_block_indexes": [config.vision_depth - 1],
             "tokens_per_second": 2,
         }  # fmt: skip
     else:
@@ -173,7 +188,9 @@ def _model_config(config: TinyVLMConfig, tokenizer: Any) -> Any:
             "rope_type": "default", "rope_theta": 5e6, "mrope_section": [half - 2 * hw, hw, hw],
             "mrope_interleaved": True,
         }  # fmt: skip
-        vision |= {"patch_size": 16, "num_position_embeddings": 576, "deepstack_visual_indexes": [0]}
+        vision |= {
+            "patch_size": config.patch_size, "num_position_embeddings": 576, "deepstack_visual_indexes": [0],
+        }  # fmt: skip
     return AutoConfig.for_model(
         config.family,
         text_config=text,
@@ -199,10 +216,11 @@ def _processor(config: TinyVLMConfig, tokenizer: Any) -> Any:
     common: dict[str, Any] = {"temporal_patch_size": 2, "merge_size": 2}
     if config.family == "qwen2_5_vl":
         size = {"shortest_edge": 56 * 56, "longest_edge": _FRAME_PIXELS}  # per frame
-        video = Qwen2VLVideoProcessor(size=size, patch_size=14, cap_pixels_per_frame=False, **common)
-        image = Qwen2VLImageProcessor(size=size, patch_size=14, **common)
+        common["patch_size"] = config.patch_size
+        video = Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False, **common)
+        image = Qwen2VLImageProcessor(size=size, **common)
         return Qwen2_5_VLProcessor(image, tokenizer, video, chat_template=_QWEN2_5_VL_TEMPLATE)
-    common |= {"patch_size": 16, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    common |= {"patch_size": config.patch_size, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     clip = {"shortest_edge": 4 * 64 * 64, "longest_edge": 16 * _FRAME_PIXELS}  # per clip: t * h * w
     video3 = Qwen3VLVideoProcessor(size=clip, cap_pixels_per_frame=False, **common)
     image = Qwen2VLImageProcessor(size={"shortest_edge": 64 * 64, "longest_edge": _FRAME_PIXELS}, **common)

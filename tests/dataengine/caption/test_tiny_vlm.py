@@ -22,6 +22,11 @@ from pydantic import ValidationError
 from dataengine.caption.tiny_vlm import Family, TinyVLMConfig, build_tiny_vlm, ensure_tiny_vlm
 
 FAMILIES: tuple[Family, ...] = ("qwen2_5_vl", "qwen3_vl")
+MODELS = {  # what the loading tests run: each family, and a Qwen3-VL with 8-px patches (distill's option)
+    "qwen2_5_vl": TinyVLMConfig(family="qwen2_5_vl"),
+    "qwen3_vl": TinyVLMConfig(family="qwen3_vl"),
+    "qwen3_vl-patch8": TinyVLMConfig(family="qwen3_vl", vision_patch_size=8),
+}
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
            "<|video_pad|>"]  # fmt: skip
 FPS = 2.0
@@ -68,7 +73,7 @@ if __name__ == "__main__":
 @pytest.fixture(scope="session")
 def tiny_vlms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_vlm")
-    return {family: ensure_tiny_vlm(root, TinyVLMConfig(family=family)) for family in FAMILIES}
+    return {name: ensure_tiny_vlm(root, config) for name, config in MODELS.items()}
 
 
 @pytest.fixture(scope="session", name="frames_THWC")
@@ -114,6 +119,9 @@ def test_config_is_strict() -> None:
         TinyVLMConfig(hidden_size=48, num_heads=2)  # head_dim 24: no vLLM CPU kernel
     with pytest.raises(ValidationError):
         TinyVLMConfig(family="llava")
+    with pytest.raises(ValidationError, match="multiple of 2"):
+        TinyVLMConfig(vision_patch_size=7)
+    assert TinyVLMConfig().patch_size == 14 and TinyVLMConfig(family="qwen3_vl").patch_size == 16
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -161,25 +169,28 @@ def test_ensure_builds_once_for_concurrent_callers(tmp_path: Path) -> None:
     assert Path(outs[0], "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("model", MODELS)
 def test_transformers_captions_a_video(
-    tiny_vlms: dict[str, Path], frames_THWC: np.ndarray, family: str
+    tiny_vlms: dict[str, Path], frames_THWC: np.ndarray, model: str
 ) -> None:
-    ids, text, n_video = hf_generate(tiny_vlms[family], frames_THWC, max_new_tokens=8)
+    config = json.loads((tiny_vlms[model] / "config.json").read_text())["vision_config"]
+    assert config["patch_size"] == MODELS[model].patch_size
+    ids, text, n_video = hf_generate(tiny_vlms[model], frames_THWC, max_new_tokens=8)
     assert 1 <= len(ids) <= 8 and isinstance(text, str)
-    assert n_video == 64  # 8 frames of 112 x 112: 4 temporal groups of 4 x 4 merged patches
+    # 8 frames of 112 x 112: 4 temporal groups of 4 x 4 merged patches; of 7 x 7 with 8-px patches
+    assert n_video == (4 * 7 * 7 if MODELS[model].patch_size == 8 else 64)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("model", MODELS)
 def test_vllm_captions_guides_json_and_matches_transformers(
-    tiny_vlms: dict[str, Path], frames_THWC: np.ndarray, family: str, tmp_path: Path
+    tiny_vlms: dict[str, Path], frames_THWC: np.ndarray, model: str, tmp_path: Path
 ) -> None:
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("vLLM is not installed")
     from transformers import AutoProcessor
 
-    folder = tiny_vlms[family]
+    folder = tiny_vlms[model]
     prompt = AutoProcessor.from_pretrained(folder).apply_chat_template(
         messages(None), add_generation_prompt=True, tokenize=False
     )
