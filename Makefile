@@ -33,6 +33,7 @@ bench: setup      ## every benchmark in bench/, each printing its ratio to the s
 	$(PY) bench/runner.py
 	$(PY) bench/training.py
 	$(PY) bench/distill.py
+	$(PY) bench/tower_shape.py
 	$(PY) bench/api.py
 
 clean:
