@@ -213,14 +213,13 @@ def _processor(config: TinyVLMConfig, tokenizer: Any) -> Any:
     )
 
     # cap_pixels_per_frame=False: ``size`` alone bounds the frames (and it silences transformers' warning)
-    common: dict[str, Any] = {"temporal_patch_size": 2, "merge_size": 2}
+    common: dict[str, Any] = {"temporal_patch_size": 2, "merge_size": 2, "patch_size": config.patch_size}
     if config.family == "qwen2_5_vl":
         size = {"shortest_edge": 56 * 56, "longest_edge": _FRAME_PIXELS}  # per frame
-        common["patch_size"] = config.patch_size
         video = Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False, **common)
         image = Qwen2VLImageProcessor(size=size, **common)
         return Qwen2_5_VLProcessor(image, tokenizer, video, chat_template=_QWEN2_5_VL_TEMPLATE)
-    common |= {"patch_size": config.patch_size, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+    common |= {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}
     clip = {"shortest_edge": 4 * 64 * 64, "longest_edge": 16 * _FRAME_PIXELS}  # per clip: t * h * w
     video3 = Qwen3VLVideoProcessor(size=clip, cap_pixels_per_frame=False, **common)
     image = Qwen2VLImageProcessor(size={"shortest_edge": 64 * 64, "longest_edge": _FRAME_PIXELS}, **common)
