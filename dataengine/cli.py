@@ -403,7 +403,8 @@ def distill(
             help="override a setting, e.g. --set world_clips=500: init (go on from a student folder), lr, "
             "batch_size, threads, device (cuda: train on a GPU), digit_weight, grounding_weight (teach a "
             "head to look at the object described; world pairs), dense_weight (teach the visual tokens to "
-            "say what they show; world pairs), freeze_positions, ... (all of them: DistillConfig in "
+            "say what they show; world pairs), patch_size (8: a new student's vision tower cuts 8-px "
+            "patches), freeze_positions, ... (all of them: DistillConfig in "
             "dataengine/caption/distill.py)",
         ),
     ] = None,
