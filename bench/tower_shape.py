@@ -18,8 +18,9 @@ holds the object's centre. ``--eval-clips`` frames from another seed are held ou
   view's pixels; a 1x1 conv reads shape at the 16-px cell of the object's centre. Same batches, same lr.
 
 Every ``--eval-every`` steps: held-out accuracy (chance 1/3). ratio = tower / cnn held-out accuracy at the
-end, goal >= 0.90: the tower sees shapes as well as a small CNN after the same steps. Seconds are reported
-beside (a tower step with 8-px patches costs more), never asserted.
+end, goal >= 0.90: the tower sees shapes as well as a small CNN after the same steps. ``train s``: the
+seconds of the training steps (a tower's include its video processor; drawing the frames is not counted),
+reported beside, never asserted.
 """
 
 from __future__ import annotations
@@ -87,11 +88,11 @@ def tower_learner(student: Path, fresh: bool, params: list[Any]) -> Learner:
         out = processor(videos=pairs, video_metadata=meta, do_sample_frames=False, return_tensors="pt")
         return out["pixel_values_videos"], out["video_grid_thw"]
 
-    example, _ = pixels(world_frames(np.random.default_rng(0), 1)[0])
-    if fresh:
-        _sincos_positions(tower, {"pixel_values_videos": example})
-    tower.model.visual.pos_embed.weight.requires_grad_(False)
     visual = tower.model.visual
+    if fresh:
+        example, _ = pixels(world_frames(np.random.default_rng(0), 1)[0])
+        _sincos_positions(tower, {"pixel_values_videos": example})
+    visual.pos_embed.weight.requires_grad_(False)
     params += [p for p in visual.parameters() if p.requires_grad] + list(head.parameters())
     merge = processor.merge_size
 
