@@ -56,10 +56,13 @@ def world_frames(rng: np.random.Generator, n: int) -> tuple[np.ndarray, Labels]:
     """``n`` still world frames at the caption view's size (N, H, W, 3) and their objects' labels."""
     frames, labels = [], []
     for i in range(n):
-        shot = random_spec(rng, max_shots=1).shots[0]
-        full = Image.fromarray(render_shot(shot, 0.0, 320, 240))
+        spec = random_spec(rng, max_shots=1)
+        shot, width, height = spec.shots[0], spec.width, spec.height
+        full = Image.fromarray(render_shot(shot, 0.0, width, height))
         frames.append(np.asarray(full.resize((_VIEW_W, _VIEW_H), Image.Resampling.BICUBIC)))
-        labels += [(i, o.start_xy[0] / 320, o.start_xy[1] / 240, SHAPES.index(o.shape)) for o in shot.objects]
+        labels += [
+            (i, o.start_xy[0] / width, o.start_xy[1] / height, SHAPES.index(o.shape)) for o in shot.objects
+        ]
     return np.stack(frames), labels
 
 
