@@ -159,6 +159,7 @@ def _train(name: str, make: Callable[[list[Any]], Learner], args: Any, held_out:
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__, default_repeat=1)
     parser.add_argument("--patch-size", nargs="+", type=int, default=[16, 8], help="tower rows, px per patch")
+    parser.add_argument("--merge-size", type=int, default=2, help="patches per side of a merged token")
     parser.add_argument("--init", help="start the tower from this student folder (its own patch size)")
     parser.add_argument("--steps", type=int, default=400, help="training steps per learner")
     parser.add_argument("--batch-size", type=int, default=32, help="frames per step")
@@ -173,8 +174,16 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tower-") as tmp:
         students = {"init": Path(args.init)} if args.init else {}
         for patch in [] if args.init else args.patch_size:
-            size = PRESETS["tiny"].model_copy(update={"family": "qwen3_vl", "vision_patch_size": patch})
-            students[f"patch {patch}"] = build_tiny_vlm(Path(tmp) / f"student-{patch}", size)
+            size = PRESETS["tiny"].model_copy(
+                update={
+                    "family": "qwen3_vl",
+                    "vision_patch_size": patch,
+                    "vision_merge_size": args.merge_size,
+                }
+            )
+            students[f"patch {patch}, merge {args.merge_size}"] = build_tiny_vlm(
+                Path(tmp) / f"student-{patch}", size
+            )
         for name, folder in students.items():
             learner = partial(tower_learner, folder, not args.init)
             rows.append(_train(f"tower, {name}", learner, args, held_out))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dataengine.caption.engines.base import (
     EngineRequest,
@@ -91,6 +91,14 @@ class DistillConfig(StageConfig):
         "cuts the view into four times the patches (about three times the visual tokens the text model "
         "reads, 1.7x the seconds per step); trained alone, such a tower learns shapes sooner "
         "(bench/tower_shape.py). A student trained on from init keeps its own",
+    )
+    merge_size: int | None = Field(
+        None,
+        ge=2,
+        le=4,
+        description="a new student's patches per side of one merged visual token; None: 2, as released. "
+        "With patch_size=8, 4 gives the text model the tokens of 16-px patches (20 per frame pair of the "
+        "112-px view) while the tower sees 8-px ones. A student trained on from init keeps its own",
     )
     family: Family = Field(
         "qwen3_vl",
@@ -162,6 +170,15 @@ class DistillConfig(StageConfig):
         "camera movement (the world knows them); it teaches the vision tower the features the caption "
         "needs and the caption loss alone did not. 0: off",
     )
+    tower_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="world pairs, with dense_weight: before the caption steps, this many steps that train "
+        "the vision tower (and the dense head) alone on the dense loss, each a fraction of a whole step's "
+        "cost: the tower learns to see shape and size first, the text model then learns to read it. Not "
+        "counted in minutes or max_steps. 0: off",
+    )
+    tower_warmup_lr: float = Field(1e-3, gt=0, description="the tower warm-up's learning rate (constant)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
     device: str = Field(
         "cpu",
@@ -178,6 +195,12 @@ class DistillConfig(StageConfig):
     def world_targets(self) -> bool:
         """Whether training reads the world's targets (grounding and dense) beside the captions."""
         return self.grounding_weight > 0 or self.dense_weight > 0
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> DistillConfig:
+        if self.tower_warmup_steps and not self.dense_weight:
+            raise ValueError("tower_warmup_steps trains on the dense loss: set dense_weight > 0 too")
+        return self
 
 
 @dataclass
@@ -204,6 +227,7 @@ PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
 CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
 # the dense head's three readings: what is on a token (nothing, or shape x size), its motion, the scene
 DENSE_READINGS = ("object", "motion", "scene")
+DENSE_LOGGED = (*DENSE_READINGS, "shape")  # shape: on the tokens an object covers, its shape read right
 DENSE_CLASSES = (1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS))
 
 
@@ -564,8 +588,9 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
     init_dir = _init_folder(config) if config.init is not None else None  # checked before any work
-    if init_dir is not None and config.patch_size is not None:
-        raise ConfigError(f"patch_size={config.patch_size}: a student trained on from init keeps its own")
+    for name in ("patch_size", "merge_size"):
+        if init_dir is not None and getattr(config, name) is not None:
+            raise ConfigError(f"{name}={getattr(config, name)}: a student trained on from init keeps its own")
     layers = _text_layers(config, init_dir)
     if config.grounding_weight and not config.grounding_layer < layers:
         raise ConfigError(f"grounding_layer={config.grounding_layer}: the student has {layers} layers")
@@ -577,7 +602,12 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             student_dir = init_dir
         else:
             size = PRESETS[config.preset].model_copy(
-                update={"seed": config.seed, "family": config.family, "vision_patch_size": config.patch_size}
+                update={
+                    "seed": config.seed,
+                    "family": config.family,
+                    "vision_patch_size": config.patch_size,
+                    "vision_merge_size": config.merge_size,
+                }
             )
             corpus = tokenizer_corpus([p.caption for p in pairs])
             student_dir = build_tiny_vlm(Path(tmp) / "student", size, corpus=corpus)
@@ -613,6 +643,8 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
                 summary["grounding"] = log.grounding
             if log.dense:
                 summary["dense"] = log.dense
+            if log.tower_warmup:
+                summary["tower_warmup"] = log.tower_warmup
             (folder / "distill.json").write_text(json.dumps(summary, indent=1) + "\n")
             _loss_curve(log.losses, folder / "loss_curve.png")
 
@@ -676,6 +708,7 @@ class _Log:
     losses: list[tuple[int, float]] = field(default_factory=list)
     grounding: list[tuple[int, float]] = field(default_factory=list)  # attention mass on the object
     dense: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # the dense head's accuracies
+    tower_warmup: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # its accuracies then
 
     def recent_loss(self) -> float:
         tail = [loss for _, loss in self.losses[-5:]]
@@ -771,17 +804,19 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     digit_weights = _digit_weights(processor.tokenizer, config.digit_weight).to(device)
     optimizer = make_optimizer(model, config)
     dense_head = add_dense_head(model, optimizer, config)
+    log = _Log()
+    if config.tower_warmup_steps:
+        _warm_up_tower(config, model, processor, pairs, optimizer, dense_head, log)
     budget_s = config.minutes * 60 if config.minutes else math.inf
     max_steps = config.max_steps or 10**9
     # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
     expected = float(max_steps if not math.isfinite(budget_s) else min(max_steps, 10**6))
-    log = _Log()
     t0 = time.perf_counter()
     window: list[float] = []
     plan = _batches(len(pairs), config.batch_size, config.seed)
     world = config.world_targets
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=world)
-    measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_READINGS)}
+    measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_LOGGED)}
     with Progress(transient=True) as progress, contextlib.closing(batches):
         task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
         for step, cpu_batch in enumerate(batches, start=1):
@@ -816,7 +851,7 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
                 if measured["attention"]:
                     log.grounding.append((step, round(float(np.mean(measured["attention"])), 4)))
                     looks += f"  attention on the object {log.grounding[-1][1]:.3f}"
-                if read := {k: round(float(np.mean(measured[k])), 4) for k in DENSE_READINGS if measured[k]}:
+                if read := {k: round(float(np.mean(measured[k])), 4) for k in DENSE_LOGGED if measured[k]}:
                     log.dense.append((step, read))
                     looks += "  tokens read right " + " ".join(f"{k} {v:.2f}" for k, v in read.items())
                 for values in measured.values():
@@ -830,6 +865,60 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
         log.losses.append((log.steps, round(float(np.mean(window)), 4)))
     log.seconds = time.perf_counter() - t0
     return log
+
+
+def _warm_up_tower(
+    config: DistillConfig,
+    model: Any,
+    processor: Any,
+    pairs: Sequence[Pair],
+    optimizer: Any,
+    dense_head: Any,
+    log: _Log,
+) -> None:
+    """``tower_warmup_steps`` steps of the dense loss on the vision tower's merged tokens alone (the text
+    model neither runs nor changes), at ``tower_warmup_lr``; the readings' accuracies go to ``log``."""
+    import torch
+    from rich.progress import Progress
+
+    if any(pair.classes is None for pair in pairs):
+        raise ConfigError("tower_warmup_steps reads the world's dense targets: it needs --pairs world")
+    device = next(model.parameters()).device
+    visual = model.model.visual
+    tower = [p for p in visual.parameters() if p.requires_grad] + list(dense_head.parameters())
+    for group in optimizer.param_groups:
+        group["lr"] = config.tower_warmup_lr
+    plan = _batches(len(pairs), config.batch_size, config.seed + 1)
+    batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=True)
+    measured: dict[str, list[float]] = {key: [] for key in DENSE_LOGGED}
+    t0 = time.perf_counter()
+    with Progress(transient=True) as progress, contextlib.closing(batches):
+        task = progress.add_task("tower warm-up", total=config.tower_warmup_steps)
+        for step, cpu_batch in enumerate(batches, start=1):
+            if step > config.tower_warmup_steps:
+                break
+            batch = _to(cpu_batch, device)
+            out = visual(batch["pixel_values_videos"], grid_thw=batch["video_grid_thw"])
+            tokens = getattr(out, "pooler_output", out)  # Qwen2.5-VL's tower returns the merged tokens
+            loss, read = _dense_loss(dense_head, tokens, torch.cat(batch["dense"]))
+            if loss is not None:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(tower, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            for key, value in read.items():
+                measured[key].append(value)
+            if step % config.log_every == 0 or step == config.tower_warmup_steps:
+                read_now = {k: round(float(np.mean(v)), 4) for k, v in measured.items() if v}
+                log.tower_warmup.append((step, read_now))
+                for values in measured.values():
+                    values.clear()
+                progress.console.print(
+                    f"tower warm-up step {step}  tokens read right "
+                    + " ".join(f"{k} {v:.2f}" for k, v in read_now.items())
+                    + f"  {(time.perf_counter() - t0) / step:.2f} s/step"
+                )
+            progress.update(task, completed=step)
 
 
 def _sincos_positions(model: Any, example: dict[str, Any], rms: float | None = None) -> None:
@@ -915,17 +1004,29 @@ def _world_loss(
     if dense_head is not None and batch.get("dense"):
         rows = [row for row, targets in enumerate(batch["dense"]) if targets is not None]
         tokens = torch.cat([outputs.hidden_states[0][row, visual[row]] for row in rows])
-        targets = torch.cat([batch["dense"][row] for row in rows])
-        losses = []
-        for k, logits in enumerate(dense_head(tokens).split(DENSE_CLASSES, dim=-1)):
-            read = targets[:, k] != -100
-            if read.any():
-                losses.append(torch.nn.functional.cross_entropy(logits[read], targets[read, k]))
-                right = (logits[read].argmax(-1) == targets[read, k]).float().mean()
-                measured[DENSE_READINGS[k]] = float(right)
-        if losses:
-            loss = loss + config.dense_weight * torch.stack(losses).mean()
+        dense, read = _dense_loss(dense_head, tokens, torch.cat([batch["dense"][row] for row in rows]))
+        measured |= read
+        if dense is not None:
+            loss = loss + config.dense_weight * dense
     return loss, caption.detach(), measured
+
+
+def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
+    """The mean of ``dense_head``'s cross-entropies on ``tokens`` (N, hidden) against ``dense_targets``'s
+    (N, 3) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
+    import torch
+
+    losses, measured = [], {}
+    for k, logits in enumerate(dense_head(tokens).split(DENSE_CLASSES, dim=-1)):
+        read = targets[:, k] != -100
+        if read.any():
+            losses.append(torch.nn.functional.cross_entropy(logits[read], targets[read, k]))
+            guess = logits[read].argmax(-1)
+            measured[DENSE_READINGS[k]] = float((guess == targets[read, k]).float().mean())
+        if k == 0 and (on := targets[:, 0] > 0).any():  # shape x size + 1: same shape, any size word
+            shape = (logits[on].argmax(-1) - 1).div(len(SIZES), rounding_mode="floor")
+            measured["shape"] = float((shape == (targets[on, 0] - 1) // len(SIZES)).float().mean())
+    return (torch.stack(losses).mean() if losses else None), measured
 
 
 def _attention_mass(outputs: Any, batch: dict[str, Any], visual: list[Any], config: DistillConfig) -> Any:

@@ -71,6 +71,14 @@ class TinyVLMConfig(BaseModel):
         "qwen2_5_vl, 16 for qwen3_vl). Smaller patches cost more tokens per frame (a quarter the size, "
         "four times the tokens) and let a small tower see shapes inside a patch",
     )
+    vision_merge_size: int | None = Field(
+        default=None,
+        ge=2,
+        le=4,
+        description="patches per side of the square the tower merges into one token for the text model; "
+        "None: the released 2. With 8-px patches, 4 keeps the text model's tokens per frame those of 16-px "
+        "patches merged by 2 while the tower sees a 4x finer grid",
+    )
     max_position_embeddings: int = Field(default=4096, ge=1024, le=131072)
     seed: int = Field(default=0, ge=0)
 
@@ -88,6 +96,11 @@ class TinyVLMConfig(BaseModel):
     def patch_size(self) -> int:
         """The vision tower's patch side in pixels."""
         return self.vision_patch_size or (14 if self.family == "qwen2_5_vl" else 16)
+
+    @property
+    def merge_size(self) -> int:
+        """Patches per side of one merged visual token."""
+        return self.vision_merge_size or 2
 
 
 _DEFAULT_CONFIG = TinyVLMConfig()
@@ -169,7 +182,7 @@ def _model_config(config: TinyVLMConfig, tokenizer: Any) -> Any:
     vision: dict[str, Any] = {
         "depth": config.vision_depth, "hidden_size": config.vision_hidden_size,
         "intermediate_size": 2 * config.vision_hidden_size, "num_heads": config.vision_num_heads,
-        "out_hidden_size": config.hidden_size, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "out_hidden_size": config.hidden_size, "spatial_merge_size": config.merge_size, "temporal_patch_size": 2,
     }  # fmt: skip
     if config.family == "qwen2_5_vl":
         hw = half * 3 // 8  # the released mrope_section [16, 24, 24] of 64, scaled
@@ -213,7 +226,9 @@ def _processor(config: TinyVLMConfig, tokenizer: Any) -> Any:
     )
 
     # cap_pixels_per_frame=False: ``size`` alone bounds the frames (and it silences transformers' warning)
-    common: dict[str, Any] = {"temporal_patch_size": 2, "merge_size": 2, "patch_size": config.patch_size}
+    common: dict[str, Any] = {
+        "temporal_patch_size": 2, "merge_size": config.merge_size, "patch_size": config.patch_size,
+    }  # fmt: skip
     if config.family == "qwen2_5_vl":
         size = {"shortest_edge": 56 * 56, "longest_edge": _FRAME_PIXELS}  # per frame
         video = Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False, **common)

@@ -14,17 +14,23 @@ import pytest
 from dataengine.caption.distill import (
     CAMERAS,
     DENSE_CLASSES,
+    DENSE_READINGS,
     GROUNDING_ATTENTION,
     MOTIONS,
     PATTERNS,
     SIZES,
     DistillConfig,
+    Pair,
     _digit_weights,
+    _Log,
+    _warm_up_tower,
     _weighted_loss,
     _world_loss,
+    add_dense_head,
     collate,
     distill,
     encode_pair,
+    make_optimizer,
     split_dense_targets,
     world_pairs,
 )
@@ -358,8 +364,8 @@ def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[
     with torch.no_grad():
         total, caption, measured = _world_loss(model, batch, weights, config, head)
         assert torch.equal(caption, _weighted_loss(model, batch, weights))
-    assert float(total - caption) > 0 and set(measured) == {"object", "motion", "scene"}
-    before = sum(measured.values()) / 3
+    assert float(total - caption) > 0 and set(measured) == {"object", "motion", "scene", "shape"}
+    before = sum(measured[k] for k in DENSE_READINGS) / 3
     optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     mostly_dense = config.model_copy(update={"dense_weight": 50.0})
     for _ in range(15):
@@ -368,7 +374,7 @@ def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[
         optimizer.step()
         optimizer.zero_grad()
     _, _, after = _world_loss(model, batch, weights, config, head)
-    assert sum(after.values()) / 3 > before + 0.2
+    assert sum(after[k] for k in DENSE_READINGS) / 3 > before + 0.2
 
 
 def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[Path, list]) -> None:
@@ -445,33 +451,93 @@ def test_a_device_the_machine_lacks_is_refused_before_any_work(
     assert not (tmp_path / "student").exists()
 
 
+@pytest.mark.parametrize(
+    ("merge", "grid"),
+    [(None, (14, 18)), (4, (16, 20))],
+    ids=["merged-by-2", "merged-by-4"],
+)
 def test_a_new_student_with_8px_patches_trains_on_a_finer_token_grid(
-    tmp_path: Path, student: tuple[Path, list]
+    tmp_path: Path, student: tuple[Path, list], merge: int | None, grid: tuple[int, int]
 ) -> None:
-    """``patch_size=8``: the student's tower and processor cut 8-px patches, so the text model reads four
-    times the visual tokens (16-px merged cells), the world's targets follow that grid, and the loss falls;
-    a student trained on from ``init`` keeps its own patches."""
+    """``patch_size=8``: the student's tower and processor cut 8-px patches; merged by 2 (the default), the
+    text model reads four times the visual tokens (16-px merged cells), merged by 4 (``merge_size=4``) as
+    many as with 16-px patches (32-px cells); the world's targets follow that grid, and the loss falls; a
+    student trained on from ``init`` keeps its own patches and merge."""
     from transformers import AutoProcessor
 
     folder, pairs = student
     family = json.loads((folder / "config.json").read_text())["model_type"]
     if family != "qwen3_vl":
-        pytest.skip("one family is enough: the option is the tower's patch size")
+        pytest.skip("one family is enough: the options are the tower's patch and merge sizes")
     config = DistillConfig(
         pairs="world", max_steps=6, minutes=None, batch_size=4, log_every=2, warmup_steps=2,
-        patch_size=8, dense_weight=0.5, grounding_weight=0.5,
+        patch_size=8, merge_size=merge, dense_weight=0.5, grounding_weight=0.5,
     )  # fmt: skip
     distill(config, tmp_path / "p8", pairs)
-    assert json.loads((tmp_path / "p8" / "config.json").read_text())["vision_config"]["patch_size"] == 8
+    vision = json.loads((tmp_path / "p8" / "config.json").read_text())["vision_config"]
+    assert (vision["patch_size"], vision["spatial_merge_size"]) == (8, merge or 2)
     losses = json.loads((tmp_path / "p8" / "distill.json").read_text())["losses"]
     assert losses[-1][1] < losses[0][1]
-    # the 112 x 150 view in whole merged cells: 128 x 160 px of 16-px patches, 112 x 144 of 8-px ones
-    for student_dir, grid in ((folder, (8, 10)), (tmp_path / "p8", (14, 18))):
+    # the 112 x 150 view in whole merged cells: 128 x 160 px of 16-px patches merged by 2 (or 8-px ones
+    # merged by 4), 112 x 144 of 8-px ones merged by 2
+    for student_dir, patches, cell in ((folder, (8, 10), 2), (tmp_path / "p8", grid, merge or 2)):
         processor = AutoProcessor.from_pretrained(student_dir)
         item = encode_pair(processor, pairs[0], "dense-v1", world_targets=True)
         t, h, w = item["video_grid_thw"][0].tolist()
-        assert (h, w) == grid
+        assert (h, w) == patches
         video = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-        assert int((item["input_ids"] == video).sum()) == t * h * w // 4 == item["dense"].shape[0]
+        assert int((item["input_ids"] == video).sum()) == t * h * w // cell**2 == item["dense"].shape[0]
     with pytest.raises(ConfigError, match="patch_size=8: a student trained on from init keeps its own"):
         distill(config.model_copy(update={"init": str(folder)}), tmp_path / "again", pairs[:2])
+    only_merge = config.model_copy(update={"init": str(folder), "patch_size": None, "merge_size": 4})
+    with pytest.raises(ConfigError, match="merge_size=4: a student trained on from init keeps its own"):
+        distill(only_merge, tmp_path / "again", pairs[:2])
+
+
+def test_the_tower_warm_up_trains_the_tower_alone_on_what_its_tokens_show(student: tuple[Path, list]) -> None:
+    """``tower_warmup_steps``: steps of the dense loss on the vision tower's merged tokens alone; the tower
+    and the head learn (the readings rise), the text model does not change, and the log keeps the
+    readings, shape on the object's tokens among them."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    folder, pairs = student
+    processor = AutoProcessor.from_pretrained(folder)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    config = DistillConfig(
+        pairs="world",
+        batch_size=4,
+        dense_weight=0.5,
+        tower_warmup_steps=12,
+        tower_warmup_lr=3e-3,
+        log_every=4,
+    )
+    optimizer = make_optimizer(model, config)
+    head = add_dense_head(model, optimizer, config)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    log = _Log()
+    _warm_up_tower(config, model, processor, pairs, optimizer, head, log)
+    assert [step for step, _ in log.tower_warmup] == [4, 8, 12]
+    first, last = log.tower_warmup[0][1], log.tower_warmup[-1][1]
+    assert set(first) == {"object", "motion", "scene", "shape"}
+    assert sum(last[k] for k in DENSE_READINGS) > sum(first[k] for k in DENSE_READINGS) + 0.1
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(".visual." in name or name.startswith("visual.") for name in changed)
+    assert any("patch_embed" in name for name in changed)
+
+
+def test_the_tower_warm_up_needs_the_dense_loss_and_world_pairs(
+    tmp_path: Path, student: tuple[Path, list]
+) -> None:
+    with pytest.raises(ValueError, match="set dense_weight > 0 too"):
+        DistillConfig(pairs="world", tower_warmup_steps=10)
+    folder, pairs = student
+    run_like = [Pair(p.frames, p.caption) for p in pairs[:4]]  # a run's pairs: captions, no world targets
+    family = json.loads((folder / "config.json").read_text())["model_type"]
+    config = DistillConfig(
+        pairs="world", init=str(folder), family=family, max_steps=1, minutes=None, batch_size=2,
+        dense_weight=0.5, tower_warmup_steps=2,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="it needs --pairs world"):
+        distill(config, tmp_path / "student", run_like)
