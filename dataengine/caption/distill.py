@@ -92,14 +92,6 @@ class DistillConfig(StageConfig):
         "reads, 1.7x the seconds per step); trained alone, such a tower learns shapes sooner "
         "(bench/tower_shape.py). A student trained on from init keeps its own",
     )
-    merge_size: int | None = Field(
-        None,
-        ge=2,
-        le=4,
-        description="a new student's patches per side of one merged visual token; None: 2, as released. "
-        "With patch_size=8, 4 gives the text model the tokens of 16-px patches (20 per frame pair of the "
-        "112-px view) while the tower sees 8-px ones. A student trained on from init keeps its own",
-    )
     family: Family = Field(
         "qwen3_vl",
         description="the student's architecture: qwen3_vl's vision tower has learned absolute positions",
@@ -588,9 +580,8 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
         torch.set_num_threads(config.threads)
     started = time.perf_counter()
     init_dir = _init_folder(config) if config.init is not None else None  # checked before any work
-    for name in ("patch_size", "merge_size"):
-        if init_dir is not None and getattr(config, name) is not None:
-            raise ConfigError(f"{name}={getattr(config, name)}: a student trained on from init keeps its own")
+    if init_dir is not None and config.patch_size is not None:
+        raise ConfigError(f"patch_size={config.patch_size}: a student trained on from init keeps its own")
     layers = _text_layers(config, init_dir)
     if config.grounding_weight and not config.grounding_layer < layers:
         raise ConfigError(f"grounding_layer={config.grounding_layer}: the student has {layers} layers")
@@ -602,12 +593,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             student_dir = init_dir
         else:
             size = PRESETS[config.preset].model_copy(
-                update={
-                    "seed": config.seed,
-                    "family": config.family,
-                    "vision_patch_size": config.patch_size,
-                    "vision_merge_size": config.merge_size,
-                }
+                update={"seed": config.seed, "family": config.family, "vision_patch_size": config.patch_size}
             )
             corpus = tokenizer_corpus([p.caption for p in pairs])
             student_dir = build_tiny_vlm(Path(tmp) / "student", size, corpus=corpus)

@@ -77,7 +77,8 @@ class TinyVLMConfig(BaseModel):
         le=4,
         description="patches per side of the square the tower merges into one token for the text model; "
         "None: the released 2. With 8-px patches, 4 keeps the text model's tokens per frame those of 16-px "
-        "patches merged by 2 while the tower sees a 4x finer grid",
+        "patches merged by 2 while the tower sees a 4x finer grid; the merger's first layer is "
+        "(vision_hidden_size x merge^2)^2, 16x larger at 4 than at 2",
     )
     max_position_embeddings: int = Field(default=4096, ge=1024, le=131072)
     seed: int = Field(default=0, ge=0)

@@ -451,47 +451,36 @@ def test_a_device_the_machine_lacks_is_refused_before_any_work(
     assert not (tmp_path / "student").exists()
 
 
-@pytest.mark.parametrize(
-    ("merge", "grid"),
-    [(None, (14, 18)), (4, (16, 20))],
-    ids=["merged-by-2", "merged-by-4"],
-)
 def test_a_new_student_with_8px_patches_trains_on_a_finer_token_grid(
-    tmp_path: Path, student: tuple[Path, list], merge: int | None, grid: tuple[int, int]
+    tmp_path: Path, student: tuple[Path, list]
 ) -> None:
-    """``patch_size=8``: the student's tower and processor cut 8-px patches; merged by 2 (the default), the
-    text model reads four times the visual tokens (16-px merged cells), merged by 4 (``merge_size=4``) as
-    many as with 16-px patches (32-px cells); the world's targets follow that grid, and the loss falls; a
-    student trained on from ``init`` keeps its own patches and merge."""
+    """``patch_size=8``: the student's tower and processor cut 8-px patches, so the text model reads four
+    times the visual tokens (16-px merged cells), the world's targets follow that grid, and the loss falls;
+    a student trained on from ``init`` keeps its own patches."""
     from transformers import AutoProcessor
 
     folder, pairs = student
     family = json.loads((folder / "config.json").read_text())["model_type"]
     if family != "qwen3_vl":
-        pytest.skip("one family is enough: the options are the tower's patch and merge sizes")
+        pytest.skip("one family is enough: the option is the tower's patch size")
     config = DistillConfig(
         pairs="world", max_steps=6, minutes=None, batch_size=4, log_every=2, warmup_steps=2,
-        patch_size=8, merge_size=merge, dense_weight=0.5, grounding_weight=0.5,
+        patch_size=8, dense_weight=0.5, grounding_weight=0.5,
     )  # fmt: skip
     distill(config, tmp_path / "p8", pairs)
-    vision = json.loads((tmp_path / "p8" / "config.json").read_text())["vision_config"]
-    assert (vision["patch_size"], vision["spatial_merge_size"]) == (8, merge or 2)
+    assert json.loads((tmp_path / "p8" / "config.json").read_text())["vision_config"]["patch_size"] == 8
     losses = json.loads((tmp_path / "p8" / "distill.json").read_text())["losses"]
     assert losses[-1][1] < losses[0][1]
-    # the 112 x 150 view in whole merged cells: 128 x 160 px of 16-px patches merged by 2 (or 8-px ones
-    # merged by 4), 112 x 144 of 8-px ones merged by 2
-    for student_dir, patches, cell in ((folder, (8, 10), 2), (tmp_path / "p8", grid, merge or 2)):
+    # the 112 x 150 view in whole merged cells: 128 x 160 px of 16-px patches, 112 x 144 of 8-px ones
+    for student_dir, grid in ((folder, (8, 10)), (tmp_path / "p8", (14, 18))):
         processor = AutoProcessor.from_pretrained(student_dir)
         item = encode_pair(processor, pairs[0], "dense-v1", world_targets=True)
         t, h, w = item["video_grid_thw"][0].tolist()
-        assert (h, w) == patches
+        assert (h, w) == grid
         video = processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-        assert int((item["input_ids"] == video).sum()) == t * h * w // cell**2 == item["dense"].shape[0]
+        assert int((item["input_ids"] == video).sum()) == t * h * w // 4 == item["dense"].shape[0]
     with pytest.raises(ConfigError, match="patch_size=8: a student trained on from init keeps its own"):
         distill(config.model_copy(update={"init": str(folder)}), tmp_path / "again", pairs[:2])
-    only_merge = config.model_copy(update={"init": str(folder), "patch_size": None, "merge_size": 4})
-    with pytest.raises(ConfigError, match="merge_size=4: a student trained on from init keeps its own"):
-        distill(only_merge, tmp_path / "again", pairs[:2])
 
 
 def test_the_tower_warm_up_trains_the_tower_alone_on_what_its_tokens_show(student: tuple[Path, list]) -> None:

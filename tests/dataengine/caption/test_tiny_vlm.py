@@ -181,6 +181,24 @@ def test_transformers_captions_a_video(
     assert n_video == (4 * 7 * 7 if MODELS[model].patch_size == 8 else 64)
 
 
+def test_a_tower_merging_4_x_4_patches_gives_the_text_model_the_tokens_of_a_coarser_grid(
+    tmp_path: Path, frames_THWC: np.ndarray
+) -> None:
+    """``vision_merge_size=4`` with 8-px patches: model and processor merge 4 x 4 patches into one token,
+    so the text model reads as many tokens as with 16-px patches merged by 2 (``bench/tower_shape.py
+    --merge-size 4``)."""
+    folder = ensure_tiny_vlm(
+        tmp_path, TinyVLMConfig(family="qwen3_vl", vision_patch_size=8, vision_merge_size=4)
+    )
+    vision = json.loads((folder / "config.json").read_text())["vision_config"]
+    assert (vision["patch_size"], vision["spatial_merge_size"]) == (8, 4)
+    assert json.loads((folder / "video_preprocessor_config.json").read_text())["merge_size"] == 4
+    ids, _, n_video = hf_generate(folder, frames_THWC, max_new_tokens=2)
+    assert (
+        1 <= len(ids) <= 2 and n_video == 4 * 4 * 4
+    )  # 112 x 112 -> 128 x 128: 16 x 16 patches, 4 x 4 tokens
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_vllm_captions_guides_json_and_matches_transformers(
