@@ -4,6 +4,7 @@ on the same frames and labels (the reference: what the task costs a network buil
     .venv/bin/python bench/tower_shape.py                             # patch 16 and 8, fresh towers, ~12 min
     .venv/bin/python bench/tower_shape.py --patch-size 16 --steps 200 --threads 2                  # ~3 min
     .venv/bin/python bench/tower_shape.py --init dataengine/assets/world-captioner --patch-size 16  # shipped
+    .venv/bin/python bench/tower_shape.py --patch-size 8 --merge-size 4    # 8-px patches merged 4 x 4
 
 Data (the same for every row): still world frames, one per shot of ``random_spec`` (1-3 objects, every
 background and pattern) rendered at t = 0 (``render_shot``, 320 x 240, no video codec), resized to the
