@@ -217,10 +217,13 @@ SIZES: tuple[SizeWord, ...] = get_args(SizeWord)
 MOTIONS: tuple[Motion, ...] = get_args(Motion)
 PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
 CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
-# the dense head's three readings: what is on a token (nothing, or shape x size), its motion, the scene
-DENSE_READINGS = ("object", "motion", "scene")
-DENSE_LOGGED = (*DENSE_READINGS, "shape")  # shape: on the tokens an object covers, its shape read right
-DENSE_CLASSES = (1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS))
+# the dense head's readings: what is on a token (nothing, or shape x size), its motion, the scene, and on
+# the token holding an object's centre, that object's shape x size
+DENSE_READINGS = ("object", "motion", "scene", "centre")
+DENSE_LOGGED = (*DENSE_READINGS, "shape")  # shape: the centre reading's shape, right whatever the size
+DENSE_CLASSES = (
+    1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS), len(SHAPES) * len(SIZES)
+)  # fmt: skip
 
 
 def world_classes(shot: ShotSpec, width: int, height: int) -> WorldClasses:
@@ -464,20 +467,22 @@ def grounding_targets(
 
 
 def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge: int) -> Any:
-    """What each merged visual token shows, as (frame pairs x rows x cols, 3) class ids in the visual
+    """What each merged visual token shows, as (frame pairs x rows x cols, 4) class ids in the visual
     tokens' order, -100 where a reading does not apply.
 
     A token is an object's when that object (its box averaged over the pair's two frames) covers a tenth
     of the token's cell or its centre lies in the cell; where objects compete, the one covering more (then
     the one drawn later, on top). Columns: 0, the object's shape x size word + 1, or 0 on a token no object
     touches; 1, the object's motion; 2, on a token no object touches, the scene's pattern x camera. A token
-    an object touches but does not cover is left out of all three.
+    an object touches but does not cover is left out of these three. 3: on the token holding an object's
+    centre, its shape x size word (where centres share a token, the object drawn later): the one token
+    that sees the whole object, where most of an object's tokens see an edge of it.
     """
     import torch
 
     frame_pairs, rows, cols = (int(grid_thw[0]), int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
     r, c = np.indices((rows, cols))
-    targets = np.full((frame_pairs, rows, cols, 3), -100, dtype=np.int64)
+    targets = np.full((frame_pairs, rows, cols, len(DENSE_READINGS)), -100, dtype=np.int64)
     for p in range(frame_pairs):
         x0, y0, x1, y1 = boxes[:, 2 * p : 2 * p + 2].mean(axis=1).T[:, :, None, None]  # (subjects, 1, 1)
         overlap = (np.minimum(x1 * cols, c + 1) - np.maximum(x0 * cols, c)).clip(0) * (
@@ -492,13 +497,16 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
         targets[p, on, 1] = classes.subjects[top[on], 1]
         targets[p, ~touched, 0] = 0
         targets[p, ~touched, 2] = classes.scene
-    return torch.from_numpy(targets.reshape(-1, 3))
+        for subject, at in enumerate(centre):
+            targets[p, at, 3] = classes.subjects[subject, 0]
+    return torch.from_numpy(targets.reshape(-1, len(DENSE_READINGS)))
 
 
 def split_dense_targets(targets: np.ndarray) -> dict[str, np.ndarray]:
-    """``dense_targets``'s (tokens, 3) class ids undone into the world's own readings, per token a class id
-    (-1 where the reading does not apply): the shape and size word of the object covering it (``SHAPES``,
-    ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's pattern and camera movement."""
+    """``dense_targets``'s (tokens, 4) class ids (the first three columns) undone into the world's own
+    readings, per token a class id (-1 where the reading does not apply): the shape and size word of the
+    object covering it (``SHAPES``, ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's
+    pattern and camera movement."""
     what, motion, scene = targets[:, 0], targets[:, 1], targets[:, 2]
     on, empty = what > 0, scene >= 0
     return {
@@ -972,8 +980,9 @@ def _world_loss(
     Grounding: ``grounding_weight`` x the mean over grounded queries of -log(the attention probability that
     head 0 of text layer ``grounding_layer`` puts on the described object's visual tokens in the first
     frame pair, and head 1 on those of the last pair); logged as that probability's mean, ``attention``.
-    Dense: ``dense_weight`` x the mean of ``dense_head``'s three cross-entropies on the visual tokens as
-    they enter the text model (``dense_targets``); logged as each reading's accuracy (``DENSE_READINGS``).
+    Dense: ``dense_weight`` x the mean of ``dense_head``'s cross-entropies (one per reading) on the visual
+    tokens as they enter the text model (``dense_targets``); logged as each reading's accuracy
+    (``DENSE_LOGGED``).
     """
     import torch
 
@@ -1009,9 +1018,8 @@ def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[s
             losses.append(torch.nn.functional.cross_entropy(logits[read], targets[read, k]))
             guess = logits[read].argmax(-1)
             measured[DENSE_READINGS[k]] = float((guess == targets[read, k]).float().mean())
-        if k == 0 and (on := targets[:, 0] > 0).any():  # shape x size + 1: same shape, any size word
-            shape = (logits[on].argmax(-1) - 1).div(len(SIZES), rounding_mode="floor")
-            measured["shape"] = float((shape == (targets[on, 0] - 1) // len(SIZES)).float().mean())
+        if k == 3 and read.any():  # shape x size: the shape right, whatever the size word
+            measured["shape"] = float((guess // len(SIZES) == targets[read, k] // len(SIZES)).float().mean())
     return (torch.stack(losses).mean() if losses else None), measured
 
 

@@ -108,7 +108,7 @@ def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> No
     assert [step for step, _ in summary["grounding"]] == [2, 4, 6, 8]
     assert all(0 < mass < 1 for _, mass in summary["grounding"])
     assert [step for step, _ in summary["dense"]] == [2, 4, 6, 8]
-    assert all(set(read) <= {"object", "motion", "scene"} for _, read in summary["dense"])
+    assert all(set(read) <= {"object", "motion", "scene", "centre", "shape"} for _, read in summary["dense"])
     assert all(0 <= right <= 1 for _, read in summary["dense"] for right in read.values())
     first, last = summary["losses"][0][1], summary["losses"][-1][1]
     assert last < first  # 8 steps of a from-scratch model: the loss falls fast on the JSON scaffolding
@@ -304,8 +304,9 @@ def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
 
 def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, list]) -> None:
     """One row per visual token: the token under each subject's start centre (first frame pair) reads
-    that subject's shape x size word and motion as its caption states them; a token no object touches
-    reads nothing there and the scene's pattern x camera."""
+    that subject's shape x size word and motion as its caption states them, and is the one token of that
+    pair that reads its shape x size in the centre column; a token no object touches reads nothing there
+    and the scene's pattern x camera."""
     from transformers import AutoProcessor
 
     folder, pairs = student
@@ -316,7 +317,7 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
         item = encode_pair(processor, pair, "dense-v1", world_targets=True)
         dense = item["dense"]
         _, h, w = (int(v) // s for v, s in zip(item["video_grid_thw"][0], (1, 2, 2), strict=True))
-        assert dense.shape == (int((item["input_ids"] == video).sum()), 3)
+        assert dense.shape == (int((item["input_ids"] == video).sum()), 4)
         for k, n in enumerate(DENSE_CLASSES):
             assert ((dense[:, k] == -100) | ((dense[:, k] >= 0) & (dense[:, k] < n))).all()
         (shot,) = read_caption(StructuredCaption.model_validate_json(pair.caption))
@@ -330,6 +331,7 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
             assert token[0] == 1 + SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)
             assert token[1] == MOTIONS.index(obj.motion)
             assert token[2] == -100
+            assert token[3] == SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)  # its centre
             readings = {k: int(v[row * w + col]) for k, v in split_dense_targets(dense.numpy()).items()}
             assert readings == {
                 "shape": SHAPES.index(obj.shape), "size": SIZES.index(obj.size),
@@ -339,6 +341,8 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
         empty = (dense[:, 0] == 0).nonzero()[:, 0]
         scene = PATTERNS.index(shot.pattern) * len(CAMERAS) + CAMERAS.index(shot.camera)
         assert (dense[empty, 2] == scene).all() and (dense[empty, 1] == -100).all()
+        centres = (dense[:, 3] != -100).reshape(-1, h * w).sum(1)  # per frame pair: one per object at most
+        assert centres[0] >= 1 and (centres <= len(shot.objects)).all()
         seen_scene += len(empty)
     assert seen_scene > 0 and checked >= len(pairs)
 
@@ -364,8 +368,8 @@ def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[
     with torch.no_grad():
         total, caption, measured = _world_loss(model, batch, weights, config, head)
         assert torch.equal(caption, _weighted_loss(model, batch, weights))
-    assert float(total - caption) > 0 and set(measured) == {"object", "motion", "scene", "shape"}
-    before = sum(measured[k] for k in DENSE_READINGS) / 3
+    assert float(total - caption) > 0 and set(measured) == {"object", "motion", "scene", "centre", "shape"}
+    before = sum(measured[k] for k in DENSE_READINGS) / len(DENSE_READINGS)
     optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     mostly_dense = config.model_copy(update={"dense_weight": 50.0})
     for _ in range(15):
@@ -374,7 +378,7 @@ def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[
         optimizer.step()
         optimizer.zero_grad()
     _, _, after = _world_loss(model, batch, weights, config, head)
-    assert sum(after[k] for k in DENSE_READINGS) / 3 > before + 0.2
+    assert sum(after[k] for k in DENSE_READINGS) / len(DENSE_READINGS) > before + 0.2
 
 
 def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[Path, list]) -> None:
@@ -509,7 +513,7 @@ def test_the_tower_warm_up_trains_the_tower_alone_on_what_its_tokens_show(studen
     _warm_up_tower(config, model, processor, pairs, optimizer, head, log)
     assert [step for step, _ in log.tower_warmup] == [4, 8, 12]
     first, last = log.tower_warmup[0][1], log.tower_warmup[-1][1]
-    assert set(first) == {"object", "motion", "scene", "shape"}
+    assert set(first) == {"object", "motion", "scene", "centre", "shape"}
     assert sum(last[k] for k in DENSE_READINGS) > sum(first[k] for k in DENSE_READINGS) + 0.1
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(".visual." in name or name.startswith("visual.") for name in changed)
