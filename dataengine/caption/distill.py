@@ -1008,7 +1008,7 @@ def _world_loss(
 
 def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
     """The mean of ``dense_head``'s cross-entropies on ``tokens`` (N, hidden) against ``dense_targets``'s
-    (N, 3) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
+    (N, 4) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
     import torch
 
     losses, measured = [], {}
@@ -1018,7 +1018,7 @@ def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[s
             losses.append(torch.nn.functional.cross_entropy(logits[read], targets[read, k]))
             guess = logits[read].argmax(-1)
             measured[DENSE_READINGS[k]] = float((guess == targets[read, k]).float().mean())
-        if k == 3 and read.any():  # shape x size: the shape right, whatever the size word
+        if DENSE_READINGS[k] == "centre" and read.any():  # shape x size: the shape right, any size word
             measured["shape"] = float((guess // len(SIZES) == targets[read, k] // len(SIZES)).float().mean())
     return (torch.stack(losses).mean() if losses else None), measured
 
