@@ -490,7 +490,7 @@ def test_a_new_student_with_8px_patches_trains_on_a_finer_token_grid(
 def test_the_tower_warm_up_trains_the_tower_alone_on_what_its_tokens_show(student: tuple[Path, list]) -> None:
     """``tower_warmup_steps``: steps of the dense loss on the vision tower's merged tokens alone; the tower
     and the head learn (the readings rise), the text model does not change, and the log keeps the
-    readings, shape on the object's tokens among them."""
+    readings, the centre reading and its shape among them."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
