@@ -363,6 +363,8 @@ def _print_fidelity(scores: dict[str, Any]) -> None:
     table = Table("attribute", "recall", title=f"caption fidelity: {scores['model']} ({scores['engine']})")
     for name, value in scores["per_attribute"].items():
         table.add_row(name, f"{value:.3f}")
+    for axis, value in scores["position_axes"].items():  # which way a wrong start region is wrong
+        table.add_row(f"  position {axis}", f"{value:.3f}", style="dim")
     out = Console()
     out.print(table)
     recall, precision = scores["fact_recall"], scores["fact_precision"]

@@ -10,10 +10,14 @@ the most attributes agree; then
 * **fact precision** = stated facts that are true / all stated facts (an extra object's attributes count
   as stated and false),
 
-and one wrong attribute loses exactly one fact on each side. **Blind reconstruction** renders the shot
-from what was read (``rebuild``; what the caption leaves out gets a neutral default) and compares it with
-the true render over every frame: PSNR of the pixels (capped at ``PSNR_CAP`` dB when identical) and, per
-true object, the IoU of its mask with its matched object's mask summed over time (0 when unmatched).
+and one wrong attribute loses exactly one fact on each side. A start region is two readings, its row of
+the 3 x 3 grid (top, middle, bottom) and its column (left, centre, right): **position axes** says how often
+each is right, so that a captioner that knows where things are across but not up and down shows it.
+
+**Blind reconstruction** renders the shot from what was read (``rebuild``; what the caption leaves out
+gets a neutral default) and compares it with the true render over every frame: PSNR of the pixels (capped
+at ``PSNR_CAP`` dB when identical) and, per true object, the IoU of its mask with its matched object's
+mask summed over time (0 when unmatched).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataengine.world import (
     REGIONS,
     ReadObject,
     ReadShot,
+    Region,
     camera_movement,
     motion_of,
     read_caption,
@@ -42,6 +47,7 @@ from dataengine.world import (
 SCENE_ATTRIBUTES = ("count", "background", "pattern", "camera")
 OBJECT_ATTRIBUTES = ("colour", "shape", "size", "position", "motion")
 ATTRIBUTES = SCENE_ATTRIBUTES + OBJECT_ATTRIBUTES
+POSITION_AXES = ("row", "column")  # of the start region in the 3 x 3 grid (REGIONS, row by row)
 PSNR_CAP = 100.0
 _SIZE_OF_WORD = {"small": 0.15, "medium": 0.2, "large": 0.26}  # x min(width, height)
 _DEFAULT_SPEED = 30.0  # px/s, for a direction stated without numbers
@@ -126,6 +132,8 @@ class ShotScore:
     true_stated: int  # of which true
     psnr: float  # dB, PSNR_CAP when identical
     object_iou: list[float] = field(default_factory=list)  # per true object
+    # per POSITION_AXES: true objects whose stated start region has its row (column) right
+    position_axes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(POSITION_AXES, 0))
 
     @property
     def recall(self) -> float:
@@ -154,14 +162,20 @@ def score_shot(truth: ShotSpec, read: ReadShot | None, width: int, height: int, 
     for name, value in stated_scene.items():
         recalled[name] += int(true_scene[name] == value)
     matches = match_objects(true_objects, stated_objects)
+    axes = dict.fromkeys(POSITION_AXES, 0)
     for true_obj, j in zip(true_objects, matches, strict=True):
         if j is not None:
             for name, value in stated_objects[j].items():
                 recalled[name] += int(true_obj[name] == value)
+            if "position" in stated_objects[j]:
+                true_cell = divmod(REGIONS.index(cast(Region, true_obj["position"])), 3)
+                stated_cell = divmod(REGIONS.index(cast(Region, stated_objects[j]["position"])), 3)
+                for axis, a, b in zip(POSITION_AXES, true_cell, stated_cell, strict=True):
+                    axes[axis] += int(a == b)
     stated = len(stated_scene) + sum(len(o) for o in stated_objects)
     rebuilt = rebuild(read, truth.duration_s, width, height)
     psnr, ious = _compare(truth, rebuilt, matches, width, height, fps)
-    return ShotScore(recalled, total, stated, sum(recalled.values()), psnr, ious)
+    return ShotScore(recalled, total, stated, sum(recalled.values()), psnr, ious, axes)
 
 
 def score_video(spec: VideoSpec, caption: StructuredCaption | str | None) -> list[ShotScore]:
@@ -249,6 +263,9 @@ class Fidelity:
     recon_iou: float
     per_attribute: dict[str, float]
     shots: int
+    position_axes: dict[
+        str, float
+    ]  # per POSITION_AXES: the start region's row (column) right, over true objects
 
     @classmethod
     def of(cls, scores: Sequence[ShotScore]) -> Fidelity:
@@ -263,4 +280,10 @@ class Fidelity:
             recon_iou=float(np.mean(ious)) if ious else 0.0,
             per_attribute={a: recalled[a] / total[a] if total[a] else 0.0 for a in ATTRIBUTES},
             shots=len(scores),
+            position_axes={
+                axis: sum(s.position_axes[axis] for s in scores) / total["position"]
+                if total["position"]
+                else 0.0
+                for axis in POSITION_AXES
+            },
         )

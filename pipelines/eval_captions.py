@@ -69,6 +69,7 @@ class EvalResult:
             "recon_psnr": round(f.recon_psnr, 2),
             "recon_iou": round(f.recon_iou, 4),
             "per_attribute": {k: round(v, 4) for k, v in f.per_attribute.items()},
+            "position_axes": {k: round(v, 4) for k, v in f.position_axes.items()},
             "clips": f.shots,
             "captioned": sum(c.failure is None for c in self.clips),
             "engine": self.engine,
@@ -187,6 +188,10 @@ def _write_report(result: EvalResult, out: Path) -> None:
     )
     summary = result.as_json()
     rows = "".join(f"<tr><td>{a}</td><td>{summary['per_attribute'][a]:.3f}</td></tr>" for a in ATTRIBUTES)
+    rows += "".join(
+        f"<tr><td>position: {axis}</td><td>{right:.3f}</td></tr>"
+        for axis, right in summary["position_axes"].items()
+    )
     cards = []
     for clip in result.clips:
         s = clip.score

@@ -217,12 +217,14 @@ SIZES: tuple[SizeWord, ...] = get_args(SizeWord)
 MOTIONS: tuple[Motion, ...] = get_args(Motion)
 PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
 CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
-# the dense head's readings: what is on a token (nothing, or shape x size), its motion, the scene, and on
-# the token holding an object's centre, that object's shape x size
-DENSE_READINGS = ("object", "motion", "scene", "centre")
+# the dense head's readings: what is on a token (nothing, or shape x size), its motion, the scene, on the
+# token holding an object's centre, that object's shape x size, and the token's own grid row and column
+DENSE_READINGS = ("object", "motion", "scene", "centre", "row", "column")
 DENSE_LOGGED = (*DENSE_READINGS, "shape")  # shape: the centre reading's shape, right whatever the size
+GRID_CLASSES = 32  # the most merged-token rows (or columns) a frame may have for the row and column readings
 DENSE_CLASSES = (
-    1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS), len(SHAPES) * len(SIZES)
+    1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS), len(SHAPES) * len(SIZES),
+    GRID_CLASSES, GRID_CLASSES,
 )  # fmt: skip
 
 
@@ -467,7 +469,7 @@ def grounding_targets(
 
 
 def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge: int) -> Any:
-    """What each merged visual token shows, as (frame pairs x rows x cols, 4) class ids in the visual
+    """What each merged visual token shows, as (frame pairs x rows x cols, 6) class ids in the visual
     tokens' order, -100 where a reading does not apply.
 
     A token is an object's when that object (its box averaged over the pair's two frames) covers a tenth
@@ -476,13 +478,22 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
     touches; 1, the object's motion; 2, on a token no object touches, the scene's pattern x camera. A token
     an object touches but does not cover is left out of these three. 3: on the token holding an object's
     centre, its shape x size word (where centres share a token, the object drawn later): the one token
-    that sees the whole object, where most of an object's tokens see an edge of it.
+    that sees the whole object, where most of an object's tokens see an edge of it. 4 and 5: the token's
+    own grid row and column, on every token, so that the tokens keep their place in the frame for the
+    text model to read (the content readings alone are the same wherever an object is, and training on
+    them wears the position table's trace out of the tower's output: ``dataengine probe-student``).
     """
     import torch
 
     frame_pairs, rows, cols = (int(grid_thw[0]), int(grid_thw[1]) // merge, int(grid_thw[2]) // merge)
+    if max(rows, cols) > GRID_CLASSES:
+        raise ConfigError(
+            f"a {rows} x {cols} merged-token grid exceeds the dense head's {GRID_CLASSES} rows/columns: "
+            "caption smaller frames or a larger patch_size"
+        )
     r, c = np.indices((rows, cols))
     targets = np.full((frame_pairs, rows, cols, len(DENSE_READINGS)), -100, dtype=np.int64)
+    targets[..., 4], targets[..., 5] = r, c
     for p in range(frame_pairs):
         x0, y0, x1, y1 = boxes[:, 2 * p : 2 * p + 2].mean(axis=1).T[:, :, None, None]  # (subjects, 1, 1)
         overlap = (np.minimum(x1 * cols, c + 1) - np.maximum(x0 * cols, c)).clip(0) * (
@@ -503,7 +514,7 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
 
 
 def split_dense_targets(targets: np.ndarray) -> dict[str, np.ndarray]:
-    """``dense_targets``'s (tokens, 4) class ids (the first three columns) undone into the world's own
+    """``dense_targets``'s (tokens, 6) class ids (the first three columns) undone into the world's own
     readings, per token a class id (-1 where the reading does not apply): the shape and size word of the
     object covering it (``SHAPES``, ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's
     pattern and camera movement."""
@@ -1008,7 +1019,7 @@ def _world_loss(
 
 def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
     """The mean of ``dense_head``'s cross-entropies on ``tokens`` (N, hidden) against ``dense_targets``'s
-    (N, 4) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
+    (N, 6) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
     import torch
 
     losses, measured = [], {}

@@ -98,6 +98,21 @@ def test_one_wrong_attribute_loses_exactly_that_fact(field: str, old: str, new: 
     assert (score.psnr < PSNR_CAP) == (attribute in ("colour", "shape"))
 
 
+@pytest.mark.parametrize(
+    ("new", "row", "column"),
+    [("lower left", 0, 1), ("top", 1, 0), ("lower right", 0, 0), ("upper left", 1, 1)],
+)
+def test_position_axes_say_which_way_a_start_region_is_wrong(new: str, row: int, column: int) -> None:
+    shot = _shot()  # the red circle starts in the upper left, the blue square in the lower right
+    truth = shot_caption(shot, W, H)
+    wrong = _with_subject(truth, 0, position=truth.subjects[0].position.replace("upper left", new))
+    (read,) = read_caption(wrong)
+    score = score_shot(shot, read, W, H, FPS)
+    assert score.position_axes == {"row": 1 + row, "column": 1 + column}
+    both = Fidelity.of([score, score_shot(shot, None, W, H, FPS)])
+    assert both.position_axes == {"row": (1 + row) / 4, "column": (1 + column) / 4}
+
+
 def test_a_wrong_background_loses_one_fact_and_pixels() -> None:
     shot = _shot()
     caption = shot_caption(shot, W, H)

@@ -35,6 +35,8 @@ def test_the_shipped_captioner_meets_its_documented_fidelity(tmp_path: Path) -> 
     assert scores["fact_recall"] >= documented["fact_recall"] - 0.15
     assert scores["fact_precision"] >= documented["fact_precision"] - 0.15
     assert scores["per_attribute"]["background"] >= documented["per_attribute"]["background"] - 0.15
+    # a right start region has its row and its column right
+    assert min(scores["position_axes"].values()) >= scores["per_attribute"]["position"]
     page = (tmp_path / "report.html").read_text()
     assert page.count("<img src='frames/clip_") == 8
     assert len(json.loads((tmp_path / "scores.json").read_text())["per_clip"]) == 8

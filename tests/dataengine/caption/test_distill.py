@@ -108,7 +108,7 @@ def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> No
     assert [step for step, _ in summary["grounding"]] == [2, 4, 6, 8]
     assert all(0 < mass < 1 for _, mass in summary["grounding"])
     assert [step for step, _ in summary["dense"]] == [2, 4, 6, 8]
-    assert all(set(read) <= {"object", "motion", "scene", "centre", "shape"} for _, read in summary["dense"])
+    assert all(set(read) <= {*DENSE_READINGS, "shape"} for _, read in summary["dense"])
     assert all(0 <= right <= 1 for _, read in summary["dense"] for right in read.values())
     first, last = summary["losses"][0][1], summary["losses"][-1][1]
     assert last < first  # 8 steps of a from-scratch model: the loss falls fast on the JSON scaffolding
@@ -306,7 +306,8 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
     """One row per visual token: the token under each subject's start centre (first frame pair) reads
     that subject's shape x size word and motion as its caption states them, and is the one token of that
     pair that reads its shape x size in the centre column; a token no object touches reads nothing there
-    and the scene's pattern x camera."""
+    and the scene's pattern x camera; every token reads its own grid row and column."""
+    import torch
     from transformers import AutoProcessor
 
     folder, pairs = student
@@ -317,9 +318,13 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
         item = encode_pair(processor, pair, "dense-v1", world_targets=True)
         dense = item["dense"]
         _, h, w = (int(v) // s for v, s in zip(item["video_grid_thw"][0], (1, 2, 2), strict=True))
-        assert dense.shape == (int((item["input_ids"] == video).sum()), 4)
+        assert dense.shape == (int((item["input_ids"] == video).sum()), len(DENSE_READINGS))
         for k, n in enumerate(DENSE_CLASSES):
             assert ((dense[:, k] == -100) | ((dense[:, k] >= 0) & (dense[:, k] < n))).all()
+        frame_pairs = len(dense) // (h * w)
+        rows, cols = np.indices((h, w))
+        assert torch.equal(dense[:, 4], torch.from_numpy(np.tile(rows.ravel(), frame_pairs)))  # raster order
+        assert torch.equal(dense[:, 5], torch.from_numpy(np.tile(cols.ravel(), frame_pairs)))
         (shot,) = read_caption(StructuredCaption.model_validate_json(pair.caption))
         for i, (obj, box) in enumerate(zip(shot.objects, pair.boxes, strict=True)):
             x0, y0, x1, y1 = box[:2].mean(axis=0)  # over the first frame pair
@@ -368,7 +373,7 @@ def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[
     with torch.no_grad():
         total, caption, measured = _world_loss(model, batch, weights, config, head)
         assert torch.equal(caption, _weighted_loss(model, batch, weights))
-    assert float(total - caption) > 0 and set(measured) == {"object", "motion", "scene", "centre", "shape"}
+    assert float(total - caption) > 0 and set(measured) == {*DENSE_READINGS, "shape"}
     before = sum(measured[k] for k in DENSE_READINGS) / len(DENSE_READINGS)
     optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     mostly_dense = config.model_copy(update={"dense_weight": 50.0})
@@ -513,7 +518,7 @@ def test_the_tower_warm_up_trains_the_tower_alone_on_what_its_tokens_show(studen
     _warm_up_tower(config, model, processor, pairs, optimizer, head, log)
     assert [step for step, _ in log.tower_warmup] == [4, 8, 12]
     first, last = log.tower_warmup[0][1], log.tower_warmup[-1][1]
-    assert set(first) == {"object", "motion", "scene", "centre", "shape"}
+    assert set(first) == {*DENSE_READINGS, "shape"}
     assert sum(last[k] for k in DENSE_READINGS) > sum(first[k] for k in DENSE_READINGS) + 0.1
     changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(".visual." in name or name.startswith("visual.") for name in changed)
