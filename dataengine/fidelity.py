@@ -263,9 +263,8 @@ class Fidelity:
     recon_iou: float
     per_attribute: dict[str, float]
     shots: int
-    position_axes: dict[
-        str, float
-    ]  # per POSITION_AXES: the start region's row (column) right, over true objects
+    # per POSITION_AXES: the start region's row (column) right, over true objects
+    position_axes: dict[str, float]
 
     @classmethod
     def of(cls, scores: Sequence[ShotScore]) -> Fidelity:
