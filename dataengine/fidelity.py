@@ -118,6 +118,11 @@ def match_objects(truth: Sequence[Facts], stated: Sequence[Facts]) -> list[int |
     return [slots[j] for j in best]
 
 
+def _cell(region: object) -> tuple[int, int]:
+    """A start region's (row, column) in the 3 x 3 grid."""
+    return divmod(REGIONS.index(cast(Region, region)), 3)
+
+
 def _agreeing(truth: Facts, stated: Facts) -> int:
     return sum(1 for k, v in stated.items() if truth.get(k) == v)
 
@@ -168,8 +173,7 @@ def score_shot(truth: ShotSpec, read: ReadShot | None, width: int, height: int, 
             for name, value in stated_objects[j].items():
                 recalled[name] += int(true_obj[name] == value)
             if "position" in stated_objects[j]:
-                true_cell = divmod(REGIONS.index(cast(Region, true_obj["position"])), 3)
-                stated_cell = divmod(REGIONS.index(cast(Region, stated_objects[j]["position"])), 3)
+                true_cell, stated_cell = _cell(true_obj["position"]), _cell(stated_objects[j]["position"])
                 for axis, a, b in zip(POSITION_AXES, true_cell, stated_cell, strict=True):
                     axes[axis] += int(a == b)
     stated = len(stated_scene) + sum(len(o) for o in stated_objects)
@@ -210,7 +214,7 @@ def _rebuild_object(obj: ReadObject, pan: tuple[float, float], width: int, heigh
     if obj.start_xy is not None:
         start = obj.start_xy
     elif obj.region is not None:
-        row, column = divmod(REGIONS.index(obj.region), 3)
+        row, column = _cell(obj.region)
         start = ((column + 0.5) * width / 3, (row + 0.5) * height / 3)
     else:
         start = (width / 2, height / 2)
