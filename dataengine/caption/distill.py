@@ -209,7 +209,8 @@ class Pair:
 class WorldClasses:
     """What a world shot's subjects and scene are: the class ids the dense loss reads from visual tokens."""
 
-    subjects: np.ndarray  # (subjects, 2) in caption order: shape x size word (SHAPES x SIZES), motion
+    # (subjects, 3) in caption order: shape x size word (SHAPES x SIZES), motion, heading (-100 if still)
+    subjects: np.ndarray
     scene: int  # pattern x camera movement (PATTERNS x CAMERAS)
 
 
@@ -218,26 +219,39 @@ MOTIONS: tuple[Motion, ...] = get_args(Motion)
 PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
 CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
 # the dense head's readings: what is on a token (nothing, or shape x size), its motion, the scene, on the
-# token holding an object's centre, that object's shape x size, and the token's own grid row and column
-DENSE_READINGS = ("object", "motion", "scene", "centre", "row", "column")
+# token holding an object's centre, that object's shape x size, the token's own grid row and column, and
+# the moving object's heading, finer than its motion word
+DENSE_READINGS = ("object", "motion", "scene", "centre", "row", "column", "heading")
 DENSE_LOGGED = (*DENSE_READINGS, "shape")  # shape: the centre reading's shape, right whatever the size
 GRID_CLASSES = 32  # the most merged-token rows (or columns) a frame may have for the row and column readings
+HEADING_BINS = 32  # 11.25-degree bins, four to each of the eight direction words' sectors
 DENSE_CLASSES = (
     1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS), len(SHAPES) * len(SIZES),
-    GRID_CLASSES, GRID_CLASSES,
+    GRID_CLASSES, GRID_CLASSES, HEADING_BINS,
 )  # fmt: skip
 
 
+def heading_bin(vx: float, vy: float) -> int:
+    """The ``HEADING_BINS`` bin of an on-screen velocity's direction (y down), or -100 where ``motion_of``
+    says still. The bins split each of ``motion_of``'s 45-degree sectors in four, counterclockwise from the
+    start of the "right" sector, so a bin's sector is ``bin // 4`` in its order (right, up-right, up, ...):
+    the reading asks the tokens where in its sector a direction lies, which is what tells neighbouring
+    words apart near a sector's edge."""
+    if motion_of(vx, vy) == "still":
+        return -100
+    turns = (math.atan2(-vy, vx) / (2 * math.pi) + 1 / 16) % 1.0
+    return int(turns * HEADING_BINS) % HEADING_BINS
+
+
 def world_classes(shot: ShotSpec, width: int, height: int) -> WorldClasses:
-    subjects = [
-        (
+    subjects = []
+    for obj in shot.objects:
+        on_screen = (obj.velocity_xy[0] - shot.pan_xy[0], obj.velocity_xy[1] - shot.pan_xy[1])
+        subjects.append((
             SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(size_word(obj.size_px, width, height)),
-            MOTIONS.index(
-                motion_of(obj.velocity_xy[0] - shot.pan_xy[0], obj.velocity_xy[1] - shot.pan_xy[1])
-            ),
-        )
-        for obj in shot.objects
-    ]
+            MOTIONS.index(motion_of(*on_screen)),
+            heading_bin(*on_screen),
+        ))  # fmt: skip
     camera = CAMERAS.index(camera_movement(*shot.pan_xy))
     return WorldClasses(
         np.array(subjects, dtype=np.int64), PATTERNS.index(shot.pattern) * len(CAMERAS) + camera
@@ -469,7 +483,7 @@ def grounding_targets(
 
 
 def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge: int) -> Any:
-    """What each merged visual token shows, as (frame pairs x rows x cols, 6) class ids in the visual
+    """What each merged visual token shows, as (frame pairs x rows x cols, 7) class ids in the visual
     tokens' order, -100 where a reading does not apply.
 
     A token is an object's when that object (its box averaged over the pair's two frames) covers a tenth
@@ -481,7 +495,8 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
     that sees the whole object, where most of an object's tokens see an edge of it. 4 and 5: the token's
     own grid row and column, on every token, so that the tokens keep their place in the frame for the
     text model to read (the content readings alone are the same wherever an object is, and training on
-    them wears the position table's trace out of the tower's output: ``dataengine probe-student``).
+    them wears the position table's trace out of the tower's output: ``dataengine probe-student``). 6: on
+    a moving object's tokens (as column 1), its ``heading_bin``.
     """
     import torch
 
@@ -506,6 +521,7 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
         on, touched = covers.any(axis=0), (overlap > 0).any(axis=0)
         targets[p, on, 0] = 1 + classes.subjects[top[on], 0]
         targets[p, on, 1] = classes.subjects[top[on], 1]
+        targets[p, on, 6] = classes.subjects[top[on], 2]
         targets[p, ~touched, 0] = 0
         targets[p, ~touched, 2] = classes.scene
         for subject, at in enumerate(centre):
@@ -514,7 +530,7 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
 
 
 def split_dense_targets(targets: np.ndarray) -> dict[str, np.ndarray]:
-    """``dense_targets``'s (tokens, 6) class ids (the first three columns) undone into the world's own
+    """``dense_targets``'s (tokens, 7) class ids (the first three columns) undone into the world's own
     readings, per token a class id (-1 where the reading does not apply): the shape and size word of the
     object covering it (``SHAPES``, ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's
     pattern and camera movement."""
@@ -1019,7 +1035,7 @@ def _world_loss(
 
 def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
     """The mean of ``dense_head``'s cross-entropies on ``tokens`` (N, hidden) against ``dense_targets``'s
-    (N, 6) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
+    (N, 7) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
     import torch
 
     losses, measured = [], {}

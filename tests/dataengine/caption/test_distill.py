@@ -16,6 +16,7 @@ from dataengine.caption.distill import (
     DENSE_CLASSES,
     DENSE_READINGS,
     GROUNDING_ATTENTION,
+    HEADING_BINS,
     MOTIONS,
     PATTERNS,
     SIZES,
@@ -30,6 +31,7 @@ from dataengine.caption.distill import (
     collate,
     distill,
     encode_pair,
+    heading_bin,
     make_optimizer,
     split_dense_targets,
     world_pairs,
@@ -39,7 +41,7 @@ from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
-from dataengine.world import SHAPES, read_caption, region_of
+from dataengine.world import SHAPES, motion_of, read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -337,6 +339,10 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
             assert token[1] == MOTIONS.index(obj.motion)
             assert token[2] == -100
             assert token[3] == SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)  # its centre
+            if obj.motion == "still":
+                assert token[6] == -100
+            else:
+                assert OCTANTS[int(token[6]) // 4] == obj.motion  # the heading lies in the word's sector
             readings = {k: int(v[row * w + col]) for k, v in split_dense_targets(dense.numpy()).items()}
             assert readings == {
                 "shape": SHAPES.index(obj.shape), "size": SIZES.index(obj.size),
@@ -350,6 +356,23 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
         assert centres[0] >= 1 and (centres <= len(shot.objects)).all()
         seen_scene += len(empty)
     assert seen_scene > 0 and checked >= len(pairs)
+
+
+OCTANTS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
+
+
+def test_heading_bins_split_each_direction_word_in_four() -> None:
+    """Sweeping the direction round the circle (y down on screen), the heading bin climbs by one every
+    11.25 degrees, counterclockwise, and its quarter is always the direction word's sector; a velocity
+    too slow to move has no heading."""
+    bins = []
+    for degrees in np.arange(0.25, 360.0, 0.5):  # clear of the sectors' edges, at 22.5 + 45k
+        vx, vy = 40 * math.cos(math.radians(degrees)), -40 * math.sin(math.radians(degrees))
+        bins.append(heading_bin(vx, vy))
+        assert OCTANTS[bins[-1] // 4] == motion_of(vx, vy)
+    assert sorted(set(bins)) == list(range(HEADING_BINS))
+    assert (bins[0], bins[44], bins[45]) == (2, 3, 4)  # 0.25 degrees; either side of 22.5, an edge
+    assert heading_bin(1.0, -1.0) == -100
 
 
 def _touches(box: np.ndarray, cell: np.ndarray) -> bool:
