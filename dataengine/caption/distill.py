@@ -209,7 +209,8 @@ class Pair:
 class WorldClasses:
     """What a world shot's subjects and scene are: the class ids the dense loss reads from visual tokens."""
 
-    # (subjects, 3) in caption order: shape x size word (SHAPES x SIZES), motion, heading (-100 if still)
+    # (subjects, 4) in caption order: shape x size word (SHAPES x SIZES), motion, heading (-100 if still),
+    # extent (EXTENT_BINS)
     subjects: np.ndarray
     scene: int  # pattern x camera movement (PATTERNS x CAMERAS)
 
@@ -220,14 +221,17 @@ PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
 CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
 # the dense head's readings: what is on a token (nothing, or shape x size), its motion, the scene, on the
 # token holding an object's centre, that object's shape x size, the token's own grid row and column, and
-# the moving object's heading, finer than its motion word
-DENSE_READINGS = ("object", "motion", "scene", "centre", "row", "column", "heading")
+# three finer than the caption's words, so that the tokens tell neighbouring words apart near their edges:
+# a moving object's heading, and on its centre token, its size and where in the frame its centre lies
+DENSE_READINGS = ("object", "motion", "scene", "centre", "row", "column", "heading", "extent", "x", "y")
 DENSE_LOGGED = (*DENSE_READINGS, "shape")  # shape: the centre reading's shape, right whatever the size
 GRID_CLASSES = 32  # the most merged-token rows (or columns) a frame may have for the row and column readings
 HEADING_BINS = 32  # 11.25-degree bins, four to each of the eight direction words' sectors
+EXTENT_BINS = 32  # size / min(width, height) in hundredths (the size words' edges are 0.17 and 0.23), capped
+PLACE_BINS = 48  # the centre's x (y) in 48ths of the frame, sixteen to each third (the start regions')
 DENSE_CLASSES = (
     1 + len(SHAPES) * len(SIZES), len(MOTIONS), len(PATTERNS) * len(CAMERAS), len(SHAPES) * len(SIZES),
-    GRID_CLASSES, GRID_CLASSES, HEADING_BINS,
+    GRID_CLASSES, GRID_CLASSES, HEADING_BINS, EXTENT_BINS, PLACE_BINS, PLACE_BINS,
 )  # fmt: skip
 
 
@@ -243,6 +247,12 @@ def heading_bin(vx: float, vy: float) -> int:
     return int(turns * HEADING_BINS) % HEADING_BINS
 
 
+def extent_bin(size_px: float, width: int, height: int) -> int:
+    """An object's size in hundredths of the frame's shorter side, capped at ``EXTENT_BINS`` - 1: the size
+    words (``size_word``) change at whole hundredths, so each word is a run of bins."""
+    return min(EXTENT_BINS - 1, int(size_px / min(width, height) * 100 + 1e-9))
+
+
 def world_classes(shot: ShotSpec, width: int, height: int) -> WorldClasses:
     subjects = []
     for obj in shot.objects:
@@ -251,6 +261,7 @@ def world_classes(shot: ShotSpec, width: int, height: int) -> WorldClasses:
             SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(size_word(obj.size_px, width, height)),
             MOTIONS.index(motion_of(*on_screen)),
             heading_bin(*on_screen),
+            extent_bin(obj.size_px, width, height),
         ))  # fmt: skip
     camera = CAMERAS.index(camera_movement(*shot.pan_xy))
     return WorldClasses(
@@ -483,7 +494,7 @@ def grounding_targets(
 
 
 def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge: int) -> Any:
-    """What each merged visual token shows, as (frame pairs x rows x cols, 7) class ids in the visual
+    """What each merged visual token shows, as (frame pairs x rows x cols, 10) class ids in the visual
     tokens' order, -100 where a reading does not apply.
 
     A token is an object's when that object (its box averaged over the pair's two frames) covers a tenth
@@ -496,7 +507,8 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
     own grid row and column, on every token, so that the tokens keep their place in the frame for the
     text model to read (the content readings alone are the same wherever an object is, and training on
     them wears the position table's trace out of the tower's output: ``dataengine probe-student``). 6: on
-    a moving object's tokens (as column 1), its ``heading_bin``.
+    a moving object's tokens (as column 1), its ``heading_bin``. 7 to 9, on the centre token (as column
+    3): the object's ``extent_bin`` and its centre's x and y in ``PLACE_BINS`` of the frame.
     """
     import torch
 
@@ -526,11 +538,18 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
         targets[p, ~touched, 2] = classes.scene
         for subject, at in enumerate(centre):
             targets[p, at, 3] = classes.subjects[subject, 0]
+            targets[p, at, 7] = classes.subjects[subject, 3]
+            targets[p, at, 8] = _place_bin((x0[subject] + x1[subject]).item() / 2)
+            targets[p, at, 9] = _place_bin((y0[subject] + y1[subject]).item() / 2)
     return torch.from_numpy(targets.reshape(-1, len(DENSE_READINGS)))
 
 
+def _place_bin(fraction: float) -> int:
+    return min(PLACE_BINS - 1, max(0, int(fraction * PLACE_BINS)))
+
+
 def split_dense_targets(targets: np.ndarray) -> dict[str, np.ndarray]:
-    """``dense_targets``'s (tokens, 7) class ids (the first three columns) undone into the world's own
+    """``dense_targets``'s (tokens, 10) class ids (the first three columns) undone into the world's own
     readings, per token a class id (-1 where the reading does not apply): the shape and size word of the
     object covering it (``SHAPES``, ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's
     pattern and camera movement."""
@@ -1035,7 +1054,7 @@ def _world_loss(
 
 def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
     """The mean of ``dense_head``'s cross-entropies on ``tokens`` (N, hidden) against ``dense_targets``'s
-    (N, 7) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
+    (N, 10) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
     import torch
 
     losses, measured = [], {}

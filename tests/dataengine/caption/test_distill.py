@@ -19,6 +19,7 @@ from dataengine.caption.distill import (
     HEADING_BINS,
     MOTIONS,
     PATTERNS,
+    PLACE_BINS,
     SIZES,
     DistillConfig,
     Pair,
@@ -307,8 +308,10 @@ def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
 def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, list]) -> None:
     """One row per visual token: the token under each subject's start centre (first frame pair) reads
     that subject's shape x size word and motion as its caption states them, and is the one token of that
-    pair that reads its shape x size in the centre column; a token no object touches reads nothing there
-    and the scene's pattern x camera; every token reads its own grid row and column."""
+    pair that reads its shape x size in the centre column, its size in hundredths (within its size word's)
+    and its centre's place in 48ths of the frame (within the token's cell); its heading lies in its motion
+    word's sector; a token no object touches reads nothing there and the scene's pattern x camera; every
+    token reads its own grid row and column."""
     import torch
     from transformers import AutoProcessor
 
@@ -343,6 +346,10 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
                 assert token[6] == -100
             else:
                 assert OCTANTS[int(token[6]) // 4] == obj.motion  # the heading lies in the word's sector
+            assert SIZES[int(np.searchsorted([17, 23], int(token[7]), side="right"))] == obj.size
+            x, y = int(token[8]), int(token[9])  # the centre's 48ths of the frame lie in the token's cell
+            assert x / PLACE_BINS < (col + 1) / w and col / w < (x + 1) / PLACE_BINS
+            assert y / PLACE_BINS < (row + 1) / h and row / h < (y + 1) / PLACE_BINS
             readings = {k: int(v[row * w + col]) for k, v in split_dense_targets(dense.numpy()).items()}
             assert readings == {
                 "shape": SHAPES.index(obj.shape), "size": SIZES.index(obj.size),
