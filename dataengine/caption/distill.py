@@ -159,8 +159,10 @@ class DistillConfig(StageConfig):
         description="world pairs: weight of an auxiliary loss on the visual tokens themselves: a linear "
         "head (used in training only, not saved) reads from each merged token the shape and size word of "
         "the object on it, that object's motion, or, where no object is, the background pattern and the "
-        "camera movement (the world knows them); it teaches the vision tower the features the caption "
-        "needs and the caption loss alone did not. 0: off",
+        "camera movement (the world knows them), the token's own grid row and column, and finer than the "
+        "caption's words, a moving object's heading and, on its centre token, its size and centre place "
+        "(DENSE_READINGS); it teaches the vision tower the features the caption needs and the caption loss "
+        "alone did not. 0: off",
     )
     tower_warmup_steps: int = Field(
         0,
