@@ -20,7 +20,14 @@ from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
 from dataengine.synth import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
-from tests.media import GoodClip, make_broken_inputs, make_good_clips, make_images, make_scene_cut_clip
+from tests.media import (
+    GoodClip,
+    make_broken_inputs,
+    make_good_clips,
+    make_images,
+    make_scene_cut_clip,
+    make_world_stills,
+)
 from tests.net import free_port
 
 
@@ -66,13 +73,24 @@ def caption_clips(tmp_path_factory: pytest.TempPathFactory) -> list[DecodedClip]
 @pytest.fixture(scope="session")
 def caption_images(images: dict[str, Path]) -> list[DecodedClip]:
     """The png and jpeg stills as the demo recipe decodes them: one frame each."""
+    return _decoded_stills(images)
+
+
+@pytest.fixture(scope="session")
+def world_stills(tmp_path_factory: pytest.TempPathFactory) -> list[DecodedClip]:
+    """A png and a jpeg of a world frame as the demo recipe decodes them: stills the shipped captioner
+    knows (on the testsrc stills above it may repeat itself, which the quality gate rightly refuses)."""
+    return _decoded_stills(make_world_stills(tmp_path_factory.mktemp("world_stills")))
+
+
+def _decoded_stills(stills: dict[str, Path]) -> list[DecodedClip]:
     recipe = demo()
     stages: list[Stage[Any, Any]] = [
         ProbeStage(recipe.probe),
         SplitStage(recipe.split),
         DecodeStage(recipe.decode),
     ]
-    sources = [Source.from_uri(images[name]) for name in ("png", "jpeg")]
+    sources = [Source.from_uri(stills[name]) for name in ("png", "jpeg")]
     decoded = [r for r in run_chain(stages, sources) if isinstance(r, DecodedClip)]
     assert len(decoded) == 2
     return decoded

@@ -157,6 +157,23 @@ def make_images(root: Path) -> dict[str, Path]:
     return images
 
 
+def make_world_stills(root: Path, seed: int = 3) -> dict[str, Path]:
+    """The first frame of a random world shot (320x240) as a png and a jpeg: stills of what the shipped
+    captioner was trained on."""
+    import numpy as np
+    from PIL import Image
+
+    from dataengine.synth import random_spec, render_shot
+
+    root.mkdir(parents=True, exist_ok=True)
+    spec = random_spec(np.random.default_rng(seed), fps=8, max_shots=1)
+    picture = Image.fromarray(render_shot(spec.shots[0], 0.0, spec.width, spec.height).astype(np.uint8))
+    stills = {"png": root / "world.png", "jpeg": root / "world.jpg"}
+    for path in stills.values():
+        picture.save(path)
+    return stills
+
+
 def make_animations(root: Path) -> dict[str, Path]:
     """Animated GIF and WebP (ten 64x48 frames at 10 fps): not still images, whatever their demuxer."""
     root.mkdir(parents=True, exist_ok=True)

@@ -87,11 +87,12 @@ def test_images_through_the_in_process_engine(
             assert result.caption.windows == 1
 
 
-def test_an_image_through_a_real_vllm_server(vllm_server: str, caption_images: list[DecodedClip]) -> None:
+def test_an_image_through_a_real_vllm_server(vllm_server: str, world_stills: list[DecodedClip]) -> None:
+    """The server serves the demo's captioner, trained on world clips: it captions world stills."""
     engine = OpenAIEngineConfig(model=SERVED_MODEL, base_url=vllm_server, timeout_s=60)
     stage = CaptionStage(demo().caption.model_copy(update={"engine": engine}))
     with stage:
-        results = stage.process_batch(caption_images)
+        results = stage.process_batch(world_stills)
     check_results(results, "openai", SERVED_MODEL, prompt_id="dense-image-v1")
 
 
