@@ -63,12 +63,18 @@ def region_of(x: float, y: float, width: int, height: int) -> Region:
     return REGIONS[3 * row + column]
 
 
+# the eight directions counterclockwise from "right", each the word of a 45-degree sector around it
+OCTANTS: tuple[Motion, ...] = (
+    "right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right"
+)  # fmt: skip
+
+
 def motion_of(vx: float, vy: float) -> Motion:
     """The nearest of eight compass directions of an on-screen velocity (y down), or still."""
     if math.hypot(vx, vy) < STILL_PX_S:
         return "still"
     octant = round(math.atan2(-vy, vx) / (math.pi / 4)) % 8
-    return ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")[octant]
+    return OCTANTS[octant]
 
 
 def _motion_phrase(motion: Motion) -> str:

@@ -240,7 +240,7 @@ DENSE_CLASSES = (
 def heading_bin(vx: float, vy: float) -> int:
     """The ``HEADING_BINS`` bin of an on-screen velocity's direction (y down), or -100 where ``motion_of``
     says still. The bins split each of ``motion_of``'s 45-degree sectors in four, counterclockwise from the
-    start of the "right" sector, so a bin's sector is ``bin // 4`` in its order (right, up-right, up, ...):
+    start of the "right" sector, so a bin's sector is ``OCTANTS[bin // 4]``:
     the reading asks the tokens where in its sector a direction lies, which is what tells neighbouring
     words apart near a sector's edge."""
     if motion_of(vx, vy) == "still":

@@ -42,7 +42,7 @@ from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
-from dataengine.world import SHAPES, motion_of, read_caption, region_of
+from dataengine.world import OCTANTS, SHAPES, motion_of, read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -363,9 +363,6 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
         assert centres[0] >= 1 and (centres <= len(shot.objects)).all()
         seen_scene += len(empty)
     assert seen_scene > 0 and checked >= len(pairs)
-
-
-OCTANTS = ("right", "up-right", "up", "up-left", "left", "down-left", "down", "down-right")
 
 
 def test_heading_bins_split_each_direction_word_in_four() -> None:
