@@ -40,7 +40,7 @@ Motion = Literal[
 SHAPES: tuple[Shape, ...] = get_args(Shape)
 REGIONS: tuple[Region, ...] = get_args(Region)  # row by row, three per row
 STILL_PX_S = 4.0  # an object slower than this on screen is described as still
-_SIZE_EDGES = (0.17, 0.23)  # size / min(width, height): below the first is small, below the second medium
+SIZE_EDGES = (0.17, 0.23)  # size / min(width, height): below the first is small, below the second medium
 _SETTINGS = {
     "flat": "plain {} background",
     "stripes": "{} background with diagonal stripes",
@@ -53,7 +53,7 @@ _LIGHTING = "flat, even light with no shadows"
 
 def size_word(size_px: float, width: int, height: int) -> SizeWord:
     ratio = size_px / min(width, height)
-    return "small" if ratio < _SIZE_EDGES[0] else "medium" if ratio < _SIZE_EDGES[1] else "large"
+    return "small" if ratio < SIZE_EDGES[0] else "medium" if ratio < SIZE_EDGES[1] else "large"
 
 
 def region_of(x: float, y: float, width: int, height: int) -> Region:

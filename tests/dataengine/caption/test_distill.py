@@ -42,7 +42,7 @@ from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
-from dataengine.world import OCTANTS, SHAPES, motion_of, read_caption, region_of
+from dataengine.world import OCTANTS, SHAPES, SIZE_EDGES, motion_of, read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -346,7 +346,7 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
                 assert token[6] == -100
             else:
                 assert OCTANTS[int(token[6]) // 4] == obj.motion  # the heading lies in the word's sector
-            assert SIZES[int(np.searchsorted([17, 23], int(token[7]), side="right"))] == obj.size
+            assert SIZES[int(np.searchsorted(np.array(SIZE_EDGES) * 100, int(token[7]) + 0.5))] == obj.size
             x, y = int(token[8]), int(token[9])  # the centre's 48ths of the frame lie in the token's cell
             assert x / PLACE_BINS < (col + 1) / w and col / w < (x + 1) / PLACE_BINS
             assert y / PLACE_BINS < (row + 1) / h and row / h < (y + 1) / PLACE_BINS
