@@ -497,20 +497,21 @@ def grounding_targets(
 
 def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge: int) -> Any:
     """What each merged visual token shows, as (frame pairs x rows x cols, 10) class ids in the visual
-    tokens' order, -100 where a reading does not apply.
+    tokens' order, one column per ``DENSE_READINGS`` entry, -100 where a reading does not apply.
 
     A token is an object's when that object (its box averaged over the pair's two frames) covers a tenth
     of the token's cell or its centre lies in the cell; where objects compete, the one covering more (then
-    the one drawn later, on top). Columns: 0, the object's shape x size word + 1, or 0 on a token no object
-    touches; 1, the object's motion; 2, on a token no object touches, the scene's pattern x camera. A token
-    an object touches but does not cover is left out of these three. 3: on the token holding an object's
-    centre, its shape x size word (where centres share a token, the object drawn later): the one token
-    that sees the whole object, where most of an object's tokens see an edge of it. 4 and 5: the token's
-    own grid row and column, on every token, so that the tokens keep their place in the frame for the
-    text model to read (the content readings alone are the same wherever an object is, and training on
-    them wears the position table's trace out of the tower's output: ``dataengine probe-student``). 6: on
-    a moving object's tokens (as column 1), its ``heading_bin``. 7 to 9, on the centre token (as column
-    3): the object's ``extent_bin`` and its centre's x and y in ``PLACE_BINS`` of the frame.
+    the one drawn later, on top). ``object``: the object's shape x size word + 1, or 0 on a token no object
+    touches; ``motion``: the object's motion; ``scene``: on a token no object touches, the scene's pattern x
+    camera. A token an object touches but does not cover is left out of these three. ``centre``: on the
+    token holding an object's centre, its shape x size word (where centres share a token, the object drawn
+    later): the one token that sees the whole object, where most of an object's tokens see an edge of it.
+    ``row`` and ``column``: the token's own grid place, on every token, so that the tokens keep their place
+    in the frame for the text model to read (the content readings alone are the same wherever an object
+    is, and training on them wears the position table's trace out of the tower's output: ``dataengine
+    probe-student``). ``heading``: on a moving object's tokens (as ``motion``), its ``heading_bin``.
+    ``extent``, ``x``, ``y``: on the centre token (as ``centre``), the object's ``extent_bin`` and its
+    centre's place in ``PLACE_BINS`` of the frame.
     """
     import torch
 
@@ -522,7 +523,8 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
         )
     r, c = np.indices((rows, cols))
     targets = np.full((frame_pairs, rows, cols, len(DENSE_READINGS)), -100, dtype=np.int64)
-    targets[..., 4], targets[..., 5] = r, c
+    read = {name: targets[..., k] for k, name in enumerate(DENSE_READINGS)}  # views into targets
+    read["row"][...], read["column"][...] = r, c
     for p in range(frame_pairs):
         x0, y0, x1, y1 = boxes[:, 2 * p : 2 * p + 2].mean(axis=1).T[:, :, None, None]  # (subjects, 1, 1)
         overlap = (np.minimum(x1 * cols, c + 1) - np.maximum(x0 * cols, c)).clip(0) * (
@@ -533,16 +535,17 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
         ranked = np.where(covers, overlap + 1e-6 * np.arange(len(boxes))[:, None, None], -1.0)
         top = ranked.argmax(axis=0)
         on, touched = covers.any(axis=0), (overlap > 0).any(axis=0)
-        targets[p, on, 0] = 1 + classes.subjects[top[on], 0]
-        targets[p, on, 1] = classes.subjects[top[on], 1]
-        targets[p, on, 6] = classes.subjects[top[on], 2]
-        targets[p, ~touched, 0] = 0
-        targets[p, ~touched, 2] = classes.scene
+        shape_size, motion, heading, extent = classes.subjects.T
+        read["object"][p, on] = 1 + shape_size[top[on]]
+        read["motion"][p, on] = motion[top[on]]
+        read["heading"][p, on] = heading[top[on]]
+        read["object"][p, ~touched] = 0
+        read["scene"][p, ~touched] = classes.scene
         for subject, at in enumerate(centre):
-            targets[p, at, 3] = classes.subjects[subject, 0]
-            targets[p, at, 7] = classes.subjects[subject, 3]
-            targets[p, at, 8] = _place_bin((x0[subject] + x1[subject]).item() / 2)
-            targets[p, at, 9] = _place_bin((y0[subject] + y1[subject]).item() / 2)
+            read["centre"][p, at] = shape_size[subject]
+            read["extent"][p, at] = extent[subject]
+            read["x"][p, at] = _place_bin((x0[subject] + x1[subject]).item() / 2)
+            read["y"][p, at] = _place_bin((y0[subject] + y1[subject]).item() / 2)
     return torch.from_numpy(targets.reshape(-1, len(DENSE_READINGS)))
 
 
@@ -551,11 +554,11 @@ def _place_bin(fraction: float) -> int:
 
 
 def split_dense_targets(targets: np.ndarray) -> dict[str, np.ndarray]:
-    """``dense_targets``'s (tokens, 10) class ids (the first three columns) undone into the world's own
-    readings, per token a class id (-1 where the reading does not apply): the shape and size word of the
-    object covering it (``SHAPES``, ``SIZES``), its motion (``MOTIONS``), and on empty tokens the scene's
-    pattern and camera movement."""
-    what, motion, scene = targets[:, 0], targets[:, 1], targets[:, 2]
+    """``dense_targets``'s (tokens, 10) class ids (its object, motion and scene readings) undone into the
+    world's own readings, per token a class id (-1 where the reading does not apply): the shape and size
+    word of the object covering it (``SHAPES``, ``SIZES``), its motion (``MOTIONS``), and on empty tokens
+    the scene's pattern and camera movement."""
+    what, motion, scene = (targets[:, DENSE_READINGS.index(name)] for name in ("object", "motion", "scene"))
     on, empty = what > 0, scene >= 0
     return {
         "shape": np.where(on, (what - 1) // len(SIZES), -1),

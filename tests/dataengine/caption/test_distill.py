@@ -326,10 +326,11 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
         assert dense.shape == (int((item["input_ids"] == video).sum()), len(DENSE_READINGS))
         for k, n in enumerate(DENSE_CLASSES):
             assert ((dense[:, k] == -100) | ((dense[:, k] >= 0) & (dense[:, k] < n))).all()
+        read = dict(zip(DENSE_READINGS, dense.T, strict=True))  # each reading's column
         frame_pairs = len(dense) // (h * w)
         rows, cols = np.indices((h, w))
-        assert torch.equal(dense[:, 4], torch.from_numpy(np.tile(rows.ravel(), frame_pairs)))  # raster order
-        assert torch.equal(dense[:, 5], torch.from_numpy(np.tile(cols.ravel(), frame_pairs)))
+        assert torch.equal(read["row"], torch.from_numpy(np.tile(rows.ravel(), frame_pairs)))  # raster order
+        assert torch.equal(read["column"], torch.from_numpy(np.tile(cols.ravel(), frame_pairs)))
         (shot,) = read_caption(StructuredCaption.model_validate_json(pair.caption))
         for i, (obj, box) in enumerate(zip(shot.objects, pair.boxes, strict=True)):
             x0, y0, x1, y1 = box[:2].mean(axis=0)  # over the first frame pair
@@ -337,17 +338,17 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
             cell = np.array([col / w, row / h, (col + 1) / w, (row + 1) / h])
             if any(_touches(other[:2].mean(axis=0), cell) for j, other in enumerate(pair.boxes) if j != i):
                 continue  # another subject may cover more of this token
-            token = dense[row * w + col]
-            assert token[0] == 1 + SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)
-            assert token[1] == MOTIONS.index(obj.motion)
-            assert token[2] == -100
-            assert token[3] == SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)  # its centre
+            token = {name: int(v[row * w + col]) for name, v in read.items()}
+            assert token["object"] == 1 + SHAPES.index(obj.shape) * len(SIZES) + SIZES.index(obj.size)
+            assert token["motion"] == MOTIONS.index(obj.motion)
+            assert token["scene"] == -100
+            assert token["centre"] == token["object"] - 1  # the token holds its centre
             if obj.motion == "still":
-                assert token[6] == -100
+                assert token["heading"] == -100
             else:
-                assert OCTANTS[int(token[6]) // 4] == obj.motion  # the heading lies in the word's sector
-            assert SIZES[int(np.searchsorted(np.array(SIZE_EDGES) * 100, int(token[7]) + 0.5))] == obj.size
-            x, y = int(token[8]), int(token[9])  # the centre's 48ths of the frame lie in the token's cell
+                assert OCTANTS[token["heading"] // 4] == obj.motion  # the heading lies in the word's sector
+            assert SIZES[int(np.searchsorted(np.array(SIZE_EDGES) * 100, token["extent"] + 0.5))] == obj.size
+            x, y = token["x"], token["y"]  # the centre's 48ths of the frame lie in the token's cell
             assert x / PLACE_BINS < (col + 1) / w and col / w < (x + 1) / PLACE_BINS
             assert y / PLACE_BINS < (row + 1) / h and row / h < (y + 1) / PLACE_BINS
             readings = {k: int(v[row * w + col]) for k, v in split_dense_targets(dense.numpy()).items()}
@@ -356,10 +357,10 @@ def test_dense_targets_say_what_each_visual_token_shows(student: tuple[Path, lis
                 "motion": MOTIONS.index(obj.motion), "pattern": -1, "camera": -1,
             }  # fmt: skip
             checked += 1
-        empty = (dense[:, 0] == 0).nonzero()[:, 0]
+        empty = (read["object"] == 0).nonzero()[:, 0]
         scene = PATTERNS.index(shot.pattern) * len(CAMERAS) + CAMERAS.index(shot.camera)
-        assert (dense[empty, 2] == scene).all() and (dense[empty, 1] == -100).all()
-        centres = (dense[:, 3] != -100).reshape(-1, h * w).sum(1)  # per frame pair: one per object at most
+        assert (read["scene"][empty] == scene).all() and (read["motion"][empty] == -100).all()
+        centres = (read["centre"] != -100).reshape(-1, h * w).sum(1)  # per frame pair: one per object at most
         assert centres[0] >= 1 and (centres <= len(shot.objects)).all()
         seen_scene += len(empty)
     assert seen_scene > 0 and checked >= len(pairs)
