@@ -525,6 +525,7 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
     targets = np.full((frame_pairs, rows, cols, len(DENSE_READINGS)), -100, dtype=np.int64)
     read = {name: targets[..., k] for k, name in enumerate(DENSE_READINGS)}  # views into targets
     read["row"][...], read["column"][...] = r, c
+    shape_size, motion, heading, extent = classes.subjects.T  # per subject, in caption order
     for p in range(frame_pairs):
         x0, y0, x1, y1 = boxes[:, 2 * p : 2 * p + 2].mean(axis=1).T[:, :, None, None]  # (subjects, 1, 1)
         overlap = (np.minimum(x1 * cols, c + 1) - np.maximum(x0 * cols, c)).clip(0) * (
@@ -535,7 +536,6 @@ def dense_targets(boxes: np.ndarray, classes: WorldClasses, grid_thw: Any, merge
         ranked = np.where(covers, overlap + 1e-6 * np.arange(len(boxes))[:, None, None], -1.0)
         top = ranked.argmax(axis=0)
         on, touched = covers.any(axis=0), (overlap > 0).any(axis=0)
-        shape_size, motion, heading, extent = classes.subjects.T
         read["object"][p, on] = 1 + shape_size[top[on]]
         read["motion"][p, on] = motion[top[on]]
         read["heading"][p, on] = heading[top[on]]
