@@ -3,9 +3,10 @@
 ``builtin:tiny-qwen2_5_vl`` and ``builtin:tiny-qwen3_vl`` are randomly initialised tiny VLMs built offline
 (see ``tiny_vlm.py``) and cached on disk; they make the whole loop run on a machine with no GPU and no hub,
 with nonsense captions. ``builtin:world-captioner`` is a trained one shipped in ``dataengine/assets/``: a
-Qwen3-VL student distilled from the synthetic world's ground truth (``dataengine distill``); it gets the
-background, count and colours of world clips mostly right and object shape, size, position and motion often
-wrong (``fidelity.json`` next to its weights). Everything else is passed to the loaders unchanged.
+Qwen3-VL student distilled from the synthetic world's ground truth (``dataengine distill``); it states
+about 95 of every 100 facts of a world clip (motion and size are its weakest; ``fidelity.json`` next to its
+weights) and knows nothing outside that world. A local folder must hold a ``config.json``; anything else is
+passed to the loaders unchanged, as a hub id.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ BUILTIN_MODELS = {
 }
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"world-captioner": ASSETS / "world-captioner"}  # name -> packaged folder
+LOCAL_PREFIXES = ("/", "./", "../", "~")  # a model named like this is a path, never a hub id
 REBUILD = {
     "world-captioner": "dataengine distill --pairs world --out dataengine/assets/world-captioner "
     "(see README: Caption fidelity)"
@@ -32,9 +34,15 @@ def resolve_model(model: str) -> str:
     """A path or hub id the loaders accept; ``builtin:`` names are built (once) and cached.
 
     Raises:
-        ConfigError: an unknown ``builtin:`` name (the message lists the known ones).
+        ConfigError: an unknown ``builtin:`` name (the message lists the known ones), or a local path
+            (absolute, ``./``, ``../`` or ``~``) with no model folder there.
     """
     if not model.startswith(BUILTIN):
+        if model.startswith(LOCAL_PREFIXES) and not (Path(model).expanduser() / "config.json").is_file():
+            raise ConfigError(
+                f"no model folder at {model!r} (a local model is a folder with config.json, "
+                "e.g. the --out of `dataengine distill`; a hub id is written org/name)"
+            )
         return model
     name = model.removeprefix(BUILTIN)
     if name in SHIPPED:
