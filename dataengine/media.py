@@ -3,6 +3,10 @@
 ffmpeg-python builds the filter graphs (see ``stages/decode.py``); the processes themselves are started here
 with ``subprocess`` so that a timeout really kills the child (``ffmpeg.probe`` leaves it running) and so that
 extra output pipes can be passed to ffmpeg.
+
+Every ffmpeg/ffprobe call that reads an input passes ``INPUT_OPTIONS`` before its ``-i``: ffmpeg then reads
+the named file and nothing that file points to (see ``SAFE_DEMUXERS``), and ``ffprobe`` turns a refusal into
+a ``MediaError`` that says what the input really is.
 """
 
 from __future__ import annotations
@@ -12,10 +16,35 @@ import re
 import shutil
 import subprocess
 from fractions import Fraction
+from pathlib import PurePath
 from typing import Any
 
 _PIX_FMT_DEPTH = re.compile(r"p(\d{2})(?:le|be)$")
 _LOG_PREFIX = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
+_FORMAT_REFUSED = re.compile(r"^\[(\w+) @ 0x[0-9a-f]+\] Format not on whitelist", re.MULTILINE)
+_PROTOCOL_REFUSED = re.compile(r"Protocol '([^']+)' not on whitelist")
+
+# Demuxers that read one picture from one file; the probe takes them as stills. GIF and APNG have demuxers of
+# their own and are videos.
+STILL_DEMUXERS = ("png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "ppm_pipe")
+# The demuxers ffmpeg may pick for an input: containers and streams that hold all their media in the file
+# itself, checked against `ffmpeg -demuxers` of ffmpeg 5.1. One name admits a demuxer with several ("mov"
+# is mov,mp4,m4a,3gp,3g2,mj2; "matroska" is matroska,webm). Audio containers are here so that an audio file
+# is refused later, for having no video stream. Left out on purpose, because they open further files or URLs
+# named inside the input: hls, dash, webm_dash_manifest, imf, concat (ffconcat lists), image2 (which expands
+# "img%03d.png" into a sequence of other files), sdp/rtp/rtsp; left out too: lavfi, avisynth and
+# vapoursynth (programs, not media), tty and bin (they draw any text file as video), and every device
+# grabber. mov follows data references (drefs) only with its enable_drefs option, which stays off.
+SAFE_DEMUXERS = (
+    "mov", "matroska", "avi", "flv", "mpegts", "mpeg", "mpegvideo", "ogg", "asf", "mxf", "nut", "ivf", "dv",
+    "yuv4mpegpipe", "h264", "hevc", "m4v", "mjpeg", "gif", "apng", *STILL_DEMUXERS,
+    "wav", "mp3", "flac", "aac", "ac3", "eac3", "aiff",
+)  # fmt: skip
+# Options for every input ffmpeg reads (before its -i; ffmpeg-python: ffmpeg.input(path, **INPUT_OPTIONS)):
+# the file protocol only, and only the demuxers above.
+INPUT_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(SAFE_DEMUXERS)}
+_REFERENCE_DEMUXERS = {"hls", "dash", "webm_dash_manifest", "imf", "concat", "sdp", "rtp", "rtsp"}
+_TEXT_DEMUXERS = {"tty", "bin"}
 
 
 class MediaError(Exception):
@@ -47,19 +76,52 @@ def stderr_tail(stderr: bytes | str, lines: int = 2) -> str:
     return " | ".join(kept[-lines:]) or "no error message"
 
 
+def input_args() -> list[str]:
+    """``INPUT_OPTIONS`` as command-line arguments, to put before an ``-i``."""
+    return [arg for key, value in INPUT_OPTIONS.items() for arg in (f"-{key}", value)]
+
+
+def refusal(stderr: bytes | str, path: str) -> str | None:
+    """Why ffmpeg refused to open ``path`` under ``INPUT_OPTIONS``, from its stderr; None if it did not."""
+    text = stderr.decode("utf-8", "replace") if isinstance(stderr, bytes) else stderr
+    if found := _FORMAT_REFUSED.search(text):
+        return _format_refusal(found.group(1), path)
+    if found := _PROTOCOL_REFUSED.search(text):
+        protocol = found.group(1)
+        return f"refers to another resource through the {protocol!r} protocol; only the named file is read"
+    return None
+
+
+def _format_refusal(demuxer: str, path: str) -> str:
+    if demuxer in _REFERENCE_DEMUXERS:
+        return f"a playlist or reference file ({demuxer}), not a self-contained video"
+    if demuxer in _TEXT_DEMUXERS:
+        return "text file, not a video"
+    if demuxer == "image2" and "%" in PurePath(path).name:
+        return "an image-sequence pattern name (image2 would read the numbered files it names), not one file"
+    if demuxer == "image2":
+        return (
+            "a picture format only ffmpeg's image2 demuxer reads (it also expands image-sequence names); "
+            "stills must be png, jpeg, bmp, tiff, webp or ppm"
+        )
+    return f"format {demuxer!r} is not one of the self-contained formats read here"
+
+
 def ffprobe(path: str, timeout_s: float) -> dict[str, Any]:
-    """Return ffprobe's ``-show_format -show_streams`` JSON for ``path``.
+    """Return ffprobe's ``-show_format -show_streams`` JSON for ``path``, read under ``INPUT_OPTIONS``.
 
     Raises:
-        MediaError: ffprobe failed, timed out, or printed something that is not JSON.
+        MediaError: ffprobe failed, timed out, refused the input (a playlist, a reference to other files or
+            URLs, a format not in ``SAFE_DEMUXERS``), or printed something that is not JSON.
     """
-    cmd = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json", "-i", path]
+    cmd = ["ffprobe", "-v", "error", *input_args(), "-show_format", "-show_streams", "-of", "json"]
+    cmd += ["-i", path]
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
         raise MediaError(f"ffprobe timed out after {timeout_s:g} s") from exc
     if done.returncode != 0:
-        raise MediaError(f"undecodable header: {stderr_tail(done.stderr)}")
+        raise MediaError(refusal(done.stderr, path) or f"undecodable header: {stderr_tail(done.stderr)}")
     try:
         info: dict[str, Any] = json.loads(done.stdout)
     except json.JSONDecodeError as exc:

@@ -32,7 +32,7 @@ import ffmpeg
 import numpy as np
 from pydantic import Field, model_validator
 
-from dataengine.media import stderr_tail
+from dataengine.media import INPUT_OPTIONS, refusal, stderr_tail
 from dataengine.records import Clip, DecodedClip, Failure, Frames, ProbeInfo
 from dataengine.stages.base import Stage, StageConfig
 
@@ -132,7 +132,8 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         if proc.returncode != 0:
             if len(clips) > 1:
                 return [self.decode(clip) for clip in clips]
-            return [Failure.of(clips[0], "decode", f"ffmpeg failed: {stderr_tail(stderr)}")]
+            reason = refusal(stderr, clips[0].path) or f"ffmpeg failed: {stderr_tail(stderr)}"
+            return [Failure.of(clips[0], "decode", reason)]
         pairs = zip(branches, readers, strict=True)
         slots = {(b.view, i): (b, first, r) for b, r in pairs for i, first in b.members}
         return [self._collect(i, clip, slots) for i, clip in enumerate(clips)]
@@ -162,7 +163,7 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         origin = max(0.0, min(c.start_s for c in clips) - _SEEK_MARGIN_S)
         end = max(c.end_s for c in clips)
         span = {} if probe.is_image else {"ss": f"{origin:.3f}", "t": f"{end - origin:.3f}"}
-        source = ffmpeg.input(clips[0].path, **span, threads=self.config.threads).video
+        source = ffmpeg.input(clips[0].path, **span, threads=self.config.threads, **INPUT_OPTIONS).video
         split = source.split() if len(branches) > 1 else None
         outputs = []
         for k, (branch, target) in enumerate(zip(branches, targets, strict=True)):

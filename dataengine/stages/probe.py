@@ -5,6 +5,10 @@ on header facts before anything is decoded, so a header claiming 65535x65535 is 
 
 Still images (png, jpeg, bmp, tiff, webp, ppm) become one-frame videos (``ProbeInfo.is_image``) unless
 ``images=False``; animated GIF and WebP are not stills and take the video path.
+
+ffprobe reads the named file and nothing it points to (``media.INPUT_OPTIONS``): an HLS playlist, an ffconcat
+list or an image-sequence pattern name is a failure that says so, whatever its extension, and so is a remote
+source's fetched copy.
 """
 
 from __future__ import annotations
@@ -17,12 +21,17 @@ from typing import Any, NamedTuple
 from pydantic import Field
 
 from dataengine.inputs import InputsConfig, fetch
-from dataengine.media import MediaError, bit_depth, display_rotation, ffprobe, parse_float, parse_rate
+from dataengine.media import (
+    STILL_DEMUXERS,
+    MediaError,
+    bit_depth,
+    display_rotation,
+    ffprobe,
+    parse_float,
+    parse_rate,
+)
 from dataengine.records import Failure, ProbeInfo, Source, Video
 from dataengine.stages.base import Stage, StageConfig
-
-# Demuxers that read single pictures (GIF has its own demuxer; animated WebP is told apart by its header).
-_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "ppm_pipe"}
 
 
 class _Timing(NamedTuple):
@@ -87,8 +96,6 @@ class ProbeStage(Stage[Source, Video]):
         is_image = _is_still(container, path)
         if is_image and not self.config.images:
             raise MediaError(f"still image ({stream.get('codec_name')}), not a video")
-        if container == "tty":  # ffmpeg renders any text file as ANSI art "video"
-            raise MediaError("text file, not a video")
         coded_w, coded_h = int(stream.get("width") or 0), int(stream.get("height") or 0)
         self._check_size(coded_w, coded_h)
         timing = _IMAGE_TIMING if is_image else self._timing(stream, fmt)
@@ -161,7 +168,7 @@ def _regular_file_size(path: Path) -> int:
 def _is_still(container: str, path: Path) -> bool:
     """Whether ffprobe's ``container`` holds one picture: an image demuxer, and not an animated WebP (whose
     header says RIFF....WEBPVP8X with bit 1 of the flags byte set)."""
-    if container not in _IMAGE_FORMATS:
+    if container not in STILL_DEMUXERS:
         return False
     if container != "webp_pipe":
         return True

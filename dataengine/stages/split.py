@@ -22,7 +22,7 @@ from typing import Literal
 import ffmpeg
 from pydantic import Field, model_validator
 
-from dataengine.media import MediaError, stderr_tail
+from dataengine.media import INPUT_OPTIONS, MediaError, refusal, stderr_tail
 from dataengine.records import Clip, Failure, Video
 from dataengine.stages.base import Stage, StageConfig
 
@@ -108,7 +108,7 @@ def detect_cuts(path: str, config: SplitConfig) -> list[float]:
         MediaError: ffmpeg failed or timed out.
     """
     cmd = (
-        ffmpeg.input(path)
+        ffmpeg.input(path, **INPUT_OPTIONS)
         .video.filter("scale", config.scene_width, -2)
         .filter("scdet", threshold=config.scene_threshold)
         .output("-", format="null")
@@ -121,7 +121,7 @@ def detect_cuts(path: str, config: SplitConfig) -> list[float]:
         raise MediaError(f"scene detection timed out after {config.timeout_s:g} s") from exc
     stderr = done.stderr.decode("utf-8", "replace")
     if done.returncode != 0:
-        raise MediaError(f"scene detection failed: {stderr_tail(stderr)}")
+        raise MediaError(refusal(stderr, path) or f"scene detection failed: {stderr_tail(stderr)}")
     return sorted({float(t) for t in _SCD_TIME.findall(stderr)})
 
 
