@@ -20,6 +20,7 @@ from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
 from dataengine.synth import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
+from tests.crafted import ReferenceTrap, make_reference_trap
 from tests.media import (
     GoodClip,
     make_broken_inputs,
@@ -53,6 +54,15 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def scene_cut_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 s of testsrc, a hard cut, then 4 s of SMPTE bars."""
     return make_scene_cut_clip(tmp_path_factory.mktemp("cut") / "cut.mp4")
+
+
+@pytest.fixture(scope="module")
+def reference_trap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceTrap]:
+    """Inputs that point to other files and URLs, and the witnesses that say whether those were read
+    (tests/crafted.py); one set per test module, so that a module's runs and servers can share it."""
+    inputs, outside = tmp_path_factory.mktemp("crafted"), tmp_path_factory.mktemp("outside")
+    with make_reference_trap(inputs, outside) as trap:
+        yield trap
 
 
 # --- captioning: decoded clips, one in-process vLLM engine and one vLLM server per session ----------------

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.crafted import REFUSALS, ReferenceTrap
+
 DATAENGINE = str(Path(sys.executable).with_name("dataengine"))
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([DATAENGINE, *args], capture_output=True, text=True, timeout=600, check=False)
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [DATAENGINE, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.mark.parametrize(
@@ -101,3 +111,23 @@ def test_caption_of_a_broken_file_says_where_and_why(tmp_path: Path) -> None:
     assert done.returncode == 1
     document = json.loads(done.stdout)
     assert document["error"] == {"stage": "probe", "reason": "empty file (0 bytes)"}
+
+
+def test_probe_and_caption_refuse_inputs_that_point_elsewhere(
+    reference_trap: ReferenceTrap, tmp_path: Path
+) -> None:
+    names = sorted(reference_trap.inputs)
+    specs = [str(reference_trap.inputs[n]) for n in names] + [reference_trap.remote_url]
+    done = run("probe", "--json", *specs, TMPDIR=str(tmp_path))  # the remote playlist is fetched under TMPDIR
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) == len(specs)
+    for name, record in zip([*names, "remote"], records, strict=True):
+        assert record["stage"] == "probe" and REFUSALS[name] in record["reason"], (name, record)
+    caption = run("caption", str(reference_trap.inputs["hls"]))
+    assert caption.returncode == 1
+    assert json.loads(caption.stdout)["error"] == {
+        "stage": "probe",
+        "reason": "a playlist or reference file (hls), not a self-contained video",
+    }
+    assert reference_trap.untouched()

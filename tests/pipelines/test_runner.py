@@ -21,6 +21,7 @@ from dataengine.shards import read_manifest
 from dataengine.synth import synthesize
 from pipelines.recipes import apply_overrides, get_recipe
 from pipelines.runner import Counts, Runner
+from tests.crafted import REFUSALS, ReferenceTrap
 from tests.media import make_broken_inputs
 
 pytestmark = pytest.mark.slow
@@ -31,11 +32,13 @@ BROKEN = ("zero_bytes", "random_bytes", "truncated", "missing", "audio_only")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def inputs(tmp_path_factory: pytest.TempPathFactory, reference_trap: ReferenceTrap) -> list[str]:
+    """Synthetic videos (a folder, first), broken files, and the crafted files that point elsewhere."""
     root = tmp_path_factory.mktemp("run_inputs")
     videos = synthesize(root / "videos", 4, seed=11, width=160, height=120, max_shots=2)
     broken = make_broken_inputs(root / "broken", videos[0])
-    return [str(root / "videos"), *(str(broken[name]) for name in BROKEN)]
+    crafted = [str(path) for path in reference_trap.inputs.values()] + [reference_trap.remote_url]
+    return [str(root / "videos"), *(str(broken[name]) for name in BROKEN), *crafted]
 
 
 def cli_run(inputs: list[str], out: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
@@ -102,6 +105,20 @@ def test_a_run_accounts_for_every_input_and_writes_readable_shards(
     assert run["status"] == "completed" and run["recipe"] == "demo"
     assert run["config"]["shards"]["max_samples"] == 2 and "ray" in run["versions"]
     assert run["counts"]["samples_written"] == len(ok) and len(run["attempts"]) == 1
+
+
+def test_inputs_that_point_elsewhere_are_probe_failures_and_what_they_name_is_never_read(
+    reference: Path, reference_trap: ReferenceTrap
+) -> None:
+    rows = read_manifest(reference).to_pylist()
+    by_source = {r["source"]: r for r in rows if r["clip_id"] is None}
+    specs = {f"file://{path}": name for name, path in reference_trap.inputs.items()}
+    specs[reference_trap.remote_url] = "remote"
+    for source, name in specs.items():
+        row = by_source[source]
+        assert row["status"] == "failed" and row["stage"] == "probe" and REFUSALS[name] in row["error"], row
+        assert not [r for r in rows if r["source"] == source and r["clip_id"] is not None]
+    assert reference_trap.untouched()
 
 
 def test_kill_9_of_the_whole_run_then_rerun_gives_the_uninterrupted_result(

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from dataengine.synth import synthesize
+from tests.crafted import REFUSALS, ReferenceTrap, make_reference_trap
 from tests.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -80,6 +81,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def reference_trap(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceTrap]:
+    """Inputs that point elsewhere (tests/crafted.py) inside the allowed root; what they name outside it."""
+    with make_reference_trap(root / "crafted", tmp_path_factory.mktemp("outside")) as trap:
+        yield trap
+
+
+@pytest.fixture(scope="module")
 def server(root: Path) -> Iterator[Server]:
     server = start_server(root)
     yield server
@@ -101,9 +109,14 @@ def test_keys_are_required(server: Server) -> None:
         assert client.get("/healthz").status_code == 200  # outside /v1: no key
 
 
-def test_a_job_runs_to_succeeded_and_its_results_have_captions(server: Server, root: Path) -> None:
+def test_a_job_runs_to_succeeded_and_its_results_have_captions(
+    server: Server, root: Path, reference_trap: ReferenceTrap
+) -> None:
+    """Its inputs also hold the crafted files that point elsewhere: each is a probe failure in the results."""
+    crafted = {str(path): name for name, path in reference_trap.inputs.items()}
+    crafted[reference_trap.remote_url] = "remote"
     with server.client() as client:
-        body = {"inputs": [str(root / "videos")], "overrides": {"shards.max_samples": 2}}
+        body = {"inputs": [str(root / "videos"), *crafted], "overrides": {"shards.max_samples": 2}}
         created = client.post("/v1/jobs", json=body, headers=AUTH)
         assert created.status_code == 202 and created.json()["status"] == "queued"
         job_id = created.json()["id"]
@@ -114,6 +127,12 @@ def test_a_job_runs_to_succeeded_and_its_results_have_captions(server: Server, r
         assert results["total"] >= 2 and len(results["items"]) == 1
         everything = client.get(f"/v1/jobs/{job_id}/results", headers=AUTH).json()["items"]
         assert all(r["caption"] and r["shard"] for r in everything if r["status"] == "ok")
+        refused = {r["source"]: r for r in everything if r["stage"] == "probe"}
+        for spec, name in crafted.items():
+            row = refused[spec if name == "remote" else f"file://{spec}"]
+            assert row["status"] == "failed" and REFUSALS[name] in row["error"], row
+        assert not any(r["status"] == "ok" and r["source"] in refused for r in everything)
+        assert reference_trap.untouched()
         listed = client.get("/v1/jobs", params={"limit": 5}, headers=AUTH).json()
         assert job_id in [j["id"] for j in listed["items"]]
         metrics = client.get("/metrics").text

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from dataengine.inputs import InputsConfig
 from dataengine.records import Failure, Source, Video
 from dataengine.stages import ProbeConfig, ProbeStage
+from tests.crafted import REFUSALS, ReferenceTrap
 from tests.media import GoodClip, make_animations
 
 # Each broken input and a word its failure reason must contain.
@@ -101,6 +103,23 @@ def test_limits_are_configurable(good_clips: dict[str, GoodClip]) -> None:
     assert "duration 3.0 s is over the limit" in probe(path, max_duration_s=1).reason  # type: ignore[union-attr]
     assert "over the limits" in probe(path, max_pixels=1000).reason  # type: ignore[union-attr]
     assert "over the limit of 100" in probe(path, max_file_bytes=100).reason  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_inputs_that_point_elsewhere_are_failures_and_what_they_name_is_never_read(
+    reference_trap: ReferenceTrap, name: str, tmp_path: Path
+) -> None:
+    """An HLS playlist or ffconcat list named .mp4, an image-sequence pattern name, and a playlist fetched
+    over HTTP into the cache: each is a probe failure that says what it is; nothing it names is opened."""
+    uri = reference_trap.remote_url if name == "remote" else reference_trap.inputs[name]
+    config = ProbeConfig(fetch=InputsConfig(cache_dir=tmp_path / "cache"))
+    result = ProbeStage(config).probe(Source.from_uri(uri))
+    assert isinstance(result, Failure) and result.stage == "probe", result
+    assert REFUSALS[name] in result.reason
+    assert reference_trap.untouched()
+    if name == "remote":  # the refused file is the cached copy, fetched once
+        assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".mp4"]
+        assert reference_trap.server.requests.count("/remote.mp4") == 1
 
 
 def test_a_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
