@@ -39,6 +39,7 @@ import os
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
+import itertools
 import json
 import logging
 import statistics
@@ -55,6 +56,8 @@ from rich.table import Table
 
 from dataengine.caption.engines import CaptionEngine, EngineOutput, EngineRequest, build_engine
 from dataengine.caption.engines.vllm_engine import VLLMEngine
+from dataengine.caption.quality import judge
+from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
 from dataengine.records import CaptionedClip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
 from dataengine.stages.base import Stage
@@ -84,11 +87,13 @@ class _Counting(CaptionEngine):
         super().__init__(inner.config)
         self.inner = inner
         self.calls: list[list[EngineRequest]] = []
+        self.outputs: list[EngineOutput] = []  # the latest run's, for timing the gate on them
         self.tokens = 0
         self.attempts = 0
 
     def reset(self) -> None:
         self.calls.clear()
+        self.outputs.clear()
         self.tokens = self.attempts = 0
 
     def generate(self, requests: Sequence[EngineRequest]) -> list[EngineOutput]:
@@ -109,6 +114,7 @@ class _Counting(CaptionEngine):
 
         def counted(index: int, output: EngineOutput) -> EngineRequest | None:
             self.tokens += output.output_tokens
+            self.outputs.append(output)
             follow_up = on_output(index, output)
             self.attempts += follow_up is not None
             return follow_up
@@ -187,6 +193,26 @@ def _bench(engine: VLLMEngine, config: CaptionConfig, clips: list[DecodedClip], 
     return rows
 
 
+def _gate_cost(config: CaptionConfig, counter: _Counting, clips: list[DecodedClip], row: Row) -> Row:
+    """The quality gate's and the redraw verifier's time per caption (on the outputs of the latest run of
+    the ``demo`` case), next to the engine's time per generation in the best run of that case."""
+    outputs = [o for o in counter.outputs if not o.error]
+    start = time.perf_counter()
+    verdicts = [judge(o.text, o.finish_reason, config.quality, 4.0, o.logprobs) for o in outputs]
+    judge_s = (time.perf_counter() - start) / max(1, len(outputs))
+    verify = config.verify or WorldRedrawConfig()
+    passed = [v.caption for v in verdicts if v.caption is not None]
+    start = time.perf_counter()
+    for caption, clip in zip(passed, itertools.cycle(clips), strict=False):
+        probe = clip.clip.probe
+        redraw_problem(caption, clip.views[config.view], clip.clip.start_s, probe.width, probe.height, verify)
+    redraw_s = (time.perf_counter() - start) / max(1, len(passed))
+    best_wall = min(run["wall"] for run in row["ours_runs"])  # type: ignore[attr-defined]
+    engine_s = best_wall / max(1, int(row["attempts"]))  # type: ignore[call-overload]
+    return {"judge_ms": 1000 * judge_s, "redraw_ms": 1000 * redraw_s, "engine_ms": 1000 * engine_s,
+            "gate_share": (judge_s + redraw_s) / engine_s, "outputs": len(outputs)}  # fmt: skip
+
+
 def _table(rows: list[Row], setup_s: float, repeat: int) -> Table:
     title = f"caption stage vs llm.generate (demo engine, setup {setup_s:.1f} s, not in any rate)"
     caption = (
@@ -235,8 +261,20 @@ def main(argv: list[str] | None = None) -> None:
     setup_s = time.perf_counter() - start
     rows = _bench(engine, config, clips, repeat)
     console.print(_table(rows, setup_s, repeat))
+    counter = _Counting(engine)
+    _ours(CaptionStage(config, engine=counter), counter, clips)  # one more run, its outputs kept
+    gate = _gate_cost(config, counter, clips, rows[0])
+    console.print(
+        f"quality gate: {gate['judge_ms']:.2f} ms per output (text checks + confidence), redraw verifier "
+        f"{gate['redraw_ms']:.2f} ms per caption; the engine: {gate['engine_ms']:.0f} ms per generation; "
+        f"the gate costs {gate['gate_share']:.2%} of the engine's time ({gate['outputs']} outputs)"
+    )
     if args.json:
-        print(json.dumps({"n_videos": n_videos, "repeat": repeat, "setup_s": setup_s, "cases": rows}))
+        print(
+            json.dumps(
+                {"n_videos": n_videos, "repeat": repeat, "setup_s": setup_s, "cases": rows, "gate": gate}
+            )
+        )
     engine.teardown()
 
 

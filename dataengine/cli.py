@@ -187,20 +187,81 @@ def inspect(
     run_dir: Annotated[Path, typer.Argument(help="the --out folder of dataengine run")],
     samples: Annotated[int, typer.Option(min=1, help="samples on the HTML contact sheet")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print the numbers as one JSON document")] = False,
+    regate: Annotated[
+        bool,
+        typer.Option(
+            help="re-apply today's caption gate to every ok sample's structured caption (reads the "
+            "shards' json, captions nothing) and report what it would refuse"
+        ),
+    ] = False,
+    keep_list: Annotated[
+        Path | None,
+        typer.Option(help="with --regate: write the clip ids the gate keeps here, one per line"),
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="whose caption gate (default: the recipe in RUN_DIR/run.json)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="override a gate threshold, e.g. --set caption.quality.min_mean_logprob=-0.3"
+        ),
+    ] = None,
 ) -> None:
-    """Counts by status, failure reasons, caption length and clip duration distributions of a run, and an
-    HTML contact sheet (RUN_DIR/contact_sheet.html) of preview frames with their captions."""
-    from pipelines.inspect_run import inspect_run
+    """Counts by status, failure reasons, caption length and clip duration distributions of a run, the
+    gate's scores (mean token log-prob, zlib ratio), the ok captions today's gate would refuse, and an HTML
+    contact sheet (RUN_DIR/contact_sheet.html) of preview frames with their captions.
 
+    dataengine inspect out/run --regate --keep-list keep.txt   # the full gate again; keep.txt for loaders
+    """  # fmt: skip
+    from pipelines.inspect_run import inspect_run
+    from pipelines.regate import regate_run, write_keep_list
+
+    if keep_list is not None and not regate:
+        console.print("[bold red]error[/]: --keep-list needs --regate")
+        raise typer.Exit(2)
+    gate = _run_gate(run_dir, recipe, overrides or [])
     try:
-        found = inspect_run(run_dir, samples)
+        found = inspect_run(run_dir, samples, gate)
+        again = regate_run(run_dir, gate) if regate else None
     except FileNotFoundError as exc:
         console.print(f"[bold red]error[/]: {exc}")
         raise typer.Exit(1) from None
+    if again is not None and keep_list is not None:
+        write_keep_list(again, keep_list)
     if as_json:
-        print(json.dumps(found.as_json(), indent=2))
+        doc = found.as_json() | ({"regate": again.as_json()} if again is not None else {})
+        print(json.dumps(doc, indent=2))
         return
     _print_inspection(found)
+    if again is not None:
+        _print_regate(again, keep_list)
+
+
+def _run_gate(run_dir: Path, recipe: str | None, overrides: list[str]) -> Any:
+    """The caption gate of ``recipe``, else of the recipe named in ``run_dir/run.json``, as the code has it
+    today, with ``overrides``; the default gate when neither names one."""
+    from dataengine.caption.quality import QualityConfig
+
+    run_json = run_dir / "run.json"
+    if recipe is None and run_json.exists():
+        recipe = json.loads(run_json.read_text()).get("recipe")
+    if recipe is None:
+        return QualityConfig()
+    return apply_overrides(get_recipe(recipe), overrides).caption.quality
+
+
+def _print_regate(found: Any, keep_list: Path | None) -> None:
+    out = Console()
+    out.print(f"[bold]today's gate[/] on {found.checked} ok samples: keeps {len(found.keep)}, "
+              f"would refuse {len(found.refused)}")  # fmt: skip
+    if found.refused:
+        table = Table("check", "samples", title="what the gate would refuse")
+        for check, n in found.reasons():
+            table.add_row(check, str(n))
+        out.print(table)
+    if keep_list is not None:
+        out.print(f"keep-list: [bold]{keep_list}[/] ({len(found.keep)} clip ids)")
 
 
 def _print_inspection(found: Any) -> None:
@@ -215,6 +276,8 @@ def _print_inspection(found: Any) -> None:
     for title, dist in (
         ("caption length (words)", found.caption_words),
         ("clip duration (s)", found.clip_seconds),
+        ("caption mean token log-prob", found.caption_mean_logprob),
+        ("caption zlib compression ratio", found.caption_compression),
     ):
         if dist is None:
             continue
@@ -224,6 +287,11 @@ def _print_inspection(found: Any) -> None:
         for lo, hi, count in dist.histogram:
             table.add_row(f"{lo:7.1f} - {hi:7.1f}", str(count), "█" * round(30 * count / top))
         out.print(table)
+    if found.suspicious:
+        out.print(f"[bold yellow]{len(found.suspicious)} ok captions today's gate would refuse[/] "
+                  "(dataengine inspect RUN --regate --keep-list keep.txt to drop them):")  # fmt: skip
+        for clip_id, reason in found.suspicious[:5]:
+            out.print(f"  {clip_id}: {reason}")
     if found.sheet is not None:
         out.print(f"contact sheet: [bold]{found.sheet}[/]")
 

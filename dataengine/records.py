@@ -224,6 +224,16 @@ class Caption(_Record):
     windows: int = Field(ge=1, description="1, or the number of frame windows fused into this caption")
     output_tokens: int = Field(ge=0)
     seconds: float = Field(ge=0, description="this clip's share of the engine's wall time")
+    mean_logprob: float | None = Field(
+        None, le=0, description="mean log-prob of the accepted outputs' tokens; None: the engine reports none"
+    )
+    min_window_logprob: float | None = Field(
+        None, le=0, description="the lowest mean log-prob of any window of tokens (quality.logprob_window)"
+    )
+    compression_ratio: float = Field(0.0, ge=0, description="the dense caption's zlib compression ratio")
+    redraw_psnr: float | None = Field(
+        None, description="dB: the frames vs the scene drawn from the caption (caption.verify); worst window"
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
     latents.npy    float16 C x T x H x W, raw (un-normalised); ``json["vae"]`` holds the stats to normalise
     txt            the dense prose caption
     json           structured caption, short caption, source uri, time span, fps, size, model ids, VAE info,
+                   ``caption_scores`` (the quality gate's mean and worst-window token log-prob, zlib ratio),
                    ``is_image`` (a still: one frame, ``n_frames=1``, over a nominal second)
     jpg            a preview frame (the middle frame of the preview view), when that view exists
     text_emb.npy   the caption's text embedding, float16 (D,) or (L, D); text_mask.npy (L,) for per-token ones
@@ -58,6 +59,12 @@ def to_sample(
         "short_caption": caption.short_caption,
         "structured": caption.structured,
         "prompt_id": caption.prompt_id,
+        "caption_scores": {  # the quality gate's numbers (dataengine.caption.quality), null: not reported
+            "mean_logprob": caption.mean_logprob,
+            "min_window_logprob": caption.min_window_logprob,
+            "compression_ratio": caption.compression_ratio,
+            "redraw_psnr": caption.redraw_psnr,
+        },
         "schema_version": caption.schema_version,
         "models": models,
         "vae": encoded.vae,
@@ -70,7 +77,15 @@ def to_sample(
         preview = views[preview_view].frames_THWC
         sample["jpg"] = preview[len(preview) // 2]
     row = {key: meta[key] for key in _SHARED_WITH_ROW}
-    row.update(caption_tokens=caption.output_tokens, model_ids=models, timings={"caption_s": caption.seconds})
+    row.update(
+        caption_tokens=caption.output_tokens,
+        caption_mean_logprob=caption.mean_logprob,
+        caption_min_window_logprob=caption.min_window_logprob,
+        caption_compression_ratio=caption.compression_ratio,
+        caption_redraw_psnr=caption.redraw_psnr,
+        model_ids=models,
+        timings={"caption_s": caption.seconds},
+    )
     return clip.clip_id, sample, row
 
 

@@ -47,6 +47,11 @@ MANIFEST_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("short_caption", pa.string()),
         ("caption_tokens", pa.int32()),
+        # The quality gate's numbers for the caption (dataengine.caption.quality): null when not measured.
+        ("caption_mean_logprob", pa.float64()),
+        ("caption_min_window_logprob", pa.float64()),
+        ("caption_compression_ratio", pa.float64()),
+        ("caption_redraw_psnr", pa.float64()),  # dB, captioners with a verifier (caption.verify)
         ("model_ids", pa.string()),  # JSON object: role -> model id
         ("status", pa.string()),  # "ok", "failed" or "dropped"
         ("stage", pa.string()),
@@ -314,10 +319,22 @@ def cleanup_partials(out_dir: Path) -> list[Path]:
 
 
 def read_manifest(out_dir: Path) -> pa.Table:
-    """All committed manifest parts of a run, concatenated in file-name order (empty table if none)."""
+    """All committed manifest parts of a run, concatenated in file-name order (empty table if none).
+
+    Parts written before a column existed read as nulls in it, so older runs stay readable.
+    """
     parts = sorted((Path(out_dir) / "manifest").glob("*.parquet"))
-    tables = [pq.read_table(p, schema=MANIFEST_SCHEMA) for p in parts]
+    tables = [_with_schema(pq.read_table(p)) for p in parts]
     return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
+def _with_schema(table: pa.Table) -> pa.Table:
+    """``table`` in MANIFEST_SCHEMA's column order and types, columns it lacks filled with nulls."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+        for f in MANIFEST_SCHEMA
+    ]
+    return pa.Table.from_arrays(columns, schema=MANIFEST_SCHEMA)
 
 
 def completed_keys(out_dir: Path, include_failed: bool = True) -> set[str]:

@@ -61,6 +61,7 @@ class Demo:
         self.timings: dict[str, float] = {}
         self.paths: dict[str, Path] = {}
         self.scores: dict[str, Any] = {}
+        self.refusals = ""
 
     @contextmanager
     def _step(self, index: int, title: str) -> Iterator[None]:
@@ -87,6 +88,7 @@ class Demo:
         with self._step(6, "inspect"):
             found = inspect_run(run_dir)
             show(found)
+        self.refusals = _refusals(found)
         self.paths.update({"shards": run_dir / "shards", "manifest": run_dir / "manifest"})
         if found.sheet is not None:
             self.paths["contact sheet"] = found.sheet
@@ -179,6 +181,8 @@ class Demo:
         total = sum(self.timings.values())
         steps = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items())
         self.console.print(f"time per step: {steps}; total {total:.1f} s")
+        if self.refusals:
+            self.console.print(self.refusals)
         if self.scores:
             s = self.scores
             other = s["prompt_adherence_other_prompts"]
@@ -198,6 +202,20 @@ def _adherence_table(per_attribute: dict[str, dict[str, float | None]]) -> Table
     for name, row in per_attribute.items():
         table.add_row(name, *("" if v is None else f"{v:.2f}" for v in row.values()))
     return table
+
+
+def _refusals(found: Inspection) -> str:
+    """One line: how many clips the caption stage refused and which checks refused them."""
+    refused = [(reason, n) for stage, reason, n in found.reasons if stage == "caption"]
+    ok = found.by_status.get("ok", 0)
+    total = sum(n for _, n in refused)
+    if not total:
+        return f"[bold]captions[/]: {ok} clips captioned, none refused"
+    why = ", ".join(f"{reason.removeprefix('quality gate: ')} {n}" for reason, n in refused)
+    return (
+        f"[bold]captions[/]: {ok} clips captioned, {total} refused and recorded as failures, not written "
+        f"as data ({why}); the reasons are in the manifest's error column"
+    )
 
 
 def _rounded(value: float | None) -> float | None:

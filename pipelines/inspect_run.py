@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
+from dataengine.caption.quality import QualityConfig
 from dataengine.shards import read_manifest
+from pipelines.regate import check_of, suspicious
 
 SHEET = "contact_sheet.html"
 
@@ -51,20 +53,25 @@ class Inspection:
     reasons: list[tuple[str, str, int]]  # (stage, reason, count), most frequent first
     caption_words: Distribution | None
     clip_seconds: Distribution | None
+    caption_mean_logprob: Distribution | None
+    caption_compression: Distribution | None
+    suspicious: list[tuple[str, str]]  # ok captions today's gate would refuse: (clip id, reason)
     shards: int
     shard_bytes: int
     sheet: Path | None
 
     def as_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in ("out_dir", "sheet")}
-        for key in ("caption_words", "clip_seconds"):
+        for key in ("caption_words", "clip_seconds", "caption_mean_logprob", "caption_compression"):
             value = getattr(self, key)
             doc[key] = value.__dict__ if value is not None else None
         return {"out_dir": str(self.out_dir), "sheet": str(self.sheet) if self.sheet else None, **doc}
 
 
-def inspect_run(out_dir: Path, max_samples: int = 64) -> Inspection:
-    """Read ``out_dir``'s manifest and shards; write the HTML contact sheet of up to ``max_samples`` samples.
+def inspect_run(out_dir: Path, max_samples: int = 64, gate: QualityConfig | None = None) -> Inspection:
+    """Read ``out_dir``'s manifest and shards; write the HTML contact sheet of up to ``max_samples`` samples;
+    flag the ok captions that ``gate`` (default: today's default gate) would refuse on their text and
+    recorded confidence.
 
     Raises:
         FileNotFoundError: ``out_dir`` holds no manifest (not a run folder, or a run that committed nothing).
@@ -73,7 +80,7 @@ def inspect_run(out_dir: Path, max_samples: int = 64) -> Inspection:
         raise FileNotFoundError(f"{out_dir} has no manifest/*.parquet: is it the --out of dataengine run?")
     rows = read_manifest(out_dir).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
-    reasons = Counter((r["stage"] or "", _reason(r["error"] or "")) for r in rows if r["status"] != "ok")
+    reasons = Counter((r["stage"] or "", _reason(r)) for r in rows if r["status"] != "ok")
     shards = sorted((out_dir / "shards").glob("*.tar"))
     return Inspection(
         out_dir=out_dir,
@@ -81,14 +88,25 @@ def inspect_run(out_dir: Path, max_samples: int = 64) -> Inspection:
         reasons=[(stage, reason, n) for (stage, reason), n in reasons.most_common()],
         caption_words=Distribution.of([len((r["caption"] or "").split()) for r in ok]),
         clip_seconds=Distribution.of([r["end_s"] - r["start_s"] for r in ok if r["end_s"] is not None]),
+        caption_mean_logprob=Distribution.of(_present(ok, "caption_mean_logprob")),
+        caption_compression=Distribution.of(_present(ok, "caption_compression_ratio")),
+        suspicious=suspicious(out_dir, gate or QualityConfig()),
         shards=len(shards),
         shard_bytes=sum(p.stat().st_size for p in shards),
         sheet=_write_sheet(out_dir, shards, max_samples) if shards else None,
     )
 
 
-def _reason(error: str) -> str:
-    """The reason without per-file detail (paths, numbers after a colon), so equal causes group together."""
+def _present(rows: list[dict[str, Any]], column: str) -> list[float]:
+    return [r[column] for r in rows if r[column] is not None]
+
+
+def _reason(row: dict[str, Any]) -> str:
+    """The reason without per-file detail (paths, numbers after a colon), so equal causes group together;
+    a caption the gate refused groups by the check that refused its first attempt."""
+    error = row["error"] or ""
+    if row["stage"] == "caption" and "failed the quality gate" in error:
+        return f"quality gate: {check_of(error.split(' attempts: ', 1)[-1])}"
     return error.split(" | ")[0].split(": /")[0][:160]
 
 

@@ -186,6 +186,19 @@ def text_problem(caption: StructuredCaption, rendered: str, config: QualityConfi
     return None
 
 
+def judge_text(text: str, config: QualityConfig, confidence: Confidence | None = None) -> str | None:
+    """Why a dense caption's prose alone (a manifest's ``caption`` column, without its structure) or its
+    recorded confidence would be refused, or None: loops, runs, repeated n-grams, zlib ratio, confidence."""
+    if match := _CHAR_RUN.search(text):
+        return f"repetitive: {match.group(0)[:12]!r}... (one character {len(match.group(0))} times)"
+    return (
+        _loop_problem(text, config)
+        or repetition_problem(_words(text), config)
+        or _compression_problem(text, config, whole=True)
+        or confidence_problem(confidence, config)
+    )
+
+
 def confidence_problem(confidence: Confidence | None, config: QualityConfig) -> str | None:
     """Why the model's own log-probabilities say the output is not to be trusted, or None."""
     if confidence is None:

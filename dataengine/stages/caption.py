@@ -22,7 +22,7 @@ from pydantic import Field
 from dataengine.caption.engines import CaptionEngine, EngineConfig, build_engine
 from dataengine.caption.engines.base import EngineOutput, EngineRequest, SamplingConfig
 from dataengine.caption.prompts import Prompt, get_prompt
-from dataengine.caption.quality import QualityConfig, judge
+from dataengine.caption.quality import QualityConfig, Scores, judge
 from dataengine.caption.schema import (
     SCHEMA_VERSION,
     StructuredCaption,
@@ -30,6 +30,8 @@ from dataengine.caption.schema import (
     render_caption,
     render_short,
 )
+from dataengine.caption.signals import Confidence
+from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
 from dataengine.config import StageConfig
 from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Frames
 from dataengine.stages.base import Stage
@@ -48,6 +50,10 @@ class CaptionConfig(StageConfig):
     max_attempts: int = Field(3, ge=1, description="generations per caption before recording a failure")
     retry_temperature: float = Field(0.7, gt=0, description="temperature of the first retry; +0.15 per retry")
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    verify: WorldRedrawConfig | None = Field(
+        None,
+        description="check each window's caption against its frames (a captioner of a world we can draw)",
+    )
 
 
 @dataclass
@@ -57,8 +63,12 @@ class _Job:
     clip: int
     request: EngineRequest
     duration_s: float | None  # the span the caption covers, to check event times against
+    frame_size: tuple[int, int] | None = None  # the clip's (width, height), for verification
+    origin_s: float = 0.0  # the source time the caption's time 0 stands for
     reasons: list[str] = field(default_factory=list)
     result: StructuredCaption | None = None
+    scores: Scores | None = None  # the gate's numbers for the accepted output
+    redraw_psnr: float | None = None
     tokens: int = 0
 
 
@@ -109,10 +119,14 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         is_image = decoded.clip.probe.is_image
         prompt = get_prompt(self.config.image_prompt_id if is_image else self.config.prompt_id)
         jobs = []
-        for part in _windows(decoded.views[self.config.view], self.config.window_frames):
+        probe = decoded.clip.probe
+        for k, part in enumerate(_windows(decoded.views[self.config.view], self.config.window_frames)):
             t = len(part.frames_THWC)
             text = prompt.render(duration_s=t / part.fps, n_frames=t, fps=part.fps)
-            jobs.append(self._job(i, prompt, text, t / part.fps, part))
+            job = self._job(i, prompt, text, t / part.fps, part)
+            job.frame_size = (probe.width, probe.height)
+            job.origin_s = decoded.clip.start_s if k == 0 else float(part.timestamps_s[0])
+            jobs.append(job)
         return jobs
 
     def _job(
@@ -140,17 +154,28 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             job = jobs[k]
             job.tokens += out.output_tokens
             verdict = (
-                None if out.error else judge(out.text, out.finish_reason, self.config.quality, job.duration_s)
+                None
+                if out.error
+                else judge(out.text, out.finish_reason, self.config.quality, job.duration_s, out.logprobs)
             )
-            if verdict is not None and verdict.ok:
-                job.result = verdict.caption
+            mismatch = self._verify(job, verdict.caption) if verdict is not None and verdict.caption else None
+            if verdict is not None and verdict.ok and mismatch is None:
+                job.result, job.scores = verdict.caption, verdict.scores
                 return None
-            job.reasons.append(out.error or (verdict.reason if verdict else None) or "rejected")
+            job.reasons.append(out.error or mismatch or (verdict.reason if verdict else None) or "rejected")
             attempts = len(job.reasons)
             return self._resampled(job.request, attempts) if attempts < self.config.max_attempts else None
 
         if jobs:
             self.engine.generate_until([job.request for job in jobs], on_output)
+
+    def _verify(self, job: _Job, caption: StructuredCaption) -> str | None:
+        """Why ``caption`` does not describe its window's frames (``config.verify``), or None."""
+        frames, size = job.request.frames, job.frame_size
+        if self.config.verify is None or frames is None or size is None:
+            return None
+        problem, job.redraw_psnr = redraw_problem(caption, frames, job.origin_s, *size, self.config.verify)
+        return problem
 
     def _resampled(self, request: EngineRequest, attempt: int) -> EngineRequest:
         if attempt == 0:
@@ -176,6 +201,7 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
         prompt_id = windows[0].request.prompt.id
         if fused is not None:
             prompt_id = f"{prompt_id}+{fused.request.prompt.id}"
+        confidence = Confidence.merge([job.scores.confidence if job.scores else None for job in jobs])
         caption = Caption(
             caption=render_caption(final.result),
             short_caption=render_short(final.result),
@@ -188,6 +214,10 @@ class CaptionStage(Stage[DecodedClip, CaptionedClip]):
             windows=len(windows),
             output_tokens=sum(job.tokens for job in jobs),
             seconds=seconds,
+            mean_logprob=confidence.mean_logprob if confidence else None,
+            min_window_logprob=confidence.min_window_logprob if confidence else None,
+            compression_ratio=final.scores.compression_ratio if final.scores else 0.0,
+            redraw_psnr=min((j.redraw_psnr for j in windows if j.redraw_psnr is not None), default=None),
         )
         return CaptionedClip(decoded=decoded, caption=caption)
 

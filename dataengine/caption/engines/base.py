@@ -57,6 +57,7 @@ class EngineOutput:
     output_tokens: int = 0
     token_ids: tuple[int, ...] = ()
     error: str | None = None
+    logprobs: tuple[float, ...] = ()  # the sampled tokens' log-probabilities; empty when not reported
 
 
 class CaptionEngine(ABC):

@@ -89,9 +89,16 @@ class TransformersEngine(CaptionEngine):
         torch.manual_seed(s.seed)
         with torch.inference_mode():
             out = self._model.generate(
-                **inputs, max_new_tokens=s.max_tokens, repetition_penalty=s.repetition_penalty, **sampling
+                **inputs,
+                max_new_tokens=s.max_tokens,
+                repetition_penalty=s.repetition_penalty,
+                output_scores=True,
+                return_dict_in_generate=True,
+                **sampling,
             )
-        new = out[0, inputs["input_ids"].shape[1] :].tolist()
+            # The processed scores, renormalised: each sampled token's log-prob under the sampling used.
+            logprobs = self._model.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+        new = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
         eos = self._model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos])
         finish = "stop" if new and new[-1] in eos_ids else "length" if len(new) >= s.max_tokens else "stop"
@@ -102,4 +109,5 @@ class TransformersEngine(CaptionEngine):
             prompt_tokens=int(inputs["input_ids"].shape[1]),
             output_tokens=len(new),
             token_ids=tuple(new),
+            logprobs=tuple(float(v) for v in logprobs[0, : len(new)].tolist()),
         )

@@ -65,6 +65,11 @@ class OpenAIEngineConfig(StageConfig):
     max_retries: int = Field(4, ge=0, description="extra attempts after a retryable failure")
     backoff_s: float = Field(0.5, ge=0, description="first wait before a retry; doubles, with jitter, capped")
     video_encoding: Literal["mp4", "frames"] = "mp4"
+    logprobs: bool = Field(
+        True,
+        description="ask for the sampled tokens' log-probs (the gate's confidence); off for servers "
+        "that refuse the parameter",
+    )
 
 
 class OpenAIEngine(CaptionEngine):
@@ -180,6 +185,7 @@ class OpenAIEngine(CaptionEngine):
                 max_tokens=sampling.max_tokens,
                 seed=sampling.seed,
                 response_format=schema_format,
+                logprobs=self.config.logprobs,
                 extra_body=extra_body,
             )
 
@@ -264,9 +270,11 @@ def _output(response: ChatCompletion) -> EngineOutput:
         return EngineOutput(text="", finish_reason=None, error="the server returned no choices")
     choice = response.choices[0]
     usage = response.usage
+    tokens = choice.logprobs.content if choice.logprobs is not None else None
     return EngineOutput(
         text=choice.message.content or "",
         finish_reason=choice.finish_reason,
         prompt_tokens=usage.prompt_tokens if usage else 0,
         output_tokens=usage.completion_tokens if usage else 0,
+        logprobs=tuple(float(t.logprob) for t in tokens or ()),
     )

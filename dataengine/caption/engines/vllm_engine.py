@@ -38,6 +38,7 @@ class VLLMEngineConfig(StageConfig):
         "guidance", description="guided-decoding backend; guidance handles bounded schemas on CPU and GPU"
     )
     seed: int = 0
+    logprobs: bool = Field(True, description="report each sampled token's log-prob (the gate's confidence)")
     env: dict[str, str] = Field(
         default_factory=dict,
         description="environment defaults set before vLLM loads (VLLM_CPU_KVCACHE_SPACE, ...)",
@@ -87,7 +88,7 @@ class VLLMEngine(CaptionEngine):
         if not requests:
             return []
         prompts = [self.prompt_input(r) for r in requests]
-        params = [self.sampling_params(r) for r in requests]
+        params = [self.sampling_params(r, self.config.logprobs) for r in requests]
         results = self._llm.generate(prompts, params, use_tqdm=False)
         return [_output(result) for result in results]
 
@@ -107,7 +108,7 @@ class VLLMEngine(CaptionEngine):
 
         def submit(index: int, request: EngineRequest) -> None:
             request_id = f"dataengine-{batch}-{len(owner)}"
-            params = self.sampling_params(request)
+            params = self.sampling_params(request, self.config.logprobs)
             params.output_kind = RequestOutputKind.FINAL_ONLY
             owner[request_id] = index
             engine.add_request(request_id, self.prompt_input(request), params)
@@ -137,7 +138,8 @@ class VLLMEngine(CaptionEngine):
         return {"prompt": text, "multi_modal_data": {"video": video}}
 
     @staticmethod
-    def sampling_params(request: EngineRequest) -> Any:
+    def sampling_params(request: EngineRequest, logprobs: bool = True) -> Any:
+        """vLLM sampling parameters; ``logprobs``: ask for the sampled token's log-prob at every step."""
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
@@ -150,6 +152,7 @@ class VLLMEngine(CaptionEngine):
             repetition_penalty=s.repetition_penalty,
             seed=s.seed,
             structured_outputs=structured,
+            logprobs=0 if logprobs else None,  # 0: the sampled token's own, no alternatives
         )
 
 
@@ -161,4 +164,13 @@ def _output(result: Any) -> EngineOutput:
         prompt_tokens=len(result.prompt_token_ids or ()),
         output_tokens=len(completion.token_ids),
         token_ids=tuple(completion.token_ids),
+        logprobs=_sampled_logprobs(completion),
     )
+
+
+def _sampled_logprobs(completion: Any) -> tuple[float, ...]:
+    """Each generated token's log-prob, from vLLM's per-step ``{token_id: Logprob}`` maps."""
+    steps = completion.logprobs
+    if not steps:
+        return ()
+    return tuple(float(step[token].logprob) for step, token in zip(steps, completion.token_ids, strict=True))

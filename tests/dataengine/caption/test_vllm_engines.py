@@ -42,6 +42,9 @@ def check_results(
         assert caption.prompt_id.startswith(prompt_id) and caption.schema_version == "1"
         assert caption.caption == render_caption(StructuredCaption.model_validate(caption.structured))
         assert 1 <= caption.attempts <= 3 and caption.output_tokens > 0
+        # both vLLM paths report token log-probs: the caption carries the gate's confidence numbers
+        assert caption.mean_logprob is not None and caption.min_window_logprob is not None
+        assert caption.min_window_logprob <= caption.mean_logprob <= 0 and caption.compression_ratio > 0
 
 
 def test_a_batch_through_the_in_process_engine(
@@ -106,6 +109,9 @@ def _same_tokens_from_transformers(vllm_engine: CaptionEngine, request: EngineRe
     (theirs,) = vllm_engine.generate([request])
     assert len(ours.token_ids) == request.sampling.max_tokens and ours.prompt_tokens == theirs.prompt_tokens
     assert ours.token_ids == theirs.token_ids
+    # the same confidence from both: generate's scores and vLLM's sampled-token log-probs
+    assert len(ours.logprobs) == len(theirs.logprobs) == len(ours.token_ids)
+    assert ours.logprobs == pytest.approx(theirs.logprobs, abs=2e-2)
 
 
 def test_transformers_and_vllm_give_the_same_tokens(
