@@ -43,6 +43,15 @@ SAFE_DEMUXERS = (
 # Options for every input ffmpeg reads (before its -i; ffmpeg-python: ffmpeg.input(path, **INPUT_OPTIONS)):
 # the file protocol only, and only the demuxers above.
 INPUT_OPTIONS = {"protocol_whitelist": "file", "format_whitelist": ",".join(SAFE_DEMUXERS)}
+# Some picture files (JPEGs as PIL writes them, .tga, ...) are only recognised by image2. Told not to expand
+# patterns, image2 reads exactly the one named file: such stills are opened with these options instead (a name
+# that IS a pattern, "img%03d.png", is still refused).
+IMAGE2_OPTIONS = {
+    "protocol_whitelist": "file",
+    "format_whitelist": "image2",
+    "f": "image2",
+    "pattern_type": "none",
+}
 _REFERENCE_DEMUXERS = {"hls", "dash", "webm_dash_manifest", "imf", "concat", "sdp", "rtp", "rtsp"}
 _TEXT_DEMUXERS = {"tty", "bin"}
 
@@ -76,9 +85,14 @@ def stderr_tail(stderr: bytes | str, lines: int = 2) -> str:
     return " | ".join(kept[-lines:]) or "no error message"
 
 
-def input_args() -> list[str]:
-    """``INPUT_OPTIONS`` as command-line arguments, to put before an ``-i``."""
-    return [arg for key, value in INPUT_OPTIONS.items() for arg in (f"-{key}", value)]
+def input_options(container: str | None = None) -> dict[str, str]:
+    """The ffmpeg input options for a file whose probe found ``container`` (None: not probed yet)."""
+    return IMAGE2_OPTIONS if container == "image2" else INPUT_OPTIONS
+
+
+def input_args(container: str | None = None) -> list[str]:
+    """``input_options(container)`` as command-line arguments, to put before an ``-i``."""
+    return [arg for key, value in input_options(container).items() for arg in (f"-{key}", value)]
 
 
 def refusal(stderr: bytes | str, path: str) -> str | None:
@@ -99,11 +113,6 @@ def _format_refusal(demuxer: str, path: str) -> str:
         return "text file, not a video"
     if demuxer == "image2" and "%" in PurePath(path).name:
         return "an image-sequence pattern name (image2 would read the numbered files it names), not one file"
-    if demuxer == "image2":
-        return (
-            "a picture format only ffmpeg's image2 demuxer reads (it also expands image-sequence names); "
-            "stills must be png, jpeg, bmp, tiff, webp or ppm"
-        )
     return f"format {demuxer!r} is not one of the self-contained formats read here"
 
 
@@ -114,12 +123,10 @@ def ffprobe(path: str, timeout_s: float) -> dict[str, Any]:
         MediaError: ffprobe failed, timed out, refused the input (a playlist, a reference to other files or
             URLs, a format not in ``SAFE_DEMUXERS``), or printed something that is not JSON.
     """
-    cmd = ["ffprobe", "-v", "error", *input_args(), "-show_format", "-show_streams", "-of", "json"]
-    cmd += ["-i", path]
-    try:
-        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise MediaError(f"ffprobe timed out after {timeout_s:g} s") from exc
+    done = _ffprobe(path, timeout_s, None)
+    found = _FORMAT_REFUSED.search(done.stderr.decode("utf-8", "replace")) if done.returncode else None
+    if found and found.group(1) == "image2" and "%" not in PurePath(path).name:
+        done = _ffprobe(path, timeout_s, "image2")  # a picture only image2 knows: the one file, no pattern
     if done.returncode != 0:
         raise MediaError(refusal(done.stderr, path) or f"undecodable header: {stderr_tail(done.stderr)}")
     try:
@@ -127,6 +134,14 @@ def ffprobe(path: str, timeout_s: float) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise MediaError(f"ffprobe printed invalid JSON: {exc}") from exc
     return info
+
+
+def _ffprobe(path: str, timeout_s: float, container: str | None) -> subprocess.CompletedProcess[bytes]:
+    cmd = ["ffprobe", "-v", "error", *input_args(container), "-show_format", "-show_streams", "-of", "json"]
+    try:
+        return subprocess.run([*cmd, "-i", path], capture_output=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"ffprobe timed out after {timeout_s:g} s") from exc
 
 
 def parse_rate(text: str | None) -> float:

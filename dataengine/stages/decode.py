@@ -32,7 +32,7 @@ import ffmpeg
 import numpy as np
 from pydantic import Field, model_validator
 
-from dataengine.media import INPUT_OPTIONS, refusal, stderr_tail
+from dataengine.media import input_options, refusal, stderr_tail
 from dataengine.records import Clip, DecodedClip, Failure, Frames, ProbeInfo
 from dataengine.stages.base import Stage, StageConfig
 
@@ -163,7 +163,8 @@ class DecodeStage(Stage[Clip, DecodedClip]):
         origin = max(0.0, min(c.start_s for c in clips) - _SEEK_MARGIN_S)
         end = max(c.end_s for c in clips)
         span = {} if probe.is_image else {"ss": f"{origin:.3f}", "t": f"{end - origin:.3f}"}
-        source = ffmpeg.input(clips[0].path, **span, threads=self.config.threads, **INPUT_OPTIONS).video
+        options = input_options(probe.container)
+        source = ffmpeg.input(clips[0].path, **span, threads=self.config.threads, **options).video
         split = source.split() if len(branches) > 1 else None
         outputs = []
         for k, (branch, target) in enumerate(zip(branches, targets, strict=True)):

@@ -168,7 +168,7 @@ def _regular_file_size(path: Path) -> int:
 def _is_still(container: str, path: Path) -> bool:
     """Whether ffprobe's ``container`` holds one picture: an image demuxer, and not an animated WebP (whose
     header says RIFF....WEBPVP8X with bit 1 of the flags byte set)."""
-    if container not in STILL_DEMUXERS:
+    if container not in (*STILL_DEMUXERS, "image2"):  # image2: read as one file (media.IMAGE2_OPTIONS)
         return False
     if container != "webp_pipe":
         return True

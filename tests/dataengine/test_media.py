@@ -14,7 +14,7 @@ from dataengine.records import Clip, Failure, Source, Video
 from dataengine.stages import DecodeStage, ProbeStage, SplitConfig
 from dataengine.stages.split import detect_cuts
 from tests.crafted import REFUSALS, ReferenceTrap, make_reference_trap
-from tests.media import GoodClip
+from tests.media import GoodClip, make_world_stills
 
 
 def test_every_allowed_demuxer_is_one_this_ffmpeg_has() -> None:
@@ -78,3 +78,21 @@ def test_scene_detection_and_decode_refuse_a_file_swapped_for_a_playlist_after_p
     decoded = DecodeStage().decode(Clip.of(video, index=0, start_s=0.0, end_s=1.0))
     assert isinstance(decoded, Failure) and "a playlist or reference file (hls)" in decoded.reason
     assert reference_trap.untouched()
+
+
+def test_a_picture_only_image2_recognises_is_read_as_that_one_file(tmp_path: Path) -> None:
+    """JPEGs as PIL writes them are recognised by image2 alone: probed and decoded as one still, with
+    pattern expansion off, while a pattern name next to numbered pictures stays refused."""
+    stills = make_world_stills(tmp_path / "stills")
+    assert ffprobe(str(stills["jpeg"]), timeout_s=30)["format"]["format_name"] == "image2"
+    video = ProbeStage().probe(Source.from_uri(stills["jpeg"]))
+    assert isinstance(video, Video) and video.probe.is_image and video.probe.container == "image2"
+    clip = Clip.of(video, index=0, start_s=0.0, end_s=1.0)
+    decoded = DecodeStage().decode(clip)
+    assert not isinstance(decoded, Failure), decoded.reason
+    assert decoded.views["caption"].frames_THWC.shape[0] == 1
+    for i in range(1, 4):  # a literal "still%03d.jpg" beside still001.jpg..: refused, not read as 4 frames
+        shutil.copy(stills["jpeg"], tmp_path / "stills" / f"still{i:03d}.jpg")
+    pattern = shutil.copy(stills["jpeg"], tmp_path / "stills" / "still%03d.jpg")
+    with pytest.raises(MediaError, match="image-sequence pattern name"):
+        ffprobe(str(pattern), timeout_s=30)

@@ -213,7 +213,7 @@ def encode_mp4(frames: Frames) -> bytes:
     """
     t, h, w, _ = frames.shape
     cmd = [
-        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+        "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-protocol_whitelist", "pipe",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", f"{frames.fps:.6g}", "-i", "-",
         "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",  # yuv420p needs even sizes; padding keeps every pixel
         "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p",
