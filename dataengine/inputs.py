@@ -10,6 +10,11 @@ Everything streams: directories are listed one level at a time (in name order, h
 directory symlinks not followed), list files are read a line or a record batch at a time. Malformed list
 entries and unreadable directories become ``Failure(stage="input")`` records; an unsupported scheme is a
 configuration error and raises ``ValueError``.
+
+Confinement (``InputsConfig.allowed_roots``, ``allowed_schemes``; the API sets both for every job): a spec is
+checked before anything it names is opened, and so is every source it expands to: list entries, walked and
+globbed files, file symlinks (resolved, with ``..``). A source outside the roots or with a scheme not allowed
+becomes ``Failure(stage="input")`` and is never opened; ``fetch`` checks again and opens the resolved path.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,6 +55,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 LIST_SUFFIXES = (".txt", ".lst", ".jsonl", ".parquet")
 _REMOTE_SCHEMES = ("http", "https", "s3")
 _SUPPORTED = "local paths, file://, http://, https:// and s3://"
+Scheme = Literal["file", "http", "https", "s3"]  # "file": local paths, with or without file://
 _LIST_KEYS = ("uri", "path", "url")
 _PARQUET_BATCH_ROWS = 4096
 ListDir = Callable[[str], list[tuple[str, bool]]]  # directory -> sorted (name, is_directory) of one level
@@ -73,6 +79,21 @@ class InputsConfig(StageConfig):
         description="where fetched remote files are kept, named <video_id><suffix>",
     )
     fetch_timeout_s: float = Field(default=60.0, gt=0, description="limit on connecting and on each read")
+    allowed_roots: tuple[Path, ...] | None = Field(
+        default=None,
+        description="None: any local path; else every local spec, list entry, walked file and symlink "
+        "target must resolve (symlinks and .. followed) inside one of these folders, or it is a failure",
+    )
+    allowed_schemes: tuple[Scheme, ...] | None = Field(
+        default=None,
+        description='None: all; else the schemes specs and list entries may use ("file": local paths); '
+        "others are failures",
+    )
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _resolved(cls, value: tuple[Path, ...] | None) -> tuple[Path, ...] | None:
+        return None if value is None else tuple(root.expanduser().resolve() for root in value)
 
     @field_validator("extensions")
     @classmethod
@@ -92,21 +113,27 @@ def iter_sources(specs: Iterable[str], config: InputsConfig) -> Iterator[Source 
 
     A local path that does not exist is still yielded (probing records it); a missing list file is a Failure.
 
+    A spec or source refused by ``allowed_roots`` or ``allowed_schemes`` is a Failure, and nothing it names is
+    opened.
+
     Raises:
         ValueError: a spec has an unsupported scheme (a configuration error).
         OSError: a remote spec cannot be inspected at all (endpoint unreachable, access denied).
     """
     for spec in specs:
         scheme = _scheme(spec)
-        if scheme in ("", "file"):
-            yield from _expand_local(_local_path(spec), config)
-        elif scheme in _REMOTE_SCHEMES:
-            with _transport_errors(spec):
-                yield from _expand_remote(spec, config)
-        elif Path(spec).exists():  # a relative local name with a colon, e.g. "take:1.mp4"
-            yield from _expand_local(spec, config)
-        else:
+        # A relative local name may hold a colon, e.g. "take:1.mp4".
+        local = scheme in ("", "file") or (scheme not in _REMOTE_SCHEMES and Path(spec).exists())
+        if not local and scheme not in _REMOTE_SCHEMES:
             raise ValueError(f"unsupported scheme {scheme!r} in {spec!r}: supported are {_SUPPORTED}")
+        path = _local_path(spec)
+        if refusal := _local_refusal(path, config) if local else _remote_refusal(spec, config):
+            yield _input_failure(normalize_uri(_absolute(path) if local else spec), refusal)
+        elif local:
+            yield from _confined(_expand_local(path, config), config)
+        else:
+            with _transport_errors(spec):
+                yield from _confined(_expand_remote(spec, config), config)
 
 
 def fetch(source: Source, config: InputsConfig) -> Path:
@@ -115,14 +142,20 @@ def fetch(source: Source, config: InputsConfig) -> Path:
     The copy is downloaded to a temporary name and renamed, so ``cache_dir/<video_id><suffix>`` is complete
     or absent; an existing one is reused without contacting the remote.
 
+    With ``allowed_roots`` set, a local source is checked again and its resolved path returned: what is opened
+    is what was checked.
+
     Raises:
         FileNotFoundError: the object does not exist (HTTP 404, missing S3 key).
-        PermissionError: access denied (S3 403).
+        PermissionError: access denied (S3 403); a source outside ``allowed_roots`` or with a scheme not in
+            ``allowed_schemes``.
         OSError: anything else: other HTTP statuses, refused connections, connects or reads slower than
             ``fetch_timeout_s`` (``TimeoutError`` over HTTP), a full disk.
     """
+    if refusal := _refusal(source, config):
+        raise PermissionError(f"{source.uri}: {refusal}")
     if source.is_local:
-        return source.local_path
+        return source.local_path if config.allowed_roots is None else source.local_path.resolve()
     suffix = posixpath.splitext(urlsplit(source.uri).path)[1]
     if not (suffix[1:].isalnum() and len(suffix) <= 9):
         suffix = ""  # keep odd characters out of cache names
@@ -234,6 +267,47 @@ def _absolute(path: str) -> Path:
 def _scheme(text: str) -> str:
     scheme = urlsplit(text).scheme.lower()
     return "" if len(scheme) <= 1 else scheme  # one letter: a Windows drive
+
+
+# ------------------------------------------------------------------------------------------- confinement
+
+
+def _confined(items: Iterable[Source | Failure], config: InputsConfig) -> Iterator[Source | Failure]:
+    for item in items:
+        if isinstance(item, Source) and (refusal := _refusal(item, config)):
+            item = Failure.of(item, "input", refusal)
+        yield item
+
+
+def _refusal(source: Source, config: InputsConfig) -> str | None:
+    """Why ``config`` forbids reading ``source``, or None."""
+    if source.is_local:
+        return _local_refusal(str(source.local_path), config)
+    return _remote_refusal(source.uri, config)
+
+
+def _local_refusal(path: str, config: InputsConfig) -> str | None:
+    """Why ``config`` forbids the local ``path`` (a glob: its literal folder), or None."""
+    if config.allowed_schemes is not None and "file" not in config.allowed_schemes:
+        return "local paths are not allowed"
+    if config.allowed_roots is None:
+        return None
+    expanded = str(Path(path).expanduser())
+    literal = _split_glob(expanded)[0] if _is_glob(path) and not Path(expanded).exists() else expanded
+    try:
+        resolved = Path(literal).resolve()
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop
+        return f"cannot resolve the path: {err}"
+    if any(resolved.is_relative_to(root) for root in config.allowed_roots):
+        return None
+    return "outside the allowed roots (symlinks and '..' followed)"
+
+
+def _remote_refusal(uri: str, config: InputsConfig) -> str | None:
+    scheme = _scheme(uri)
+    if config.allowed_schemes is None or scheme in config.allowed_schemes:
+        return None
+    return f"scheme {scheme!r} is not allowed (allowed: {', '.join(config.allowed_schemes)})"
 
 
 # ------------------------------------------------------------------------------- walking and globbing

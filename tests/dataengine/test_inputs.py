@@ -18,6 +18,7 @@ import s3fs
 
 from dataengine.inputs import VIDEO_EXTENSIONS, InputsConfig, fetch, iter_sources
 from dataengine.records import Failure, Source, normalize_uri, video_id_for
+from tests.crafted import Tripwire
 
 BUCKET = "inputs-test"
 
@@ -230,6 +231,119 @@ def test_http_list_file(http_root: tuple[str, Path], config: InputsConfig) -> No
         f"{base}/lists/a.mp4",
         "https://cdn.example/b.mp4",
     ]
+
+
+# ------------------------------------------------------------------------------------------- confinement
+
+
+@pytest.fixture
+def confined(tmp_path: Path) -> tuple[Path, Path, InputsConfig]:
+    """An allowed root, a folder beside it, and a config confined to the root over file and http."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    _touch(root, "a.mp4")
+    _touch(outside, "secret.mp4")
+    config = InputsConfig(
+        cache_dir=tmp_path / "cache", allowed_roots=(root,), allowed_schemes=("file", "http")
+    )
+    return root, outside, config
+
+
+def _refused(item: Source | Failure, uri: str, words: str) -> bool:
+    return isinstance(item, Failure) and item.stage == "input" and item.uri == uri and words in item.reason
+
+
+def test_a_list_inside_the_root_cannot_name_files_outside(confined: tuple[Path, Path, InputsConfig]) -> None:
+    root, outside, config = confined
+    secret = outside / "secret.mp4"
+    (root / "in.txt").write_text(f"a.mp4\n{secret}\nfile://{secret}\n../outside/secret.mp4\ns3://b/k.mp4\n")
+    inside, *refused, remote = iter_sources([str(root / "in.txt")], config)
+    assert inside == Source.from_uri(root / "a.mp4")
+    assert len(refused) == 3 and all(
+        _refused(f, normalize_uri(secret), "outside the allowed roots") for f in refused
+    )
+    assert _refused(remote, "s3://b/k.mp4", "scheme 's3' is not allowed")
+
+
+def test_a_remote_list_cannot_name_local_files_outside(
+    http_root: tuple[str, Path], confined: tuple[Path, Path, InputsConfig]
+) -> None:
+    base, www = http_root
+    root, outside, config = confined
+    secret = outside / "secret.mp4"
+    (www / "in.txt").write_text(f"{root}/a.mp4\n{secret}\nfile://{secret}\nb.mp4\n")
+    inside, *refused, relative = iter_sources([f"{base}/in.txt"], config)
+    assert inside == Source.from_uri(root / "a.mp4") and relative == Source.from_uri(f"{base}/b.mp4")
+    assert len(refused) == 2 and all(
+        _refused(f, normalize_uri(secret), "outside the allowed roots") for f in refused
+    )
+    no_http = config.model_copy(update={"allowed_schemes": ("file",)})
+    [list_refused] = iter_sources([f"{base}/in.txt"], no_http)  # the list itself is not fetched
+    assert _refused(list_refused, f"{base}/in.txt", "scheme 'http' is not allowed")
+
+
+def test_walking_the_root_refuses_file_symlinks_that_lead_out(
+    confined: tuple[Path, Path, InputsConfig],
+) -> None:
+    root, outside, config = confined
+    (root / "b_out.mp4").symlink_to(outside / "secret.mp4")
+    (root / "c_in.mp4").symlink_to(root / "a.mp4")
+    (root / "d_up.mp4").symlink_to("../outside/secret.mp4")
+    (root / "e_loop.mp4").symlink_to(root / "e_loop.mp4")
+    a, b, c, d, e = iter_sources([str(root)], config)
+    assert a == Source.from_uri(root / "a.mp4") and c == Source.from_uri(root / "c_in.mp4")
+    assert _refused(b, normalize_uri(root / "b_out.mp4"), "outside the allowed roots")
+    assert _refused(d, normalize_uri(root / "d_up.mp4"), "outside the allowed roots")
+    assert isinstance(e, Failure) and e.stage == "input"
+    globbed = iter_sources([f"{root}/*_out.mp4", f"{root}/../outside/*.mp4"], config)
+    assert [item.uri for item in globbed if isinstance(item, Failure)] == [
+        normalize_uri(root / "b_out.mp4"),
+        normalize_uri(outside / "*.mp4"),
+    ]
+
+
+def test_a_spec_outside_the_roots_is_refused_before_it_is_opened(
+    confined: tuple[Path, Path, InputsConfig],
+) -> None:
+    root, outside, config = confined
+    (root / "lists").symlink_to(outside)
+    witness = outside / "witness.mp4"
+    witness.write_bytes(b"list bytes")
+    with Tripwire(outside / "in.txt", witness) as tripwire:  # a list file that counts its readers
+        specs = [str(outside / "in.txt"), str(root / "lists" / "in.txt"), str(outside), f"{root}/../outside"]
+        items = list(iter_sources(specs, config))
+        assert tripwire.opened == 0
+    assert [item.uri for item in items] == [normalize_uri(s) for s in specs]
+    assert all(_refused(item, item.uri, "outside the allowed roots") for item in items)
+    files_only = config.model_copy(update={"allowed_schemes": ("http",)})
+    [local] = iter_sources([str(root / "a.mp4")], files_only)
+    assert _refused(local, normalize_uri(root / "a.mp4"), "local paths are not allowed")
+
+
+def test_fetch_refuses_what_the_roots_do_not_hold_and_opens_the_resolved_path(
+    confined: tuple[Path, Path, InputsConfig],
+) -> None:
+    root, outside, config = confined
+    (root / "link.mp4").symlink_to(root / "a.mp4")
+    assert fetch(Source.from_uri(root / "link.mp4"), config) == root / "a.mp4"
+    with Tripwire(outside / "fifo.mp4", outside / "secret.mp4") as tripwire:
+        (root / "out.mp4").symlink_to(tripwire.path)
+        for source in (Source.from_uri(tripwire.path), Source.from_uri(root / "out.mp4")):
+            with pytest.raises(PermissionError, match="outside the allowed roots"):
+                fetch(source, config)
+        assert tripwire.opened == 0
+    with pytest.raises(PermissionError, match="scheme 's3' is not allowed"):
+        fetch(Source.from_uri("s3://b/k.mp4"), config)
+    assert not config.cache_dir.exists()
+
+
+def test_confinement_config(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    config = InputsConfig(allowed_roots=(tmp_path / "alias",), allowed_schemes=("file",))
+    assert config.allowed_roots == ((tmp_path / "real").resolve(),)
+    assert InputsConfig().allowed_roots is None and InputsConfig().allowed_schemes is None  # unconfined
+    with pytest.raises(ValueError, match="allowed_schemes"):
+        InputsConfig(allowed_schemes=("ftp",))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------------- s3
