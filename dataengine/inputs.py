@@ -43,7 +43,15 @@ from pydantic import Field, field_validator
 from dataengine.config import StageConfig
 from dataengine.records import Failure, Source, normalize_uri
 
-__all__ = ["IMAGE_EXTENSIONS", "LIST_SUFFIXES", "VIDEO_EXTENSIONS", "InputsConfig", "fetch", "iter_sources"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LIST_SUFFIXES",
+    "VIDEO_EXTENSIONS",
+    "InputsConfig",
+    "Scheme",
+    "fetch",
+    "iter_sources",
+]
 
 
 # fmt: off

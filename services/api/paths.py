@@ -1,8 +1,11 @@
 """Confinement of what clients name: local paths must resolve (symlinks and ``..`` followed) inside an allowed
-root, URIs must use an allowed scheme."""
+root, URIs must use an allowed scheme. ``confine`` checks what a request names; ``confinement`` carries the
+same rule into runs, for what those names lead to (list entries, walked files, symlinks)."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,3 +35,14 @@ def confine(spec: str, roots: list[Path], schemes: set[str]) -> str:
     if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
         raise RejectedError(f"{spec!r} is outside the allowed roots")
     return str(resolved)
+
+
+def confinement(roots: Iterable[Path], schemes: Iterable[str]) -> list[str]:
+    """Recipe overrides (``key=json``) that hold a run to ``roots`` and ``schemes`` where it expands its
+    inputs (``inputs``) and where it fetches and probes them (``probe.fetch``)."""
+    values = {"allowed_roots": [str(root) for root in roots], "allowed_schemes": sorted(schemes)}
+    return [
+        f"{section}.{key}={json.dumps(value)}"
+        for section in ("inputs", "probe.fetch")
+        for key, value in values.items()
+    ]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataengine.config import ConfigError
+from dataengine.inputs import Scheme
+from services.api.jobs.overrides import SAFE_OVERRIDES, is_pattern
 
 
 class Settings(BaseSettings):
@@ -36,7 +39,15 @@ class Settings(BaseSettings):
     max_caption_s: float = Field(60.0, gt=0, description="/v1/captions takes clips up to this long")
     max_running_jobs: int = Field(1, ge=1)
     run_jobs: bool = Field(True, description="False: this instance only queues jobs and serves their status")
-    uri_schemes: str = Field("file,s3,http,https", description="schemes job inputs and caption URIs may use")
+    uri_schemes: str = Field(
+        "file,s3,http,https",
+        description="schemes job inputs, their list entries and caption URIs may use (file: local paths)",
+    )
+    extra_overrides: str = Field(
+        "",
+        description="comma-separated recipe keys clients may override besides the tuning knobs of "
+        "services/api/jobs/overrides.py, e.g. pools.*.max_workers; inputs, probe and runner stay refused",
+    )
 
     @field_validator("data_dir")
     @classmethod
@@ -55,6 +66,10 @@ class Settings(BaseSettings):
     def schemes(self) -> set[str]:
         return {s.strip().lower() for s in self.uri_schemes.split(",") if s.strip()}
 
+    @cached_property
+    def override_patterns(self) -> tuple[str, ...]:
+        return SAFE_OVERRIDES + tuple(k.strip() for k in self.extra_overrides.split(",") if k.strip())
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'jobs.db'}"
@@ -72,4 +87,12 @@ class Settings(BaseSettings):
         if not any(self.data_dir.is_relative_to(root) for root in self.roots):
             raise ConfigError(
                 f"DATAENGINE_DATA_DIR {self.data_dir} (job outputs) must be inside an allowed root"
+            )
+        if unknown := sorted(self.schemes - set(get_args(Scheme))):
+            raise ConfigError(
+                f"DATAENGINE_URI_SCHEMES: unknown {unknown}; inputs may use {', '.join(get_args(Scheme))}"
+            )
+        if bad := [p for p in self.override_patterns if not is_pattern(p)]:
+            raise ConfigError(
+                f"DATAENGINE_EXTRA_OVERRIDES: {bad} are not dotted recipe keys outside inputs, probe, runner"
             )

@@ -19,7 +19,8 @@ from dataengine.records import Failure, Source
 from dataengine.stages import ProbeStage
 from dataengine.stages.caption import CaptionStage
 from pipelines.captioning import caption_video, with_engine
-from pipelines.recipes import RecipeConfig, get_recipe
+from pipelines.recipes import RecipeConfig, apply_overrides, get_recipe
+from services.api.paths import confinement
 from services.api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ class CaptionService:
                 recipe = recipe.model_copy(
                     update={"caption": recipe.caption.model_copy(update={"engine": engine})}
                 )
-        self.recipe: RecipeConfig = recipe
+        # Probing checks the roots again and opens the resolved path, whatever a symlink became since.
+        self.recipe: RecipeConfig = apply_overrides(recipe, confinement(settings.roots, settings.schemes))
         self.max_s = settings.max_caption_s
         self.base_url = settings.caption_base_url
         size = settings.caption_concurrency if recipe.caption.engine.kind == "openai" else 1

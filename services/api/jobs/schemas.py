@@ -18,7 +18,9 @@ class JobCreate(BaseModel):
     )
     recipe: str = Field("demo", max_length=64)
     overrides: dict[str, Any] = Field(
-        default_factory=dict, description='recipe keys, e.g. {"shards.max_samples": 100}'
+        default_factory=dict,
+        description='tuning knobs of the recipe, e.g. {"shards.max_samples": 100}; a key outside the allowed '
+        "list (services/api/jobs/overrides.py and DATAENGINE_EXTRA_OVERRIDES) is a 422",
     )
 
 

@@ -1,8 +1,10 @@
 """Jobs: validated and stored by ``JobService`` in the request, run by ``JobRunner`` in the background.
 
 A job is ``dataengine run`` in its own process group (the same runner as the CLI) writing to
-``DATA_DIR/jobs/<id>``; its progress comes from the run's ``progress.json``. When the API restarts, jobs that
-were running are stopped if their process survived and queued again: the run resumes exactly once.
+``DATA_DIR/jobs/<id>``, with the client's overrides (tuning knobs only: ``overrides.py``), then the allowed
+roots and schemes (``paths.confinement``), which hold every file the run expands its inputs to. Its progress
+comes from the run's ``progress.json``. When the API restarts, jobs that were running are stopped if their
+process survived and queued again: the run resumes exactly once.
 """
 
 from __future__ import annotations
@@ -25,16 +27,14 @@ from dataengine.config import ConfigError
 from dataengine.shards import read_manifest
 from pipelines.recipes import apply_overrides, get_recipe
 from services.api.db import JOB_STATES, Job, Store, now
+from services.api.jobs.overrides import refused
 from services.api.jobs.schemas import JobCreate
-from services.api.paths import RejectedError, confine
+from services.api.paths import RejectedError, confine, confinement
 from services.api.settings import Settings
 
 log = logging.getLogger(__name__)
 CLIPS = Counter("dataengine_clips_processed_total", "clips written to shards by jobs")
 JOBS = Gauge("dataengine_jobs", "jobs by state", ["state"])
-# Recipe sections a client may override; the rest (inputs, probe.fetch, runner) decide where the server
-# reads and writes, which stays the server's business.
-OVERRIDABLE = ("split", "decode", "caption", "encode", "text", "shards", "pools")
 
 
 class JobError(Exception):
@@ -69,10 +69,12 @@ class JobService:
             raise JobError(403, f"input refused: {exc}") from None
 
     def _check_recipe(self, body: JobCreate) -> None:
-        bad = [k for k in body.overrides if k.split(".")[0] not in OVERRIDABLE or k.startswith("probe.fetch")]
-        if bad:
+        patterns = self.settings.override_patterns
+        if bad := refused(body.overrides, patterns):
             raise JobError(
-                422, f"overrides of {bad} are not allowed; allowed sections: {', '.join(OVERRIDABLE)}"
+                422,
+                f"overrides of {bad} are not allowed; clients may override these keys and what lies under "
+                f"them (* is any one key): {', '.join(patterns)}",
             )
         try:
             apply_overrides(get_recipe(body.recipe), override_args(body.overrides))
@@ -176,6 +178,10 @@ class JobRunner:
                 ).first()
                 if job is None:
                     return
+                if bad := refused(job.overrides, self.settings.override_patterns):  # queued under older rules
+                    job.status, job.finished_at = "failed", now()
+                    job.error = f"overrides of {bad} are no longer allowed; submit the job again without them"
+                    continue
                 proc = self._launch(job)
                 job.status, job.pid, job.attempts = "running", proc.pid, job.attempts + 1
                 job.started_at = job.started_at or now()
@@ -195,7 +201,8 @@ class JobRunner:
             "--recipe",
             job.recipe,
         ]
-        cmd += [arg for o in override_args(job.overrides) for arg in ("--set", o)]
+        confined = confinement(self.settings.roots, self.settings.schemes)  # last: no override undoes it
+        cmd += [arg for o in [*override_args(job.overrides), *confined] for arg in ("--set", o)]
         if self.settings.ray_address:
             cmd += ["--address", self.settings.ray_address]
         with (out / "job.log").open("ab") as log_file:
