@@ -65,5 +65,5 @@ def test_the_independent_loop_check_sees_loops_and_passes_prose() -> None:
     assert "phrase loop" in (
         degenerate(GOOD.model_copy(update={"summary": "it goes left, left, left"})) or ""
     )
-    lines = "the red disc turns. " * 3
-    assert "3-gram" in (degenerate(GOOD.model_copy(update={"setting": lines})) or "")
+    spread = "the red disc turns left, then the red disc stops, and the red disc turns again"
+    assert "3-gram" in (degenerate(GOOD.model_copy(update={"setting": spread})) or "")

@@ -180,9 +180,12 @@ def test_a_caption_worker_killed_mid_batch_is_replaced_and_its_items_retried(
     runner = Runner(recipe, inputs[:1], tmp_path / "run", on_progress=kill_once)
     counts = runner.run()
     assert killed and runner.pools["caption"].deaths == 1
-    assert counts.failures == 0 and counts.samples == counts.clips_found > 0
-    expected = {row for row in outcome(reference) if row[2] == "ok"}
+    # The killed worker's clips were captioned again: the same outcome as the uninterrupted reference run on
+    # these videos, samples and the caption gate's refusals (a 160x120 clip the captioner loops on) alike.
+    expected = {row for row in outcome(reference) if row[1] is not None and inputs[0] in row[1]}
     assert outcome(tmp_path / "run") == expected
+    assert counts.samples > 0
+    assert {row[3] for row in expected if row[2] != "ok"} <= {"caption"}
     assert peak_queue <= recipe.runner.max_queued + recipe.pools.probe.batch_size * 8
 
 
