@@ -29,6 +29,7 @@ format: setup
 bench: setup      ## every benchmark in bench/, each printing its ratio to the speed of light
 	$(PY) bench/decode.py
 	$(PY) bench/caption.py
+	$(PY) bench/caption_gate.py --world 32
 	$(PY) bench/shards.py
 	$(PY) bench/runner.py
 	$(PY) bench/training.py

@@ -133,7 +133,11 @@ def cpu_small() -> RecipeConfig:
                 },
                 threads=2,
             ),
-            "caption": recipe.caption.model_copy(update={"engine": engine, "window_frames": 16}),
+            # The demo's floors and redraw check belong to the world captioner: a real VLM gets the default
+            # gate (loops, compressibility, garbage) until floors are calibrated for it (docs/quality-gate.md).
+            "caption": recipe.caption.model_copy(
+                update={"engine": engine, "window_frames": 16, "quality": QualityConfig(), "verify": None}
+            ),
             "encode": EncodeConfig(vae=VAEConfig(kind="wan", model=WAN_VAE, subfolder="vae", batch_size=1)),
             "shards": ShardConfig(max_samples=1000),
             "pools": PoolsConfig(

@@ -81,3 +81,13 @@ def test_unknown_recipe_and_engine_are_config_errors() -> None:
     switched = with_engine(get_recipe("demo"), "transformers")
     assert switched.caption.engine.kind == "transformers"
     assert switched.caption.engine.model == get_recipe("demo").caption.engine.model
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_only_the_world_captioner_gets_the_world_calibrated_gate(name: str) -> None:
+    """The redraw verifier and the confidence floors are calibrated on the shipped world captioner; a recipe
+    with another captioner must not inherit them (it would refuse every caption)."""
+    caption = get_recipe(name).caption
+    world = caption.engine.model == "builtin:world-captioner"
+    assert (caption.verify is not None) == world
+    assert (caption.quality.min_mean_logprob is not None) == world
