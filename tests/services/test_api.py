@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from dataengine.synth import synthesize
-from tests.crafted import REFUSALS, ReferenceTrap, make_reference_trap
+from tests.crafted import REFUSALS, RecordingServer, ReferenceTrap, make_reference_trap
 from tests.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -140,6 +140,33 @@ def test_a_job_runs_to_succeeded_and_its_results_have_captions(
             'dataengine_jobs{state="succeeded"}' in metrics and "dataengine_clips_processed_total" in metrics
         )
         assert 'handler="/v1/jobs"' in metrics
+
+
+def test_a_job_reads_nothing_its_lists_and_folders_lead_to_outside_the_roots(
+    server: Server, root: Path, reference_trap: ReferenceTrap, tmp_path: Path
+) -> None:
+    """A remote list and a local list naming files outside the root, and a walked folder holding a symlink out
+    of it: each is an input failure of the job, and the file outside (the tripwire) is never opened."""
+    secret = reference_trap.tripwire.path
+    (tmp_path / "in.txt").write_text(f"{secret}\nfile:///etc/passwd\n")
+    (root / "lists").mkdir()
+    (root / "lists" / "in.txt").write_text("../outside_link/hostname\n../links/garbage.mp4\n")
+    (root / "links").mkdir()
+    (root / "links" / "garbage.mp4").write_bytes(b"not a video")  # the one input the job may read
+    (root / "links" / "secret.mp4").symlink_to(secret)
+    refused = [f"file://{secret}", "file:///etc/passwd", f"file://{root}/outside_link/hostname"]
+    refused.append(f"file://{root}/links/secret.mp4")
+    with RecordingServer(tmp_path) as lists, server.client() as client:
+        body = {"inputs": [f"{lists.url}/in.txt", str(root / "lists" / "in.txt"), str(root / "links")]}
+        job_id = client.post("/v1/jobs", json=body, headers=AUTH).json()["id"]
+        job = wait_for(lambda: job_status(client, job_id, ("succeeded", "failed")), 300, "job not done")
+        assert job["status"] == "succeeded", job["error"]
+        assert set(lists.requests) == {"/in.txt"}  # the list (fsspec may ask twice), nothing it names
+    rows = {r["source"]: r for r in client_rows(server, job_id)}
+    for source in refused:
+        assert rows[source]["stage"] == "input" and "outside the allowed roots" in rows[source]["error"], rows
+    assert rows[f"file://{root}/links/garbage.mp4"]["stage"] == "probe"
+    assert len(rows) == 5 and reference_trap.tripwire.opened == 0
 
 
 @pytest.mark.parametrize(
