@@ -134,7 +134,7 @@ def cpu_small() -> RecipeConfig:
                 threads=2,
             ),
             # The demo's floors and redraw check belong to the world captioner: a real VLM gets the default
-            # gate (loops, compressibility, garbage) until floors are calibrated for it (docs/quality-gate.md).
+            # gate (loops, compressibility, garbage) until floors are calibrated for it: docs/quality-gate.md
             "caption": recipe.caption.model_copy(
                 update={"engine": engine, "window_frames": 16, "quality": QualityConfig(), "verify": None}
             ),
