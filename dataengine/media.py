@@ -113,7 +113,8 @@ def _format_refusal(demuxer: str, path: str) -> str:
         return "text file, not a video"
     if demuxer == "image2" and "%" in PurePath(path).name:
         return "an image-sequence pattern name (image2 would read the numbered files it names), not one file"
-    return f"format {demuxer!r} is not one of the self-contained formats read here"
+    # Random or damaged bytes often look like some text format ffmpeg knows (lrc, srt, ...).
+    return f"undecodable header: ffmpeg takes it for {demuxer!r}, not a self-contained video format read here"
 
 
 def ffprobe(path: str, timeout_s: float) -> dict[str, Any]:
