@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dataengine.shards import read_manifest
 from tests.crafted import REFUSALS, ReferenceTrap
 
 DATAENGINE = str(Path(sys.executable).with_name("dataengine"))
@@ -81,6 +82,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (demo / "through_the_vae" / "00.mp4").stat().st_size > 0
     assert (tmp_path / "demo" / "train" / "loss_curve.png").stat().st_size > 0
     assert list((tmp_path / "demo" / "train" / "checkpoints").glob("step_*.pt"))
+    # the summary says what the caption gate refused; on the demo's inputs only real footage is refused
+    assert "clips captioned" in " ".join(done.stderr.split())
+    refused = [r["source"] for r in read_manifest(run_dir).to_pylist() if r["stage"] == "caption"]
+    assert not [source for source in refused if "/videos/video_" in source], refused
 
 
 def test_demo_refuses_an_unknown_training_recipe_before_any_work(tmp_path: Path) -> None:
