@@ -127,6 +127,9 @@ def test_a_job_runs_to_succeeded_and_its_results_have_captions(
         assert results["total"] >= 2 and len(results["items"]) == 1
         everything = client.get(f"/v1/jobs/{job_id}/results", headers=AUTH).json()["items"]
         assert all(r["caption"] and r["shard"] for r in everything if r["status"] == "ok")
+        # the caption gate's numbers travel with each result: a client can filter without captioning again
+        assert all(r["caption_mean_logprob"] is not None for r in everything if r["status"] == "ok")
+        assert all(r["caption_redraw_psnr"] >= 13 for r in everything if r["status"] == "ok")
         refused = {r["source"]: r for r in everything if r["stage"] == "probe"}
         for spec, name in crafted.items():
             row = refused[spec if name == "remote" else f"file://{spec}"]

@@ -64,6 +64,10 @@ class ResultRow(BaseModel):
     caption: str | None
     short_caption: str | None
     shard: str | None
+    caption_mean_logprob: float | None = Field(None, description="the caption gate's confidence numbers")
+    caption_min_window_logprob: float | None = None
+    caption_compression_ratio: float | None = None
+    caption_redraw_psnr: float | None = None
 
 
 class ResultList(Page):
