@@ -32,6 +32,7 @@ from rich.table import Table
 
 from dataengine.caption.verify import WorldRedrawConfig
 from dataengine.footage import out_of_domain_set, sample_footage
+from pipelines.eval_captions import EVAL_SEED
 from pipelines.gate_eval import CORRECT_RECALL, evaluate_gate
 from pipelines.recipes import apply_overrides, get_recipe
 
@@ -74,6 +75,7 @@ def _checks(reasons: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__, default_repeat=1)
     parser.add_argument("--world", type=int, default=128, help="held-out world clips")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help="which held-out world clips")
     parser.add_argument("--recipe", default="demo", help="whose captioner, gate and verifier")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override")
     parser.add_argument("--details", type=Path, help="write every output's scores and verdict here")
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         ood = out_of_domain_set(work / "ood") + sample_footage(work / "footage")
         verify = recipe.caption.verify or WorldRedrawConfig()
-        report = evaluate_gate(recipe, recipe.caption.quality, verify, work, n_world=args.world, ood=ood)
+        gate = recipe.caption.quality
+        report = evaluate_gate(recipe, gate, verify, work, n_world=args.world, ood=ood, seed=args.seed)
     summary = report.summary()
     console.print(_table(summary))
     console.print(

@@ -44,6 +44,7 @@ from pipelines.recipes import RecipeConfig
 SCORE_ONLY = QualityConfig(
     max_repeated_ngrams=1.0,
     max_same_word_run=1_000_000,
+    max_char_run=1_000_000,
     min_words=1,
     loop_min_repeats=None,
     max_compression_ratio=None,

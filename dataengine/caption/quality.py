@@ -39,7 +39,7 @@ _REFUSAL = re.compile(
 )
 _WORD = re.compile(r"[\w']+")
 # JSON escapes let a model emit control characters (unpaired surrogates already fail JSON parsing).
-_CHAR_RUN = re.compile(r"(\S)\1{11,}")
+_CHAR_RUN = re.compile(r"(\S)\1+")
 _INVALID_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _VERBATIM = ("on_screen_text",)  # fields copied from the frame: any characters may be right there
 
@@ -56,6 +56,7 @@ class QualityConfig(StageConfig):
         8, ge=2, description="reject when one word repeats this many times in a row"
     )
     min_words: int = Field(3, ge=1, description="fewer words in the rendered caption is empty")
+    max_char_run: int = Field(12, ge=2, description="reject one non-space character repeated this many times")
     loop_min_repeats: int | None = Field(
         4, ge=2, description="reject a unit of 2..loop_max_unit characters repeated this many times in a row"
     )
@@ -167,8 +168,7 @@ def text_problem(caption: StructuredCaption, rendered: str, config: QualityConfi
         if _INVALID_CHAR.search(text):
             return f"invalid characters (control codes) in {where}: {text[:40]!r}"
     for where, text in [*fields, ("caption", rendered)]:
-        if match := _CHAR_RUN.search(text):
-            run = match.group(0)
+        if run := _char_run(text, config):
             return f"repetitive: {run[:12]!r}... in {where} (one character {len(run)} times)"
         if problem := _loop_problem(text, config):
             return f"{problem} in {where}"
@@ -189,8 +189,8 @@ def text_problem(caption: StructuredCaption, rendered: str, config: QualityConfi
 def judge_text(text: str, config: QualityConfig, confidence: Confidence | None = None) -> str | None:
     """Why a dense caption's prose alone (a manifest's ``caption`` column, without its structure) or its
     recorded confidence would be refused, or None: loops, runs, repeated n-grams, zlib ratio, confidence."""
-    if match := _CHAR_RUN.search(text):
-        return f"repetitive: {match.group(0)[:12]!r}... (one character {len(match.group(0))} times)"
+    if run := _char_run(text, config):
+        return f"repetitive: {run[:12]!r}... (one character {len(run)} times)"
     return (
         _loop_problem(text, config)
         or repetition_problem(_words(text), config)
@@ -212,6 +212,12 @@ def confidence_problem(confidence: Confidence | None, config: QualityConfig) -> 
             f"{confidence.min_window_logprob:.3f}, under the floor {window:g}"
         )
     return None
+
+
+def _char_run(text: str, config: QualityConfig) -> str | None:
+    """The first run of one non-space character at least ``max_char_run`` long, or None."""
+    runs = (m.group(0) for m in _CHAR_RUN.finditer(text))
+    return next((run for run in runs if len(run) >= config.max_char_run), None)
 
 
 def _loop_problem(text: str, config: QualityConfig) -> str | None:
