@@ -281,11 +281,11 @@ def _print_inspection(found: Any) -> None:
     ):
         if dist is None:
             continue
-        table = Table("range", "clips", "", title=f"{title}: p10 {dist.p10:.1f}, median {dist.p50:.1f}, "
-                      f"p90 {dist.p90:.1f} (min {dist.min:.1f}, max {dist.max:.1f})")  # fmt: skip
+        table = Table("range", "clips", "", title=f"{title}: p10 {dist.p10:.3g}, median {dist.p50:.3g}, "
+                      f"p90 {dist.p90:.3g} (min {dist.min:.3g}, max {dist.max:.3g})")  # fmt: skip
         top = max(c for _, _, c in dist.histogram) or 1
         for lo, hi, count in dist.histogram:
-            table.add_row(f"{lo:7.1f} - {hi:7.1f}", str(count), "█" * round(30 * count / top))
+            table.add_row(f"{lo:7.3g} - {hi:7.3g}", str(count), "█" * round(30 * count / top))
         out.print(table)
     if found.suspicious:
         out.print(f"[bold yellow]{len(found.suspicious)} ok captions today's gate would refuse[/] "
