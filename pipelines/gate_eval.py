@@ -40,6 +40,7 @@ from dataengine.world import read_caption, shot_caption
 from pipelines.eval_captions import EVAL_SEED, caption_all, decode_whole, world_eval_specs
 from pipelines.local import run_chain
 from pipelines.recipes import RecipeConfig
+from pipelines.regate import check_of
 
 SCORE_ONLY = QualityConfig(
     max_repeated_ngrams=1.0,
@@ -273,8 +274,8 @@ def _strings(node: object) -> list[str]:
 
 
 def _kind(reason: str) -> str:
-    """A rejection reason without its numbers and field: which check refused."""
-    return reason.split(":")[0].split(" in ")[0]
+    """Which check refused, without numbers and fields (a failure's attempts' reasons: the first one's)."""
+    return check_of(reason.split(" attempts: ", 1)[-1])
 
 
 def _reasons(judged: Sequence[Judged]) -> dict[str, int]:

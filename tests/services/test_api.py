@@ -75,7 +75,7 @@ def wait_for(check: Callable[[], Any], timeout_s: float, message: str) -> Any:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("api_root")
-    synthesize(root / "videos", 2, seed=3, width=160, height=120, max_shots=1)
+    synthesize(root / "videos", 2, seed=3, max_shots=1)  # 320x240: the world the demo captioner knows
     (root / "outside_link").symlink_to("/etc")
     return root
 
