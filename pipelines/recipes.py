@@ -99,7 +99,7 @@ def demo() -> RecipeConfig:
             window_frames=8,
             # Calibrated on the shipped captioner (docs/quality-gate.md), 256 held-out world clips: mean -0.16
             # and window -0.51 at worst, correct captions redraw at >= 18.7 dB (1/8 size); footage it never
-            # saw redraws at <= 15.4 dB.
+            # saw redraws at <= 15.6 dB.
             quality=QualityConfig(min_mean_logprob=-0.3, min_window_logprob=-0.8),
             verify=WorldRedrawConfig(min_psnr_db=17.0, downscale=8),
         ),

@@ -6,7 +6,7 @@ literal: ``world.read_caption`` reads the caption, ``fidelity.rebuild`` turns it
 A world caption written for footage the world captioner has never seen (a street, a test card) is fluent
 and schema-valid, and its tokens may be as confident as on world clips, but its redrawing looks nothing like
 the frames: measured on the shipped captioner at 1/8 of the caption view's size, the 244 held-out world
-captions graded correct redraw at 18.7 dB or more (median 28) and out-of-domain footage at 15.4 dB or less.
+captions graded correct redraw at 18.7 dB or more (median 28) and out-of-domain footage at 15.6 dB or less.
 ``WorldRedrawConfig.min_psnr_db`` sits between (see docs/quality-gate.md). Other captioners need another
 verifier (a caption-to-clip match score); the field that holds this config is where it goes.
 
