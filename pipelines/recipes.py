@@ -7,7 +7,7 @@
                          distilled on the synthetic world), the VAE a tiny Wan trained here and shipped
                          (``builtin:world-vae``), the text encoder the real all-MiniLM-L6-v2 from its
                          wheel, one state per token (a pooled vector left the DiT's samples at its
-                         captioner's priors; see the README's closed loop); pools sized for 2 cores
+                         captioner's priors: docs/caption-fidelity.md); pools sized for 2 cores
 ``cpu-small``            a CPU server (16+ cores) with real small checkpoints from a hub: Qwen2-VL-2B, the
                          Wan 2.1 VAE; more decode workers
 ``gpu-qwen25vl-7b-wan``  GPU nodes: Qwen2.5-VL-7B on one GPU per caption worker, the Wan 2.1 VAE and a T5

@@ -26,7 +26,7 @@ SHIPPED = {"world-captioner": ASSETS / "world-captioner"}  # name -> packaged fo
 LOCAL_PREFIXES = ("/", "./", "../", "~")  # a model named like this is a path, never a hub id
 REBUILD = {
     "world-captioner": "dataengine distill --pairs world --out dataengine/assets/world-captioner "
-    "(see README: Caption fidelity)"
+    "(see docs/caption-fidelity.md)"
 }
 
 

@@ -1,0 +1,312 @@
+"""Data commands: synth, probe, clips, caption, run, inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dataengine import synth as synth_lib
+from dataengine.cli.app import Inputs, app, console
+from dataengine.inputs import InputsConfig, iter_sources
+from dataengine.media import require_ffmpeg
+from dataengine.records import Failure, Video
+from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig
+from dataengine.stages.caption import CaptionConfig
+from pipelines.captioning import caption_video, with_engine
+from pipelines.clips import ClipsReport, extract_clips
+from pipelines.recipes import apply_overrides, get_recipe
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="folder for video_NNN.mp4 + video_NNN.json (ground truth)")],
+    n: Annotated[int, typer.Option(min=1, help="how many videos")] = 8,
+    seed: Annotated[int, typer.Option(help="same seed, same videos")] = 0,
+    width: Annotated[int, typer.Option(min=16)] = 320,
+    height: Annotated[int, typer.Option(min=16)] = 240,
+    fps: Annotated[int, typer.Option(min=1)] = 24,
+    max_shots: Annotated[int, typer.Option(min=1, help="hard cuts per video are at most max_shots - 1")] = 2,
+) -> None:
+    """Write procedural videos (coloured shapes on known paths, pans, hard cuts) with their ground truth."""
+    require_ffmpeg()
+    paths = synth_lib.synthesize(out, n, seed=seed, width=width, height=height, fps=fps, max_shots=max_shots)
+    console.print(f"wrote {len(paths)} videos and their ground truth to [bold]{out}[/]")
+
+
+@app.command()
+def probe(
+    inputs: Inputs,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON record per line instead of a table")
+    ] = False,
+) -> None:
+    """Show what ffprobe reports for each input, or the reason it cannot be used."""
+    require_ffmpeg()
+    stage = ProbeStage()
+    table = Table("source", "size", "fps", "duration", "codec", "status")
+    for item in iter_sources(inputs, InputsConfig()):
+        result = item if isinstance(item, Failure) else stage.probe(item)
+        if as_json:
+            print(result.model_dump_json())
+        elif isinstance(result, Video):
+            p = result.probe
+            table.add_row(
+                result.uri,
+                f"{p.width}x{p.height}",
+                f"{p.avg_fps:.2f}{' vfr' if p.is_vfr else ''}",
+                f"{p.duration_s:.2f} s",
+                f"{p.codec} {p.pix_fmt}",
+                "[green]ok[/]",
+            )
+        else:
+            table.add_row(result.uri, "", "", "", "", f"[red]{result.reason}[/]")
+    if not as_json:
+        Console().print(table)
+
+
+@app.command()
+def clips(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option(help="folder for clips.jsonl, failures.jsonl, contact_sheet.jpg")],
+    split_mode: Annotated[
+        str, typer.Option(help="'scenes' (cut at hard cuts) or 'fixed' (windows)")
+    ] = "scenes",
+    window_s: Annotated[float, typer.Option(help="window length (fixed mode, and for long shots)")] = 5.0,
+    min_clip_s: Annotated[float, typer.Option(help="shorter spans are dropped, with a reason")] = 1.0,
+    max_clip_s: Annotated[float, typer.Option(help="longer shots are cut into windows")] = 10.0,
+) -> None:
+    """Probe, split and decode the inputs; write the clips, the failures and a contact sheet."""
+    require_ffmpeg()
+    split_cfg = SplitConfig(mode=split_mode, window_s=window_s, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
+    _report(_extract(inputs, out, split_cfg, DecodeConfig()))
+
+
+@app.command()
+def caption(
+    video: Annotated[str, typer.Argument(help="a video file, or an http(s):// or s3:// URI")],
+    recipe: Annotated[
+        str, typer.Option(help="named configuration: demo (CPU, tiny built-in VLM), gpu-qwen25vl-7b-wan")
+    ] = "demo",
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="vllm (in-process), openai (a server: --base-url), transformers; default: the recipe's"
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(help="OpenAI-compatible endpoint for --engine openai, e.g. http://127.0.0.1:8000/v1"),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a recipe key, e.g. --set caption.sampling.max_tokens=512"),
+    ] = None,
+    max_windows: Annotated[int, typer.Option(min=1, help="caption at most this many frame windows")] = 8,
+) -> None:
+    """Caption one video and print one JSON document (caption, short_caption, structured, engine, model,
+    prompt_id, timings). Exit code 1 when it cannot be captioned: the JSON says at which stage and why."""
+    require_ffmpeg()
+    config = apply_overrides(get_recipe(recipe), overrides or [])
+    if engine is not None:
+        config = with_engine(config, engine, base_url)
+    document = caption_video(video, config, max_windows=max_windows)
+    print(json.dumps(document, indent=2))
+    if "error" in document:
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    inputs: Inputs,
+    out: Annotated[Path, typer.Option(help="run folder: shards/, manifest/, run.json; rerun to resume")],
+    recipe: Annotated[
+        str, typer.Option(help="named configuration: demo (this machine), cpu-small, gpu-qwen25vl-7b-wan")
+    ] = "demo",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a recipe key, e.g. --set pools.decode.max_workers=4"),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="resume even though the recipe differs from run.json's")
+    ] = False,
+) -> None:
+    """Probe, split, decode, caption and encode the inputs on Ray actor pools; write WebDataset shards, a
+    parquet manifest (one row per clip, failures with stage and reason) and run.json.
+
+    Rerunning the same command on the same --out resumes: finished clips are skipped, nothing is written
+    twice, even after kill -9. Exit code 0 when the run completes (per-input failures are manifest rows);
+    1 for run-level errors (no inputs, unwritable --out, workers that cannot start); 2 for bad configuration.
+    """
+    from pipelines.launch import launch_run
+
+    require_ffmpeg()
+    config = apply_overrides(get_recipe(recipe), overrides or [])
+    if not launch_run(config, inputs, out, address, force, console):
+        raise typer.Exit(1)
+
+
+@app.command()
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="the --out folder of dataengine run")],
+    samples: Annotated[int, typer.Option(min=1, help="samples on the HTML contact sheet")] = 64,
+    as_json: Annotated[bool, typer.Option("--json", help="print the numbers as one JSON document")] = False,
+    regate: Annotated[
+        bool,
+        typer.Option(
+            help="re-apply today's caption gate to every ok sample's structured caption (reads the "
+            "shards' json, captions nothing) and report what it would refuse"
+        ),
+    ] = False,
+    keep_list: Annotated[
+        Path | None,
+        typer.Option(help="with --regate: write the clip ids the gate keeps here, one per line"),
+    ] = None,
+    recipe: Annotated[
+        str | None, typer.Option(help="whose caption gate (default: the recipe in RUN_DIR/run.json)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="override a gate threshold, e.g. --set caption.quality.min_mean_logprob=-0.3"
+        ),
+    ] = None,
+) -> None:
+    """Counts by status, failure reasons, caption length and clip duration distributions of a run, the
+    gate's scores (mean token log-prob, zlib ratio), the ok captions today's gate would refuse, and an HTML
+    contact sheet (RUN_DIR/contact_sheet.html) of preview frames with their captions.
+
+    dataengine inspect out/run --regate --keep-list keep.txt   # the full gate again; keep.txt for loaders
+    """  # fmt: skip
+    from pipelines.inspect_run import inspect_run
+    from pipelines.regate import regate_run, write_keep_list
+
+    if keep_list is not None and not regate:
+        console.print("[bold red]error[/]: --keep-list needs --regate")
+        raise typer.Exit(2)
+    gate = _run_gate(run_dir, recipe, overrides or [])
+    try:
+        found = inspect_run(run_dir, samples, gate)
+        again = regate_run(run_dir, gate) if regate else None
+    except FileNotFoundError as exc:
+        console.print(f"[bold red]error[/]: {exc}")
+        raise typer.Exit(1) from None
+    if again is not None and keep_list is not None:
+        write_keep_list(again, keep_list)
+    if as_json:
+        doc = found.as_json() | ({"regate": again.as_json()} if again is not None else {})
+        print(json.dumps(doc, indent=2))
+        return
+    print_inspection(found)
+    if again is not None:
+        _print_regate(again, keep_list)
+
+
+def _run_gate(run_dir: Path, recipe: str | None, overrides: list[str]) -> Any:
+    """The caption gate of ``recipe``, else of the recipe named in ``run_dir/run.json``, as the code has it
+    today, with ``overrides``; the default gate when neither names one."""
+    from dataengine.caption.quality import QualityConfig
+
+    run_json = run_dir / "run.json"
+    if recipe is None and run_json.exists():
+        recipe = json.loads(run_json.read_text()).get("recipe")
+    if recipe is None:
+        return QualityConfig()
+    return apply_overrides(get_recipe(recipe), overrides).caption.quality
+
+
+def _print_regate(found: Any, keep_list: Path | None) -> None:
+    out = Console()
+    out.print(f"[bold]today's gate[/] on {found.checked} ok samples: keeps {len(found.keep)}, "
+              f"would refuse {len(found.refused)}")  # fmt: skip
+    if found.refused:
+        table = Table("check", "samples", title="what the gate would refuse")
+        for check, n in found.reasons():
+            table.add_row(check, str(n))
+        out.print(table)
+    if keep_list is not None:
+        out.print(f"keep-list: [bold]{keep_list}[/] ({len(found.keep)} clip ids)")
+
+
+def print_inspection(found: Any) -> None:
+    out = Console()
+    status = ", ".join(f"{n} {s}" for s, n in sorted(found.by_status.items()))
+    out.print(f"[bold]{found.out_dir}[/]: {status}; {found.shards} shards, {found.shard_bytes / 1e6:.1f} MB")
+    if found.reasons:
+        table = Table("stage", "reason", "clips/videos", title="why clips did not make it")
+        for stage, reason, n in found.reasons[:20]:
+            table.add_row(stage, reason, str(n))
+        out.print(table)
+    for title, dist in (
+        ("caption length (words)", found.caption_words),
+        ("clip duration (s)", found.clip_seconds),
+        ("caption mean token log-prob", found.caption_mean_logprob),
+        ("caption zlib compression ratio", found.caption_compression),
+    ):
+        if dist is None:
+            continue
+        table = Table("range", "clips", "", title=f"{title}: p10 {dist.p10:.3g}, median {dist.p50:.3g}, "
+                      f"p90 {dist.p90:.3g} (min {dist.min:.3g}, max {dist.max:.3g})")  # fmt: skip
+        top = max(c for _, _, c in dist.histogram) or 1
+        for lo, hi, count in dist.histogram:
+            table.add_row(f"{lo:7.3g} - {hi:7.3g}", str(count), "█" * round(30 * count / top))
+        out.print(table)
+    if found.suspicious:
+        out.print(f"[bold yellow]{len(found.suspicious)} ok captions today's gate would refuse[/] "
+                  "(dataengine inspect RUN --regate --keep-list keep.txt to drop them):")  # fmt: skip
+        for clip_id, reason in found.suspicious[:5]:
+            out.print(f"  {clip_id}: {reason}")
+    if found.sheet is not None:
+        out.print(f"contact sheet: [bold]{found.sheet}[/]")
+
+
+def _extract(
+    inputs: list[str],
+    out: Path,
+    split_cfg: SplitConfig,
+    decode_cfg: DecodeConfig,
+    caption_cfg: CaptionConfig | None = None,
+) -> ClipsReport:
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("clips decoded", total=None)
+        return extract_clips(
+            inputs,
+            out,
+            split=split_cfg,
+            decode=decode_cfg,
+            caption=caption_cfg,
+            on_result=lambda r: progress.advance(task, 0 if isinstance(r, Failure) else 1),
+        )
+
+
+def _report(report: ClipsReport) -> None:
+    table = Table("what", "count", title="summary")
+    table.add_row("videos with clips", str(len(report.videos)))
+    table.add_row("clips decoded", str(report.clips))
+    if report.captioned:
+        table.add_row("clips captioned", str(report.captioned))
+    for view, frames in report.frames.items():
+        table.add_row(f"frames ({view} view)", str(frames))
+    for (stage, kind), count in sorted(report.failures.items()):
+        table.add_row(f"{'dropped' if kind == 'dropped' else 'failed'} at {stage}", str(count))
+    console.print(table)
+    for name, path in report.files.items():
+        if path.exists():
+            console.print(f"{name:18} {path}")
+    if report.failures:
+        console.print(f"reasons: [bold]jq -r .reason {report.files['failures.jsonl']} | sort | uniq -c[/]")
