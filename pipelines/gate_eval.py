@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.caption.quality import QualityConfig, judge_caption
+from dataengine.caption.quality import QualityConfig, caption_fields, judge_caption
 from dataengine.caption.schema import StructuredCaption, render_caption
 from dataengine.caption.signals import Confidence, compression_ratio
 from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
@@ -66,7 +66,7 @@ def degenerate(caption: StructuredCaption) -> str | None:
     """Why a caption reads as a loop to a check independent of the gate's implementation, or None: a piece
     of a word three times over inside one word, a phrase of 1-4 words three times in a row, a word 3-gram
     repeated three times in one field, or a dense caption that zlib compresses over 2.5 times."""
-    fields = [s for s in _strings(caption.model_dump()) if s.strip()]
+    fields = [s for _, s in caption_fields(caption.model_dump()) if s.strip()]
     for text in fields:
         for word in text.split():
             if match := _WORD_LOOP.search(word):
@@ -261,16 +261,6 @@ def _judge(name: str, decoded: DecodedClip | Failure, result: CaptionedClip | Fa
         degenerate=degenerate(structured) if reason is None else None,
         caption=caption.caption,
     )
-
-
-def _strings(node: object) -> list[str]:
-    if isinstance(node, str):
-        return [node]
-    if isinstance(node, dict):
-        return [s for v in node.values() for s in _strings(v)]
-    if isinstance(node, list):
-        return [s for v in node for s in _strings(v)]
-    return []
 
 
 def _kind(reason: str) -> str:

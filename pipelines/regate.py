@@ -25,7 +25,6 @@ import webdataset as wds
 from dataengine.caption.quality import QualityConfig, judge_caption, judge_text
 from dataengine.caption.schema import StructuredCaption
 from dataengine.caption.signals import Confidence
-from dataengine.shards import read_manifest
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -58,15 +57,14 @@ def check_of(reason: str) -> str:
     return _NUMBER.sub("N", reason.split(":")[0].split(" in ")[0])
 
 
-def suspicious(out_dir: Path, config: QualityConfig) -> list[tuple[str, str]]:
-    """(clip id, reason) of every ok manifest row the gate's text and confidence checks would refuse."""
-    table = read_manifest(out_dir)
-    columns = ("clip_id", "status", "caption", "caption_mean_logprob", "caption_min_window_logprob")
+def suspicious(rows: list[dict[str, Any]], config: QualityConfig) -> list[tuple[str, str]]:
+    """(clip id, reason) of every ok manifest row (``read_manifest(...).to_pylist()``) the gate's text and
+    confidence checks would refuse."""
     found = []
-    for clip_id, status, caption, mean, window in zip(
-        *(table.column(c).to_pylist() for c in columns), strict=True
-    ):
-        if status != "ok" or caption is None:
+    for row in rows:
+        clip_id, caption = row["clip_id"], row["caption"]
+        mean, window = row["caption_mean_logprob"], row["caption_min_window_logprob"]
+        if row["status"] != "ok" or caption is None:
             continue
         confidence = Confidence(0, mean, window) if mean is not None and window is not None else None
         if reason := judge_text(caption, config, confidence):

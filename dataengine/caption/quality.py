@@ -163,7 +163,7 @@ def judge_caption(
 
 def text_problem(caption: StructuredCaption, rendered: str, config: QualityConfig) -> str | None:
     """Why the caption's text is not something to train on, or None."""
-    fields = list(_fields(caption.model_dump()))
+    fields = list(caption_fields(caption.model_dump()))
     for where, text in fields:
         if _INVALID_CHAR.search(text):
             return f"invalid characters (control codes) in {where}: {text[:40]!r}"
@@ -262,16 +262,16 @@ def _words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-def _fields(node: object, where: str = "") -> Iterator[tuple[str, str]]:
+def caption_fields(node: object, where: str = "") -> Iterator[tuple[str, str]]:
     """Every string in a caption's dump with its dotted path (``subjects.0.motion``)."""
     if isinstance(node, str):
         yield where, node
     elif isinstance(node, dict):
         for key, value in node.items():
-            yield from _fields(value, f"{where}.{key}" if where else str(key))
+            yield from caption_fields(value, f"{where}.{key}" if where else str(key))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _fields(value, f"{where}.{i}")
+            yield from caption_fields(value, f"{where}.{i}")
 
 
 def repetition_problem(words: list[str], config: QualityConfig) -> str | None:

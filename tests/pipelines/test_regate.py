@@ -62,7 +62,7 @@ def test_regate_refuses_what_todays_gate_refuses_and_keeps_the_rest(run_dir: Pat
 
 
 def test_inspect_flags_suspicious_ok_captions_from_the_manifest_alone(run_dir: Path) -> None:
-    flagged = dict(suspicious(run_dir, QualityConfig(min_mean_logprob=-0.5)))
+    flagged = dict(suspicious(read_manifest(run_dir).to_pylist(), QualityConfig(min_mean_logprob=-0.5)))
     # the prose and the confidence columns are enough for loops and low confidence; the bracket needs fields
     assert set(flagged) == {f"{1:032x}", f"{2:032x}"}
     found = inspect_run(run_dir, gate=QualityConfig())
@@ -103,4 +103,4 @@ def test_a_manifest_written_before_the_gate_columns_still_reads(run_dir: Path, t
     pq.write_table(old, tmp_path / "manifest" / part.name)
     table = read_manifest(tmp_path)
     assert table.num_rows == 4 and table.column("caption_mean_logprob").null_count == 4
-    assert [c for c, _ in suspicious(tmp_path, QualityConfig())] == [f"{1:032x}"]
+    assert [c for c, _ in suspicious(table.to_pylist(), QualityConfig())] == [f"{1:032x}"]
