@@ -196,7 +196,7 @@ def distill(
             "head to look at the object described; world pairs), dense_weight (teach the visual tokens to "
             "say what they show; world pairs), patch_size (8: a new student's vision tower cuts 8-px "
             "patches), freeze_positions, ... (all of them: DistillConfig in "
-            "dataengine/caption/distill.py)",
+            "dataengine/caption/distill/config.py)",
         ),
     ] = None,
 ) -> None:
