@@ -4,7 +4,7 @@
     .venv/bin/python bench/caption.py --quick          # 2 videos (2 clips), ~35 s
     .venv/bin/python bench/caption.py --n-videos 16 --repeat 5 --json
 
-Inputs are synthetic videos (``dataengine.synth``) probed, split and decoded as the ``demo`` recipe does
+Inputs are synthetic videos (``dataengine.world``) probed, split and decoded as the ``demo`` recipe does
 (untimed). The demo engine (tiny built-in Qwen2.5-VL, in-process vLLM on CPU) is built and set up once; its
 setup time is printed apart. One warm-up ``process_batch`` runs first and records the requests the stage
 sends in its first engine call (every clip's first attempt: the demo view has at most ``window_frames``
@@ -62,7 +62,7 @@ from dataengine.records import CaptionedClip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
 from dataengine.stages.base import Stage
 from dataengine.stages.caption import CaptionConfig, CaptionStage
-from dataengine.synth import synthesize
+from dataengine.world.generate import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
 

@@ -63,7 +63,7 @@ from dataengine.shards import read_manifest
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
 from dataengine.stages.base import Stage
 from dataengine.stages.decode import passes
-from dataengine.synth import random_spec, synthesize, write_video
+from dataengine.world.generate import random_spec, synthesize, write_video
 from pipelines.local import batched, run_chain
 from pipelines.pools import Pool, WorkItem
 from pipelines.recipes import RecipeConfig, apply_overrides, get_recipe

@@ -1,7 +1,7 @@
 """dataengine: records and stages that turn raw video into training data for video-generation models.
 
 Stages live in ``dataengine.stages``; inputs in ``dataengine.inputs``; procedural test videos in
-``dataengine.synth``. Importing this package is cheap: it loads no models and starts no processes.
+``dataengine.world.generate``. Importing this package is cheap: it loads no models and starts no processes.
 """
 
 from dataengine.records import (

@@ -20,11 +20,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dataengine import synth
 from dataengine.caption.schema import render_caption
-from dataengine.footage import sample_footage
 from dataengine.stages.caption import CaptionStage
-from dataengine.world import shot_caption
+from dataengine.world.footage import sample_footage
+from dataengine.world.generate import synthesize
+from dataengine.world.language import shot_caption
+from dataengine.world.spec import VideoSpec
 from pipelines.eval_captions import (
     EVAL_SEED,
     eval_captions,
@@ -95,7 +96,7 @@ class Demo:
         self._summary()
 
     def _inputs(self, videos: Path) -> list[str]:
-        synth.synthesize(videos, self.n, seed=0, max_shots=3)
+        synthesize(videos, self.n, seed=0, max_shots=3)
         inputs = [str(videos)]
         try:
             footage = sample_footage(self.out / "footage")
@@ -120,7 +121,7 @@ class Demo:
         self.paths["checkpoints"] = ckpt / "checkpoints"
         self.paths["loss curve"] = loss_curve(ckpt / METRICS, ckpt / "loss_curve.png")
 
-    def _sample(self, ckpt: Path, prompts: list[synth.VideoSpec]) -> list[Path]:
+    def _sample(self, ckpt: Path, prompts: list[VideoSpec]) -> list[Path]:
         videos = []
         for i, spec in enumerate(prompts):
             prompt = render_caption(shot_caption(spec.shots[0], spec.width, spec.height))
@@ -130,7 +131,7 @@ class Demo:
         self.paths["sampled videos"] = self.out / "samples"
         return videos
 
-    def _fidelity(self, prompts: list[synth.VideoSpec], videos: list[Path]) -> None:
+    def _fidelity(self, prompts: list[VideoSpec], videos: list[Path]) -> None:
         recipe = get_recipe("demo")
         stage = CaptionStage(recipe.caption)
         references = through_the_vae(recipe, prompts, self.out / "through_the_vae")

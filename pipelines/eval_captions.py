@@ -3,7 +3,7 @@
 Held-out world clips (single shots, seeds no training set uses) are written as videos, probed, decoded
 through the recipe's caption view and captioned by the recipe's caption stage, exactly as ``dataengine
 run`` would. Each caption is then read back (``world.read_caption``, text only) and scored against the
-clip's ground truth (``fidelity.py``): fact recall and precision per attribute, and the clip re-rendered
+clip's ground truth (``world.fidelity``): fact recall and precision per attribute, and the clip re-rendered
 from the caption alone (PSNR, per-object mask IoU). ``OUT/report.html`` shows every clip's frames beside
 their blind reconstruction with its caption; ``OUT/scores.json`` holds the numbers.
 """
@@ -22,12 +22,14 @@ import numpy as np
 from PIL import Image
 
 from dataengine.caption.schema import StructuredCaption
-from dataengine.fidelity import ATTRIBUTES, Fidelity, ShotScore, rebuild, score_shot
 from dataengine.records import CaptionedClip, Clip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage
 from dataengine.stages.caption import CaptionStage
-from dataengine.synth import ShotSpec, VideoSpec, random_spec, render_shot, write_video
-from dataengine.world import ReadShot, read_caption
+from dataengine.world.fidelity import ATTRIBUTES, Fidelity, ShotScore, rebuild, score_shot
+from dataengine.world.generate import random_spec, write_video
+from dataengine.world.language import ReadShot, read_caption
+from dataengine.world.render import render_shot
+from dataengine.world.spec import ShotSpec, VideoSpec
 from pipelines.local import batched
 from pipelines.recipes import RecipeConfig
 

@@ -30,13 +30,13 @@ from dataengine.caption.quality import QualityConfig, caption_fields, judge_capt
 from dataengine.caption.schema import StructuredCaption, render_caption
 from dataengine.caption.signals import Confidence, compression_ratio
 from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
-from dataengine.fidelity import score_shot
 from dataengine.records import CaptionedClip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
 from dataengine.stages.base import Stage
 from dataengine.stages.caption import CaptionStage
-from dataengine.synth import random_spec, write_video
-from dataengine.world import read_caption, shot_caption
+from dataengine.world.fidelity import score_shot
+from dataengine.world.generate import random_spec, write_video
+from dataengine.world.language import read_caption, shot_caption
 from pipelines.eval_captions import EVAL_SEED, caption_all, decode_whole, world_eval_specs
 from pipelines.local import run_chain
 from pipelines.recipes import RecipeConfig

@@ -17,7 +17,7 @@ from dataengine.caption.engines import CaptionEngine, build_engine
 from dataengine.caption.models import resolve_model
 from dataengine.records import DecodedClip, Source
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
-from dataengine.synth import synthesize
+from dataengine.world.generate import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
 from tests.crafted import ReferenceTrap, make_reference_trap

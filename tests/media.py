@@ -163,7 +163,8 @@ def make_world_stills(root: Path, seed: int = 3) -> dict[str, Path]:
     import numpy as np
     from PIL import Image
 
-    from dataengine.synth import random_spec, render_shot
+    from dataengine.world.generate import random_spec
+    from dataengine.world.render import render_shot
 
     root.mkdir(parents=True, exist_ok=True)
     spec = random_spec(np.random.default_rng(seed), fps=8, max_shots=1)

@@ -283,7 +283,7 @@ def _tokenizer(config: TinyVLMConfig, corpus: Sequence[str] | None) -> Any:
 
 def _corpus() -> list[str]:
     """Caption prose, a structured caption as JSON and the chat frame: a few KiB, fixed."""
-    lines = _PROSE.splitlines()
+    lines = CAPTION_PROSE.splitlines()
     sample = {
         "summary": lines[0],
         "subjects": [{"kind": "circle", "appearance": "a small red circle", "position": "left edge, middle",
@@ -302,7 +302,7 @@ def _corpus() -> list[str]:
 # ----------------------------------------------------------------------------------------------------------
 # Built-in text: the BPE corpus and the families' chat templates (Qwen2.5-VL-Instruct, Qwen3-VL-Instruct)
 
-_PROSE = """\
+CAPTION_PROSE = """\
 A red circle moves slowly from the left edge of the frame to the right over a striped blue background.
 The camera pans right while a green square drifts upward and a yellow triangle stays in the centre.
 A woman in a white shirt walks along a busy city street at night, lit by shop windows and car headlights.

@@ -24,10 +24,10 @@ from pydantic import Field
 
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import StageConfig
-from dataengine.fidelity import rebuild
 from dataengine.records import Frames
-from dataengine.synth import render_shot
-from dataengine.world import read_caption
+from dataengine.world.fidelity import rebuild
+from dataengine.world.language import read_caption
+from dataengine.world.render import render_shot
 
 
 class WorldRedrawConfig(StageConfig):

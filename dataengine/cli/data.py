@@ -11,13 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dataengine import synth as synth_lib
 from dataengine.cli.app import Inputs, app, console
 from dataengine.inputs import InputsConfig, iter_sources
 from dataengine.media import require_ffmpeg
 from dataengine.records import Failure, Video
 from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig
 from dataengine.stages.caption import CaptionConfig
+from dataengine.world.generate import synthesize
 from pipelines.captioning import caption_video, with_engine
 from pipelines.clips import ClipsReport, extract_clips
 from pipelines.recipes import apply_overrides, get_recipe
@@ -35,7 +35,7 @@ def synth(
 ) -> None:
     """Write procedural videos (coloured shapes on known paths, pans, hard cuts) with their ground truth."""
     require_ffmpeg()
-    paths = synth_lib.synthesize(out, n, seed=seed, width=width, height=height, fps=fps, max_shots=max_shots)
+    paths = synthesize(out, n, seed=seed, width=width, height=height, fps=fps, max_shots=max_shots)
     console.print(f"wrote {len(paths)} videos and their ground truth to [bold]{out}[/]")
 
 

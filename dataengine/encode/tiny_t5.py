@@ -80,7 +80,7 @@ def _tokenizer() -> Any:
     from tokenizers.trainers import UnigramTrainer
     from transformers import T5Tokenizer
 
-    from dataengine.caption.tiny_vlm import _PROSE  # the project's built-in caption text, ~500 words
+    from dataengine.caption.tiny_vlm import CAPTION_PROSE  # the project's built-in caption text, ~500 words
 
     unigram = Tokenizer(models.Unigram())
     unigram.pre_tokenizer = pre_tokenizers.Sequence(  # what T5Tokenizer rebuilds around the pieces
@@ -90,7 +90,7 @@ def _tokenizer() -> Any:
     trainer = UnigramTrainer(
         vocab_size=_PIECES, special_tokens=specials, unk_token="<unk>", show_progress=False
     )
-    unigram.train_from_iterator(_PROSE.splitlines(), trainer)
+    unigram.train_from_iterator(CAPTION_PROSE.splitlines(), trainer)
     trained = json.loads(unigram.to_str())["model"]["vocab"]
     if len(trained) != _PIECES or [p for p, _ in trained[:3]] != specials:
         raise ValueError(f"the built-in prose trained {len(trained)} pieces, not {_PIECES} after {specials}")

@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from dataengine import synth
 from dataengine.config import StageConfig
 from dataengine.encode.vae import VAEConfig, load_vae
-from dataengine.footage import sample_footage
 from dataengine.model_cache import build_folder, cache_root, require_empty
 from dataengine.records import Clip, Failure, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
+from dataengine.world.footage import sample_footage
+from dataengine.world.generate import random_spec, write_video
 
 if TYPE_CHECKING:
     import torch
@@ -93,7 +93,7 @@ class WanArch(StageConfig):
 
 
 class FootageConfig(StageConfig):
-    """Spans of the sample footage (``dataengine.footage``); the end of the first file is held out."""
+    """Spans of the sample footage (``dataengine.world.footage``); the end of the first file is held out."""
 
     train_clips: int = Field(96, ge=0)
     heldout_clips: int = Field(8, ge=0, description="0 and train_clips=0: no footage, no download")
@@ -193,8 +193,8 @@ def world_clips(config: VAETrainConfig, rng: np.random.Generator, n: int, workdi
     workdir.mkdir(parents=True, exist_ok=True)
     clips = []
     for i in range(n):
-        spec = synth.random_spec(rng, max_shots=1, duration_range=config.clip_s)
-        video = _probe(synth.write_video(spec, workdir / f"world_{i:04d}.mp4"))
+        spec = random_spec(rng, max_shots=1, duration_range=config.clip_s)
+        video = _probe(write_video(spec, workdir / f"world_{i:04d}.mp4"))
         clips.append(Clip.of(video, 0, 0.0, spec.duration_s))
     return _decode(config, clips)
 
@@ -209,7 +209,7 @@ def world_seeds(config: VAETrainConfig, heldout: bool) -> list[int]:
     """``VideoSpec.seed`` of every training (or held-out) world clip, without rendering them."""
     rng = np.random.default_rng((HELDOUT_SEED if heldout else config.seed, _WORLD))
     n = config.heldout_world_clips if heldout else config.world_clips
-    return [synth.random_spec(rng, max_shots=1, duration_range=config.clip_s).seed for _ in range(n)]
+    return [random_spec(rng, max_shots=1, duration_range=config.clip_s).seed for _ in range(n)]
 
 
 def footage_clips(config: VAETrainConfig) -> tuple[np.ndarray, np.ndarray]:

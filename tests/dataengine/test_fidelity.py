@@ -7,9 +7,10 @@ import pytest
 
 from dataengine.caption.quality import QualityConfig, judge
 from dataengine.caption.schema import StructuredCaption, render_caption
-from dataengine.fidelity import ATTRIBUTES, PSNR_CAP, Fidelity, score_shot, score_video
-from dataengine.synth import ObjectSpec, ShotSpec, VideoSpec, random_spec
-from dataengine.world import read_caption, reference_caption, shot_caption, video_captions
+from dataengine.world.fidelity import ATTRIBUTES, PSNR_CAP, Fidelity, score_shot, score_video
+from dataengine.world.generate import random_spec
+from dataengine.world.language import read_caption, reference_caption, shot_caption, video_captions
+from dataengine.world.spec import ObjectSpec, ShotSpec, VideoSpec
 
 W, H, FPS = 160, 120, 8
 

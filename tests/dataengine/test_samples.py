@@ -25,7 +25,7 @@ from dataengine.stages import (
     ViewConfig,
 )
 from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
-from dataengine.synth import synthesize
+from dataengine.world.generate import synthesize
 from pipelines.local import run_chain
 
 VAE = VAEConfig(kind="wan", model="builtin:tiny-wan")

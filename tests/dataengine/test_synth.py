@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from dataengine.synth import (
-    PALETTE,
-    ObjectSpec,
-    ShotSpec,
-    VideoSpec,
-    random_spec,
-    render_frames,
-    render_shot,
-    synthesize,
-    write_video,
-)
-from dataengine.world import WORLD_VERSION, reference_caption
+from dataengine.world.generate import random_spec, synthesize, write_video
+from dataengine.world.language import WORLD_VERSION, reference_caption
+from dataengine.world.render import render_frames, render_shot
+from dataengine.world.spec import PALETTE, ObjectSpec, ShotSpec, VideoSpec
 
 FPS = 10
 

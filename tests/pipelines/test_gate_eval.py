@@ -15,8 +15,8 @@ import pytest
 import webdataset as wds
 
 from dataengine.caption.schema import StructuredCaption
-from dataengine.footage import out_of_domain_set, sample_footage
 from dataengine.shards import read_manifest
+from dataengine.world.footage import out_of_domain_set, sample_footage
 from pipelines.gate_eval import degenerate
 from tests.dataengine.caption.examples import GOOD
 

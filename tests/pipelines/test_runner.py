@@ -18,7 +18,7 @@ import pytest
 import webdataset as wds
 
 from dataengine.shards import read_manifest
-from dataengine.synth import synthesize
+from dataengine.world.generate import synthesize
 from pipelines.recipes import apply_overrides, get_recipe
 from pipelines.runner import Counts, Runner
 from tests.crafted import REFUSALS, ReferenceTrap

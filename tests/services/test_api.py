@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dataengine.synth import synthesize
+from dataengine.world.generate import synthesize
 from tests.crafted import REFUSALS, RecordingServer, ReferenceTrap, make_reference_trap
 from tests.net import free_port
 

@@ -1,6 +1,6 @@
 """Captioner distillation: train a small Qwen-VL student on (clip, teacher caption) pairs.
 
-The teacher is either the synthetic world's ground truth (``world``: a perfect captioner, ``world.py``) or
+The teacher is either the synthetic world's ground truth (``world``: a perfect captioner) or
 any captioner whose captions a run wrote to its manifest (a run folder). Every pair goes through exactly
 the path the student will be served on: the clip's frames come from the caption view of the decode stage,
 the request is the caption stage's own prompt, and the processor and chat template of the student's folder
@@ -59,17 +59,13 @@ from dataengine.caption.distill.pairs import (
 )
 from dataengine.caption.distill.plots import _loss_curve
 from dataengine.caption.distill.targets import (
-    CAMERAS,
     DENSE_CLASSES,
     DENSE_LOGGED,
     DENSE_READINGS,
     EXTENT_BINS,
     GRID_CLASSES,
     HEADING_BINS,
-    MOTIONS,
-    PATTERNS,
     PLACE_BINS,
-    SIZES,
     WorldClasses,
     _place_bin,
     dense_targets,
@@ -88,6 +84,7 @@ from dataengine.caption.distill.tokens import (
     encoded_batches,
     tokenizer_corpus,
 )
+from dataengine.world.language import CAMERAS, MOTIONS, PATTERNS, SIZES
 
 __all__ = [
     "CAMERAS",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from dataengine.caption.distill.config import _WORLD_TARGETS, DistillConfig
-from dataengine.caption.distill.targets import DENSE_CLASSES, DENSE_READINGS, SIZES
+from dataengine.caption.distill.targets import DENSE_CLASSES, DENSE_READINGS
+from dataengine.world.language import SIZES
 
 
 def _digit_weights(tokenizer: Any, digit_weight: float) -> Any:

@@ -16,10 +16,8 @@ from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
 from dataengine.records import Clip, Failure, Frames, Source
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
-from dataengine.synth import ShotSpec, VideoSpec
-from dataengine.world import (
-    shot_caption,
-)
+from dataengine.world.language import shot_caption
+from dataengine.world.spec import ShotSpec, VideoSpec
 
 
 @dataclass
@@ -41,7 +39,7 @@ def world_pairs(n: int, seed: int, view: ViewConfig, work_dir: Path, workers: in
     fifty clips instead of four per clip. Videos are written at 8 fps: the caption view samples 2 fps, so
     it sees the same frames as at 24 fps, for a third of the encoding work.
     """
-    from dataengine.synth import random_spec
+    from dataengine.world.generate import random_spec
 
     rng = np.random.default_rng(seed + WORLD_SEED_OFFSET)
     shots = [random_spec(rng, fps=8, max_shots=1, duration_range=(2.0, 4.0)) for _ in range(n)]
@@ -63,7 +61,7 @@ _SHOTS_PER_VIDEO = 50
 
 
 def _world_chunk(specs: Sequence[VideoSpec], view: ViewConfig, path: Path) -> list[Pair]:
-    from dataengine.synth import write_video
+    from dataengine.world.generate import write_video
 
     first = specs[0]
     joined = first.model_copy(update={"shots": [spec.shots[0] for spec in specs]})

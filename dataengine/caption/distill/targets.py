@@ -6,21 +6,22 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 
 from dataengine.config import ConfigError
-from dataengine.synth import ShotSpec
-from dataengine.world import (
+from dataengine.world.language import (
+    CAMERAS,
+    MOTIONS,
+    PATTERNS,
     SHAPES,
-    Motion,
-    Pattern,
-    SizeWord,
+    SIZES,
     camera_movement,
     motion_of,
     size_word,
 )
+from dataengine.world.spec import ShotSpec
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,6 @@ class WorldClasses:
     scene: int  # pattern x camera movement (PATTERNS x CAMERAS)
 
 
-SIZES: tuple[SizeWord, ...] = get_args(SizeWord)
-MOTIONS: tuple[Motion, ...] = get_args(Motion)
-PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
-CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
 # the dense head's readings: what is on a token (nothing, or shape x size), its motion, the scene, on the
 # token holding an object's centre, that object's shape x size, the token's own grid row and column, and
 # three finer than the caption's words, so that the tokens tell neighbouring words apart near their edges:

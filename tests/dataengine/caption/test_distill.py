@@ -42,7 +42,7 @@ from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
-from dataengine.world import OCTANTS, SHAPES, SIZE_EDGES, motion_of, read_caption, region_of
+from dataengine.world.language import OCTANTS, SHAPES, SIZE_EDGES, motion_of, read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it

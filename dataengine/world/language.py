@@ -8,10 +8,10 @@ prose of a whole video: the shots' dense captions joined by "At T s the scene cu
 
 ``read_caption`` is the other direction, and reads **only** text: a structured caption's fields, or prose
 through a deterministic parser for this world's vocabulary (colour, shape and size words, the nine screen
-regions, compass directions, ``(x, y)`` pairs). What a caption does not say stays ``None``; ``fidelity.py``
+regions, compass directions, ``(x, y)`` pairs). What a caption does not say stays ``None``; ``fidelity``
 scores what was read against the truth and re-renders the clip from it.
 
-Conventions (see ``synth.py``): positions are object centres in pixels at the start of the shot, x to the
+Conventions (see ``spec``): positions are object centres in pixels at the start of the shot, x to the
 right and y down; motion in a caption is what a viewer sees (on-screen velocity = world velocity - pan).
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from dataengine.caption.schema import Camera, Event, Movement, StructuredCaption, Subject, render_caption
-from dataengine.synth import PALETTE, ShotSpec, VideoSpec
+from dataengine.world.spec import PALETTE, ShotSpec, VideoSpec
 
 WORLD_VERSION = "2"  # the caption language; bump with any change to what shot_caption writes
 
@@ -39,6 +39,10 @@ Motion = Literal[
 
 SHAPES: tuple[Shape, ...] = get_args(Shape)
 REGIONS: tuple[Region, ...] = get_args(Region)  # row by row, three per row
+SIZES: tuple[SizeWord, ...] = get_args(SizeWord)
+MOTIONS: tuple[Motion, ...] = get_args(Motion)
+PATTERNS: tuple[Pattern, ...] = get_args(Pattern)
+CAMERAS = ("static", "pan left", "pan right", "tilt up", "tilt down")  # what camera_movement returns
 STILL_PX_S = 4.0  # an object slower than this on screen is described as still
 SIZE_EDGES = (0.17, 0.23)  # size / min(width, height): below the first is small, below the second medium
 _SETTINGS = {

@@ -3,7 +3,7 @@ be redrawn from the caption alone.
 
 Facts of a shot: four about the scene (object count, background colour, background pattern, camera
 movement) and five per object (colour, shape, size word, start region, on-screen motion direction), all
-in the vocabulary of ``world.py``. A caption's objects are matched one-to-one to the true objects so that
+in the vocabulary of ``language``. A caption's objects are matched one-to-one to the true objects so that
 the most attributes agree; then
 
 * **fact recall** = true facts the caption states / all true facts,
@@ -31,8 +31,7 @@ from typing import cast
 import numpy as np
 
 from dataengine.caption.schema import StructuredCaption
-from dataengine.synth import ColourName, ObjectSpec, ShotSpec, VideoSpec, object_masks, render_shot
-from dataengine.world import (
+from dataengine.world.language import (
     REGIONS,
     ReadObject,
     ReadShot,
@@ -43,6 +42,8 @@ from dataengine.world import (
     region_of,
     size_word,
 )
+from dataengine.world.render import object_masks, render_shot
+from dataengine.world.spec import ColourName, ObjectSpec, ShotSpec, VideoSpec
 
 SCENE_ATTRIBUTES = ("count", "background", "pattern", "camera")
 OBJECT_ATTRIBUTES = ("colour", "shape", "size", "position", "motion")

@@ -1,21 +1,6 @@
-"""Procedural videos with exact ground truth: coloured shapes moving over patterned backgrounds.
-
-Used by the tests and the demo, and to score caption fidelity (a renderer re-draws a clip from its caption
-and compares it with the original), so a ``VideoSpec`` plus the constants of this module determine every
-pixel. ``frames_HWC`` is one uint8 RGB frame of H rows x W columns.
-
-Coordinates and units:
-  * Positions are in pixels, x to the right and y downwards; the centre of pixel (row i, column j) is at
-    (j + 0.5, i + 0.5). A pixel belongs to a shape when its centre lies inside it (hard edges, no
-    anti-aliasing); later objects are drawn over earlier ones.
-  * Each shot has its own fixed world. At time t seconds after the shot starts, the camera has moved by
-    ``pan_xy * t``, so a world point p is on screen at ``p - pan_xy * t``; at t = 0 world and screen
-    coincide. An object's centre is at ``start_xy + velocity_xy * t`` in the world. Speeds are in px/s.
-  * Frame i of a video shows time i / fps. Shots follow each other with hard cuts; a frame at time t
-    belongs to the shot whose [start_s, end_s) contains t.
-  * Backgrounds: ``flat`` is the background colour; ``stripes`` (diagonal bands, floor((x + y) / P) odd)
-    and ``checker`` (floor(x / P) + floor(y / P) odd) paint every other cell in a shade of it (mixed
-    ``PATTERN_MIX`` towards white, or towards black for light colours), with P = ``PATTERN_PX`` world pixels.
+"""Random synthetic videos: draw a valid ``VideoSpec``, encode it with ffmpeg, and write its ground truth
+(the spec, shot times and the world's reference caption) beside it as JSON. ``dataengine synth`` and the
+tests use ``synthesize``; caption fidelity and distillation draw specs with ``random_spec``.
 """
 
 from __future__ import annotations
@@ -25,159 +10,20 @@ import math
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-ColourName = Literal["red", "green", "blue", "yellow", "white", "black", "orange", "purple"]
-PALETTE: dict[ColourName, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 70),
-    "blue": (40, 80, 220),
-    "yellow": (240, 220, 50),
-    "white": (245, 245, 245),
-    "black": (20, 20, 20),
-    "orange": (245, 140, 30),
-    "purple": (140, 60, 190),
-}
-PATTERN_PX = 20
-PATTERN_MIX = 0.4
+from dataengine.world.language import WORLD_VERSION, reference_caption, video_captions
+from dataengine.world.render import render_frames, render_shot
+from dataengine.world.spec import PALETTE, ObjectSpec, ShotSpec, VideoSpec
+
 _MIN_OBJECT_CONTRAST = 150.0  # RGB distance between an object's colour and its background colour
 _MAX_SCREEN_SPEED = 60.0  # px/s along each axis, for random objects
 _MIN_CUT_SCORE = 20.0  # _cut_score across every random cut: well above `scdet=threshold=10`
 _MAX_DRAWS = 100
 _PATTERNS = ("flat", "stripes", "checker")
 _TIME_STEPS = (0.25, 0.2, 0.5, 1.0)  # random shot lengths are multiples of the first frame-aligned one
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ObjectSpec(_Spec):
-    """One shape moving in a straight line at constant velocity through its shot's world."""
-
-    shape: Literal["circle", "square", "triangle"]
-    colour: ColourName
-    size_px: int = Field(ge=2, description="circle diameter, square side, triangle base and height")
-    start_xy: tuple[float, float] = Field(description="centre (of the bounding box) at the shot start")
-    velocity_xy: tuple[float, float] = Field(description="world velocity in px/s")
-
-
-class ShotSpec(_Spec):
-    """One continuous shot: a background, a camera pan and 1-3 objects."""
-
-    duration_s: float = Field(gt=0)
-    background: ColourName
-    pattern: Literal["flat", "stripes", "checker"]
-    pan_xy: tuple[float, float] = Field(default=(0.0, 0.0), description="camera velocity in px/s")
-    objects: list[ObjectSpec] = Field(min_length=1, max_length=3)
-
-
-class VideoSpec(_Spec):
-    """A whole synthetic video: its geometry, its shots in order and the seed they were drawn with."""
-
-    schema_version: Literal["1"] = "1"
-    width: int = Field(ge=16)
-    height: int = Field(ge=16)
-    fps: int = Field(ge=1, le=240)
-    shots: list[ShotSpec] = Field(min_length=1)
-    seed: int = Field(default=0, description="provenance: random_spec drew every choice from this seed")
-
-    @model_validator(mode="after")
-    def _even_geometry(self) -> VideoSpec:
-        if self.width % 2 or self.height % 2:
-            raise ValueError(f"width and height must be even for yuv420p, got {self.width}x{self.height}")
-        return self
-
-    @property
-    def duration_s(self) -> float:
-        return self.shot_times[-1][1]
-
-    @property
-    def shot_times(self) -> list[tuple[float, float]]:
-        """(start_s, end_s) of every shot; each cut is at the end of one shot and the start of the next."""
-        ends = np.cumsum([shot.duration_s for shot in self.shots]).round(9).tolist()
-        return list(zip([0.0, *ends[:-1]], ends, strict=True))
-
-    @property
-    def n_frames(self) -> int:
-        return round(self.duration_s * self.fps)
-
-
-def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """The second colour of a patterned background."""
-    target = 0.0 if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] >= 128 else 255.0  # by BT.601 luma
-    r, g, b = (round(c + (target - c) * PATTERN_MIX) for c in rgb)
-    return r, g, b
-
-
-def _pattern_mask(pattern: str, x_W: np.ndarray, y_H: np.ndarray) -> np.ndarray:
-    """(H, W) bool: where the shade colour goes, given the world coordinates of pixel centres."""
-    if pattern == "checker":
-        cells_HW = np.floor(x_W / PATTERN_PX)[None, :] + np.floor(y_H / PATTERN_PX)[:, None]
-    elif pattern == "stripes":
-        cells_HW = np.floor((x_W[None, :] + y_H[:, None]) / PATTERN_PX)
-    else:
-        return np.zeros((len(y_H), len(x_W)), dtype=bool)
-    return cells_HW.astype(np.int64) % 2 == 1
-
-
-def _shape_mask(shape: str, dx_W: np.ndarray, dy_H: np.ndarray, size_px: int) -> np.ndarray:
-    """(H, W) bool: pixels whose centre, at offset (dx, dy) from the object's centre, lies inside it."""
-    r = size_px / 2
-    dx, dy = dx_W[None, :], dy_H[:, None]
-    if shape == "circle":
-        return dx**2 + dy**2 <= r**2
-    in_rows = (dy >= -r) & (dy < r)
-    if shape == "square":
-        return in_rows & (dx >= -r) & (dx < r)
-    return in_rows & (np.abs(dx) <= (dy + r) / 2)  # triangle: apex at the top, base at the bottom
-
-
-def render_shot(shot: ShotSpec, tau: float, width: int, height: int) -> np.ndarray:
-    """frames_HWC of ``shot`` at ``tau`` seconds after it starts."""
-    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
-    pan_x, pan_y = shot.pan_xy[0] * tau, shot.pan_xy[1] * tau
-    frame_HWC = np.empty((height, width, 3), dtype=np.uint8)
-    frame_HWC[:] = PALETTE[shot.background]
-    shade_HW = _pattern_mask(shot.pattern, centres_x + pan_x, centres_y + pan_y)
-    frame_HWC[shade_HW] = _shade(PALETTE[shot.background])
-    for obj, inside_HW in zip(shot.objects, object_masks(shot, tau, width, height), strict=True):
-        frame_HWC[inside_HW] = PALETTE[obj.colour]
-    return frame_HWC
-
-
-def object_masks(shot: ShotSpec, tau: float, width: int, height: int) -> list[np.ndarray]:
-    """One (H, W) bool mask per object of ``shot``: the pixels inside it ``tau`` seconds after the shot
-    starts, whether or not a later object covers them."""
-    centres_x, centres_y = np.arange(width) + 0.5, np.arange(height) + 0.5
-    masks = []
-    for obj in shot.objects:
-        screen_x = obj.start_xy[0] + (obj.velocity_xy[0] - shot.pan_xy[0]) * tau
-        screen_y = obj.start_xy[1] + (obj.velocity_xy[1] - shot.pan_xy[1]) * tau
-        masks.append(_shape_mask(obj.shape, centres_x - screen_x, centres_y - screen_y, obj.size_px))
-    return masks
-
-
-def render_frames(spec: VideoSpec) -> Iterator[np.ndarray]:
-    """Render the video frame by frame.
-
-    Args:
-        spec: the video to draw.
-
-    Returns:
-        An iterator over ``spec.n_frames`` frames_HWC (uint8 RGB, H = spec.height, W = spec.width); frame i
-        shows time i / spec.fps.
-    """
-    starts = np.array([start for start, _ in spec.shot_times])
-    for i in range(spec.n_frames):
-        t = i / spec.fps
-        k = max(0, int(np.searchsorted(starts, t + 1e-9, side="right")) - 1)
-        yield render_shot(spec.shots[k], t - starts[k], spec.width, spec.height)
 
 
 def _cut_score(a_HWC: np.ndarray, b_HWC: np.ndarray) -> float:
@@ -285,8 +131,6 @@ def random_spec(
 
 
 def _ground_truth(spec: VideoSpec) -> dict[str, object]:
-    from dataengine.world import WORLD_VERSION, reference_caption, video_captions  # world.py builds on this
-
     return {
         "spec": spec.model_dump(mode="json"),
         "shots": [{"start_s": start, "end_s": end} for start, end in spec.shot_times],
