@@ -63,7 +63,8 @@ from common import base_parser, ratio_cell
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.caption.distill import (
+from dataengine.caption.tiny_vlm import Family, build_tiny_vlm
+from trainer.distill import (
     GROUNDING_ATTENTION,
     PRESETS,
     DistillConfig,
@@ -80,7 +81,6 @@ from dataengine.caption.distill import (
     tokenizer_corpus,
     world_pairs,
 )
-from dataengine.caption.tiny_vlm import Family, build_tiny_vlm
 
 Row = dict[str, Any]
 Batch = dict[str, Any]

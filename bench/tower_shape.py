@@ -41,12 +41,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.caption.distill import PRESETS, _sincos_positions
 from dataengine.caption.engines.base import video_metadata
 from dataengine.caption.tiny_vlm import build_tiny_vlm
 from dataengine.world.generate import random_spec
 from dataengine.world.language import SHAPES
 from dataengine.world.render import render_shot
+from trainer.distill import PRESETS, _sincos_positions
 
 Labels = list[tuple[int, float, float, int]]  # (frame, centre x, centre y as fractions of the frame, shape)
 Learner = Callable[[np.ndarray, Labels], tuple[torch.Tensor, torch.Tensor]]  # frames -> (logits, shapes)

@@ -59,10 +59,10 @@ from rich.table import Table
 
 from dataengine.shards import ShardConfig, ShardWriter
 from pipelines.recipes import apply_overrides
-from trainer.data import build_loader
-from trainer.model import flops_per_sample
-from trainer.recipes import demo
-from trainer.train import PEAK_FLOPS, TrainConfig, Trainer
+from trainer.dit.data import build_loader
+from trainer.dit.model import flops_per_sample
+from trainer.dit.recipes import demo
+from trainer.dit.train import PEAK_FLOPS, TrainConfig, Trainer
 
 Row = dict[str, Any]
 Batch = dict[str, Any]

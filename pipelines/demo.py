@@ -37,9 +37,9 @@ from pipelines.inspect_run import Inspection, inspect_run
 from pipelines.launch import launch_run
 from pipelines.recipes import get_recipe
 from pipelines.runner import RunError
-from trainer.recipes import get_train_recipe
-from trainer.sample import loss_curve, sample_video
-from trainer.train import METRICS, Trainer
+from trainer.dit.recipes import get_train_recipe
+from trainer.dit.sample import loss_curve, sample_video
+from trainer.dit.train import METRICS, Trainer
 
 PROMPT_SEED = EVAL_SEED + 1  # held-out world scenes the DiT is asked to generate
 SCORES = "scores.json"  # every score the demo printed, adherence per fact included

@@ -1,1 +1,6 @@
-"""The compact DiT trainer that streams latent shards (flow matching); see the trainer issue."""
+"""Every training loop of the project, on the library's records and stages.
+
+``dit``      the compact DiT (flow matching) that streams latent shards: ``dataengine train``
+``distill``  a small captioner distilled from a teacher's captions: ``dataengine distill``
+``vae``      a tiny Wan-architecture VAE on world clips and real footage: ``dataengine train-vae``
+"""

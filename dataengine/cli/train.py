@@ -43,14 +43,14 @@ def train(
     """Train the DiT with flow matching on latent shards. Running it again on the same --out resumes from the
     latest checkpoint at the step it reached, with the same data order. Many GPUs:
     torchrun --nproc_per_node 8 -m dataengine.cli train --shards ... --out ... --recipe gpu-dit-b"""
-    from trainer.recipes import get_train_recipe
-    from trainer.sample import loss_curve
-    from trainer.train import METRICS, Trainer
+    from trainer.dit.recipes import get_train_recipe
+    from trainer.dit.sample import loss_curve
+    from trainer.dit.train import METRICS, Trainer
 
     config = apply_overrides(get_train_recipe(recipe), [*(overrides or []), f"steps={steps}"])
     config = config.model_copy(update={"data": config.data.model_copy(update={"shards": shards})})
     if ray_workers:
-        from trainer.ray_train import train_on_ray
+        from trainer.dit.ray_train import train_on_ray
 
         use_gpu = torch_cuda() if ray_gpus is None else ray_gpus
         train_on_ray(config, out, ray_workers, use_gpu=use_gpu, address=address)
@@ -121,7 +121,7 @@ def probe_student_cmd(
     scene's pattern and camera movement; compare with the majority baseline). Use it to find out why
     eval-captions misses an attribute."""
     from dataengine.caption.models import resolve_model
-    from dataengine.caption.probe import probe_student
+    from trainer.distill.probe import probe_student
 
     result = probe_student(resolve_model(model), n=n, threads=threads).as_json()
     if as_json:
@@ -196,15 +196,15 @@ def distill(
             "head to look at the object described; world pairs), dense_weight (teach the visual tokens to "
             "say what they show; world pairs), patch_size (8: a new student's vision tower cuts 8-px "
             "patches), freeze_positions, ... (all of them: DistillConfig in "
-            "dataengine/caption/distill/config.py)",
+            "trainer/distill/config.py)",
         ),
     ] = None,
 ) -> None:
     """Train a small Qwen-VL captioner (servable by vLLM and transformers) on (clip, teacher caption)
     pairs, through the same frames, prompt, processor and chat template it will be served with. Score it
     afterwards with: dataengine eval-captions --recipe demo --set caption.engine.model=OUT"""
-    from dataengine.caption.distill import DistillConfig
-    from dataengine.caption.distill import distill as run_distill
+    from trainer.distill import DistillConfig
+    from trainer.distill import distill as run_distill
 
     settings: dict[str, Any] = {
         "pairs": pairs, "preset": preset, "family": family, "seed": seed, "max_steps": steps,
@@ -247,7 +247,7 @@ def sample(
     ] = None,
 ) -> None:
     """Generate a clip from a prompt with the EMA weights; decode it with the VAE the shards recorded."""
-    from trainer.sample import sample_video
+    from trainer.dit.sample import sample_video
 
     shape = tuple(int(v) for v in latent_shape.split(",")) if latent_shape else None
     if shape is not None and len(shape) != 4:
@@ -272,8 +272,8 @@ def train_vae(
     on world clips and the sample footage, on one CPU thread; prints the held-out PSNRs. The shipped
     builtin:world-vae is the defaults (40 min): dataengine train-vae --out /tmp/world-vae, then copy the
     folder to dataengine/assets/world-vae"""
-    from dataengine.encode.train_vae import VAETrainConfig
-    from dataengine.encode.train_vae import train_vae as run_train_vae
+    from trainer.vae import VAETrainConfig
+    from trainer.vae import train_vae as run_train_vae
 
     settings: dict[str, Any] = {"seed": seed}
     if minutes is not None:

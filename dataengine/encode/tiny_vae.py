@@ -8,7 +8,7 @@ Normalisation stats are set to distinct non-trivial values so tests can check th
 ``ensure_tiny_vae`` keeps one ``save_pretrained`` folder per preset in an on-disk cache (built in a temporary
 sibling folder, then renamed: folders appear only complete); ``resolve_vae`` maps ``builtin:tiny-<kind>``
 to that folder, ``builtin:<name>`` of ``SHIPPED`` to a trained folder packaged in ``dataengine/assets/``
-(meaningful latents: see ``dataengine.encode.train_vae``), and passes anything else through.
+(meaningful latents: see ``trainer.vae``), and passes anything else through.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typer.main import get_command
 
 from dataengine.cli import app
 from pipelines.recipes import RECIPES, apply_overrides, get_recipe
-from trainer.recipes import TRAIN_RECIPES, get_train_recipe
+from trainer.dit.recipes import TRAIN_RECIPES, get_train_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev-cpu", "prod-gpu")

@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dataengine.caption.distill import (
+from dataengine.caption.engines import TransformersEngineConfig, build_engine
+from dataengine.caption.engines.base import EngineRequest, SamplingConfig
+from dataengine.caption.prompts import DENSE
+from dataengine.caption.schema import StructuredCaption
+from dataengine.config import ConfigError
+from dataengine.world.language import OCTANTS, SHAPES, SIZE_EDGES, motion_of, read_caption, region_of
+from trainer.distill import (
     CAMERAS,
     DENSE_CLASSES,
     DENSE_READINGS,
@@ -37,12 +43,6 @@ from dataengine.caption.distill import (
     split_dense_targets,
     world_pairs,
 )
-from dataengine.caption.engines import TransformersEngineConfig, build_engine
-from dataengine.caption.engines.base import EngineRequest, SamplingConfig
-from dataengine.caption.prompts import DENSE
-from dataengine.caption.schema import StructuredCaption
-from dataengine.config import ConfigError
-from dataengine.world.language import OCTANTS, SHAPES, SIZE_EDGES, motion_of, read_caption, region_of
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -134,8 +134,8 @@ def test_sincos_positions_match_the_patch_features(tmp_path: Path, student: tupl
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from dataengine.caption.distill import PRESETS, _sincos_positions, tokenizer_corpus
     from dataengine.caption.tiny_vlm import build_tiny_vlm
+    from trainer.distill import PRESETS, _sincos_positions, tokenizer_corpus
 
     _, pairs = student
     config = PRESETS["tiny"].model_copy(update={"family": "qwen3_vl"})
@@ -163,7 +163,7 @@ def test_encoded_batches_are_the_plan_in_order(student: tuple[Path, list]) -> No
     import torch
     from transformers import AutoProcessor
 
-    from dataengine.caption.distill import encoded_batches
+    from trainer.distill import encoded_batches
 
     folder, pairs = student
     processor = AutoProcessor.from_pretrained(folder)
@@ -191,7 +191,7 @@ def test_weight_decay_is_on_the_matrices_not_the_tables(student: tuple[Path, lis
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from dataengine.caption.distill import make_optimizer
+    from trainer.distill import make_optimizer
 
     folder, _ = student
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
@@ -211,7 +211,7 @@ def test_a_frozen_position_table_is_saved_as_it_started(student: tuple[Path, lis
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from dataengine.caption.distill import _sincos_positions
+    from trainer.distill import _sincos_positions
 
     folder, pairs = student
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
@@ -234,7 +234,7 @@ def test_probe_places_values_and_finds_positions_where_the_table_holds_them(
 
     from transformers import AutoProcessor
 
-    from dataengine.caption.probe import ATTRIBUTE_PATTERNS, _value_starts, probe_student
+    from trainer.distill.probe import ATTRIBUTE_PATTERNS, _value_starts, probe_student
 
     folder, pairs = student
     processor = AutoProcessor.from_pretrained(folder)
@@ -263,7 +263,7 @@ def test_content_probe_holds_out_whole_clips() -> None:
     """The token-contents probe scores on clips it never fitted: features that only name the clip (and a
     label fixed per clip) read perfectly when a clip's tokens fall on both sides, and not when held out
     whole; features that carry the label read perfectly either way."""
-    from dataengine.caption.probe import _grouped_probe, _ridge_accuracy
+    from trainer.distill.probe import _grouped_probe, _ridge_accuracy
 
     rng = np.random.default_rng(0)
     clips = np.repeat(np.arange(40), 20)

@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer import model as dit_module
-from trainer.model import DiT, DiTBlock, build_dit, flops_per_sample
+from trainer.dit.model import DiT, DiTBlock, build_dit, flops_per_sample
 
 C, E = 4, 32  # latent channels, text dim
 

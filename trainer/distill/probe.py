@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.caption.distill import (
+from trainer.distill import (
     DistillConfig,
     answer_offsets,
     collate,

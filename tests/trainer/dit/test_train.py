@@ -19,10 +19,10 @@ from dataengine.encode.text import TextEmbedConfig
 from dataengine.shards import ShardConfig, ShardWriter
 from pipelines.recipes import apply_overrides
 from tests.net import free_port
-from trainer.data import DataConfig, Phase, build_loader, expand_shards, split_shards
-from trainer.recipes import cpu_mini, demo
-from trainer.sample import loss_curve, sample_video
-from trainer.train import METRICS, TrainConfig, Trainer, latest_checkpoint
+from trainer.dit.data import DataConfig, Phase, build_loader, expand_shards, split_shards
+from trainer.dit.recipes import cpu_mini, demo
+from trainer.dit.sample import loss_curve, sample_video
+from trainer.dit.train import METRICS, TrainConfig, Trainer, latest_checkpoint
 
 VAE_INFO = {
     "model": "builtin:tiny-wan", "subfolder": None, "class": "AutoencoderKLWan", "kind": "wan",

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer.train import TrainConfig, Trainer
+from trainer.dit.train import TrainConfig, Trainer
 
 
 def _worker_loop(args: dict[str, Any]) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataengine.caption.distill.config import _WORLD_TARGETS, DistillConfig
-from dataengine.caption.distill.targets import DENSE_CLASSES, DENSE_READINGS
 from dataengine.world.language import SIZES
+from trainer.distill.config import _WORLD_TARGETS, DistillConfig
+from trainer.distill.targets import DENSE_CLASSES, DENSE_READINGS
 
 
 def _digit_weights(tokenizer: Any, digit_weight: float) -> Any:

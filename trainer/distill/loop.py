@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from dataengine.caption.distill.config import _RUN_RECORDS, GROUNDING_ATTENTION, PRESETS, DistillConfig
-from dataengine.caption.distill.losses import _dense_loss, _digit_weights, _weighted_loss, _world_loss
-from dataengine.caption.distill.pairs import Pair, run_pairs, world_pairs
-from dataengine.caption.distill.plots import _loss_curve
-from dataengine.caption.distill.targets import DENSE_CLASSES, DENSE_LOGGED
-from dataengine.caption.distill.tokens import encode_pair, encoded_batches, tokenizer_corpus
 from dataengine.caption.tiny_vlm import build_tiny_vlm
 from dataengine.config import ConfigError
+from trainer.distill.config import _RUN_RECORDS, GROUNDING_ATTENTION, PRESETS, DistillConfig
+from trainer.distill.losses import _dense_loss, _digit_weights, _weighted_loss, _world_loss
+from trainer.distill.pairs import Pair, run_pairs, world_pairs
+from trainer.distill.plots import _loss_curve
+from trainer.distill.targets import DENSE_CLASSES, DENSE_LOGGED
+from trainer.distill.tokens import encode_pair, encoded_batches, tokenizer_corpus
 
 
 @dataclass

@@ -7,9 +7,6 @@ from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dataengine.caption.distill.config import _WORLD_TARGETS
-from dataengine.caption.distill.pairs import Pair
-from dataengine.caption.distill.targets import dense_targets, grounding_targets
 from dataengine.caption.engines.base import (
     EngineRequest,
     SamplingConfig,
@@ -19,6 +16,9 @@ from dataengine.caption.engines.base import (
 )
 from dataengine.caption.prompts import PROMPTS, get_prompt
 from dataengine.records import Frames
+from trainer.distill.config import _WORLD_TARGETS
+from trainer.distill.pairs import Pair
+from trainer.distill.targets import dense_targets, grounding_targets
 
 
 def _request(frames: Frames, prompt_id: str) -> EngineRequest:

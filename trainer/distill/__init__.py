@@ -16,7 +16,8 @@ than them after training, and where things are never reaches the text model. ``d
 loss weight of digit tokens, which carry most of the loss of exact-number captions.
 """
 
-from dataengine.caption.distill.config import (
+from dataengine.world.language import CAMERAS, MOTIONS, PATTERNS, SIZES
+from trainer.distill.config import (
     _RUN_RECORDS,
     _WORLD_TARGETS,
     GROUNDING_ATTENTION,
@@ -24,7 +25,7 @@ from dataengine.caption.distill.config import (
     WORLD_SEED_OFFSET,
     DistillConfig,
 )
-from dataengine.caption.distill.loop import (
+from trainer.distill.loop import (
     DistillResult,
     _batches,
     _device,
@@ -41,14 +42,8 @@ from dataengine.caption.distill.loop import (
     distill,
     make_optimizer,
 )
-from dataengine.caption.distill.losses import (
-    _attention_mass,
-    _dense_loss,
-    _digit_weights,
-    _weighted_loss,
-    _world_loss,
-)
-from dataengine.caption.distill.pairs import (
+from trainer.distill.losses import _attention_mass, _dense_loss, _digit_weights, _weighted_loss, _world_loss
+from trainer.distill.pairs import (
     _SHOTS_PER_VIDEO,
     Pair,
     _fit_events,
@@ -57,8 +52,8 @@ from dataengine.caption.distill.pairs import (
     run_pairs,
     world_pairs,
 )
-from dataengine.caption.distill.plots import _loss_curve
-from dataengine.caption.distill.targets import (
+from trainer.distill.plots import _loss_curve
+from trainer.distill.targets import (
     DENSE_CLASSES,
     DENSE_LOGGED,
     DENSE_READINGS,
@@ -75,7 +70,7 @@ from dataengine.caption.distill.targets import (
     split_dense_targets,
     world_classes,
 )
-from dataengine.caption.distill.tokens import (
+from trainer.distill.tokens import (
     _PairEncoder,
     _request,
     answer_offsets,
@@ -84,7 +79,6 @@ from dataengine.caption.distill.tokens import (
     encoded_batches,
     tokenizer_corpus,
 )
-from dataengine.world.language import CAMERAS, MOTIONS, PATTERNS, SIZES
 
 __all__ = [
     "CAMERAS",

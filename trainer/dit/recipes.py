@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from dataengine.config import ConfigError
-from trainer.data import DataConfig, Phase
-from trainer.flow import FlowConfig
-from trainer.train import ModelConfig, OptimConfig, TrainConfig
+from trainer.dit.data import DataConfig, Phase
+from trainer.dit.flow import FlowConfig
+from trainer.dit.train import ModelConfig, OptimConfig, TrainConfig
 
 
 def demo() -> TrainConfig:

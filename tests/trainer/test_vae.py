@@ -13,7 +13,9 @@ from PIL import Image
 
 from dataengine.config import ConfigError
 from dataengine.encode.tiny_vae import SHIPPED, resolve_vae
-from dataengine.encode.train_vae import (
+from dataengine.encode.vae import VAEConfig, load_vae, normalization
+from pipelines.recipes import demo
+from trainer.vae import (
     VAETrainConfig,
     WanArch,
     build_model,
@@ -23,8 +25,6 @@ from dataengine.encode.train_vae import (
     train_vae,
     world_seeds,
 )
-from dataengine.encode.vae import VAEConfig, load_vae, normalization
-from pipelines.recipes import demo
 
 WORLD_VAE = VAEConfig(kind="wan", model="builtin:world-vae")
 MARGIN_DB = 1.0  # the documented number is measured on these very clips; the margin absorbs BLAS differences

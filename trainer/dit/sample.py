@@ -18,9 +18,9 @@ from PIL import Image
 from dataengine.config import ConfigError
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
 from dataengine.encode.vae import VAEConfig, load_vae, normalization
-from trainer.flow import euler_sample
-from trainer.model import DiT, DiTConfig
-from trainer.train import iter_metrics, latest_checkpoint
+from trainer.dit.flow import euler_sample
+from trainer.dit.model import DiT, DiTConfig
+from trainer.dit.train import iter_metrics, latest_checkpoint
 
 
 @dataclass(frozen=True)

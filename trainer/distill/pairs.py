@@ -10,14 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dataengine.caption.distill.config import WORLD_SEED_OFFSET
-from dataengine.caption.distill.targets import WorldClasses, world_classes
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
 from dataengine.records import Clip, Failure, Frames, Source
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
 from dataengine.world.language import shot_caption
 from dataengine.world.spec import ShotSpec, VideoSpec
+from trainer.distill.config import WORLD_SEED_OFFSET
+from trainer.distill.targets import WorldClasses, world_classes
 
 
 @dataclass

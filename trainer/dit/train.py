@@ -1,9 +1,9 @@
 """The train loop: AdamW with warmup + cosine, gradient clipping and accumulation, EMA, bf16 autocast on GPU,
 atomic keep-last-N checkpoints that hold everything a restart needs, and ``OUT/metrics.jsonl``.
 
-    dataengine train --shards out/run --out out/ckpt --steps 200                      # CPU, demo recipe
-    torchrun --nproc_per_node 8 -m trainer.train --shards 's3://b/run/shards/*.tar' --out ck --steps 100000 \\
-        --recipe gpu-dit-b                                                             # DDP on one node
+    dataengine train --shards out/run --out out/ckpt --steps 200                       # CPU, demo recipe
+    torchrun --nproc_per_node 8 --no-python dataengine train --shards 's3://b/run/shards/*.tar' \\
+        --out ck --steps 100000 --recipe gpu-dit-b                                      # DDP on one node
 
 Resume: running again with the same ``--out`` loads the latest checkpoint (model, EMA, optimizer, schedule,
 noise generator, data position) and continues: 20 steps then 20 more equal 40 steps.
@@ -27,9 +27,9 @@ import torch.distributed as dist
 from pydantic import Field
 
 from dataengine.config import StageConfig
-from trainer.data import DataConfig, build_loader, peek
-from trainer.flow import FlowConfig, flow_loss, training_inputs
-from trainer.model import DiT, build_dit, flops_per_sample
+from trainer.dit.data import DataConfig, build_loader, peek
+from trainer.dit.flow import FlowConfig, flow_loss, training_inputs
+from trainer.dit.model import DiT, build_dit, flops_per_sample
 
 CKPT_DIR, METRICS = "checkpoints", "metrics.jsonl"
 # Dense bf16 tensor-core peaks (FLOP/s) for the MFU estimate; other devices report no MFU.
