@@ -58,6 +58,7 @@ from common import base_parser, ratio_cell
 from rich.console import Console
 from rich.table import Table
 
+from dataengine.config import apply_overrides
 from dataengine.records import Clip, Failure, Source
 from dataengine.shards import read_manifest
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
@@ -66,7 +67,7 @@ from dataengine.stages.decode import passes
 from dataengine.world.generate import random_spec, synthesize, write_video
 from pipelines.local import batched, run_chain
 from pipelines.pools import Pool, WorkItem
-from pipelines.recipes import RecipeConfig, apply_overrides, get_recipe
+from pipelines.recipes import RecipeConfig, get_recipe
 from pipelines.runner import Counts, Runner, build_stages, check_fits, init_ray
 
 Row = dict[str, Any]

@@ -57,8 +57,8 @@ from common import base_parser, ratio_cell
 from rich.console import Console
 from rich.table import Table
 
+from dataengine.config import apply_overrides
 from dataengine.shards import ShardConfig, ShardWriter
-from pipelines.recipes import apply_overrides
 from trainer.dit.data import build_loader
 from trainer.dit.model import flops_per_sample
 from trainer.dit.recipes import demo

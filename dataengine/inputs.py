@@ -40,7 +40,7 @@ from botocore.exceptions import BotoCoreError
 from fsspec.spec import AbstractFileSystem
 from pydantic import Field, field_validator
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.records import Failure, Source, normalize_uri
 
 __all__ = [
@@ -70,7 +70,7 @@ ListDir = Callable[[str], list[tuple[str, bool]]]  # directory -> sorted (name, 
 ToUri = Callable[[str], str | Path]  # a path as its filesystem names it -> what Source.from_uri takes
 
 
-class InputsConfig(StageConfig):
+class InputsConfig(Config):
     """Where inputs come from and how remote ones are reached."""
 
     extensions: tuple[str, ...] = Field(

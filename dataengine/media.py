@@ -64,11 +64,15 @@ class MediaError(Exception):
         self.reason = reason
 
 
+class MissingToolError(RuntimeError):
+    """A program the library runs (ffmpeg, ffprobe) is not installed; the message says how to install it."""
+
+
 def require_ffmpeg() -> None:
-    """Raise RuntimeError with an install hint when ffmpeg/ffprobe are not on PATH."""
+    """Raise ``MissingToolError`` with an install hint when ffmpeg/ffprobe are not on PATH."""
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
     if missing:
-        raise RuntimeError(
+        raise MissingToolError(
             f"{' and '.join(missing)} not found on PATH: install ffmpeg (Debian/Ubuntu: "
             "`sudo apt-get install ffmpeg`, or run `make setup`)"
         )

@@ -10,7 +10,8 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from dataengine.config import ConfigError
@@ -76,3 +77,28 @@ def cached_folder(target: Path, build: Callable[[Path], Path]) -> Path:
         return build(target)
     except FileExistsError:
         return target  # another caller finished first; its build is identical and ours is gone
+
+
+class ModelUnavailableError(OSError):
+    """A model named by a config can be found neither as a local folder nor through a reachable model hub;
+    the message names the model and how to point the config at a local copy."""
+
+
+@contextmanager
+def loading(model: str, key: str) -> Iterator[None]:
+    """Load ``model`` inside this block: an ``OSError`` from its loader (no such folder, no hub, no network,
+    a gated repo) becomes a ``ModelUnavailableError`` that names the config ``key`` to point elsewhere.
+
+    Raises:
+        ModelUnavailableError: the model's files could not be read or fetched.
+    """
+    try:
+        yield
+    except ModelUnavailableError:
+        raise
+    except OSError as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise ModelUnavailableError(
+            f"cannot load {model!r} ({reason}); copy the model to a folder this machine can read and "
+            f"--set {key}=/path/to/it, or make its hub reachable (HF_ENDPOINT, HF_TOKEN)"
+        ) from exc

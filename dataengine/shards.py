@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from webdataset.writer import default_handlers, encode_based_on_extension
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -67,7 +67,7 @@ _MTIME = 0  # a fixed integer mtime: identical shards for identical samples, and
 _COPY_CHUNK = 1 << 20  # bytes handed to the file per write when copying a member
 
 
-class ShardConfig(StageConfig):
+class ShardConfig(Config):
     """Shard size limits and file naming."""
 
     max_samples: int = 1000

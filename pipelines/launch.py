@@ -9,9 +9,10 @@ from typing import Any
 import ray
 from rich.console import Console
 
+from pipelines.errors import RunError
 from pipelines.recipes import RecipeConfig
 from pipelines.report import PROGRESS_JSON, LiveProgress, ProgressFile, check_resume, summary, write_run_json
-from pipelines.runner import Counts, RunError, Runner, check_fits, init_ray
+from pipelines.runner import Counts, Runner, check_fits, init_ray
 
 
 def launch_run(

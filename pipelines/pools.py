@@ -25,7 +25,7 @@ import ray
 from pydantic import Field, model_validator
 from ray.exceptions import OutOfMemoryError, RayActorError
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.records import Clip, Failure, Source, StageName
 from dataengine.stages.base import Stage
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 WORKER_DIED = (RayActorError, OutOfMemoryError)
 
 
-class PoolConfig(StageConfig):
+class PoolConfig(Config):
     """Resources and sizing of one step's actor pool."""
 
     num_cpus: float = Field(1.0, ge=0, description="Ray CPUs per worker")

@@ -16,16 +16,12 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from dataengine.caption.engines import SamplingConfig, VLLMEngineConfig
 from dataengine.caption.quality import QualityConfig
 from dataengine.caption.verify import WorldRedrawConfig
-from dataengine.config import ConfigError, StageConfig
+from dataengine.config import Config, Registry
 from dataengine.encode.text import TextEmbedConfig
 from dataengine.encode.vae import VAEConfig
 from dataengine.inputs import InputsConfig
@@ -35,7 +31,7 @@ from dataengine.stages.caption import CaptionConfig
 from pipelines.pools import PoolConfig
 
 
-class PoolsConfig(StageConfig):
+class PoolsConfig(Config):
     """One actor pool per step. ``probe`` runs probe + split (one video in, its clips out)."""
 
     probe: PoolConfig = Field(default_factory=lambda: PoolConfig(num_cpus=0.25, batch_size=2))
@@ -44,7 +40,7 @@ class PoolsConfig(StageConfig):
     encode: PoolConfig = Field(default_factory=lambda: PoolConfig(num_cpus=0.5, batch_size=8))
 
 
-class RunnerConfig(StageConfig):
+class RunnerConfig(Config):
     """How the runner drives the pools."""
 
     max_retries: int = Field(2, ge=0, description="times an item is retried after its worker died")
@@ -54,7 +50,7 @@ class RunnerConfig(StageConfig):
     ray_num_cpus: float | None = Field(None, gt=0, description="local Ray instance size; None: this machine")
 
 
-class RecipeConfig(StageConfig):
+class RecipeConfig(Config):
     """Everything a run needs, one small config per stage."""
 
     name: str
@@ -195,64 +191,7 @@ def gpu_qwen25vl_7b_wan() -> RecipeConfig:
     )
 
 
-RECIPES: dict[str, Callable[[], RecipeConfig]] = {
-    "demo": demo,
-    "cpu-small": cpu_small,
-    "gpu-qwen25vl-7b-wan": gpu_qwen25vl_7b_wan,
-}
-
-
-def get_recipe(name: str) -> RecipeConfig:
-    """The recipe called ``name``; ``ConfigError`` lists the names that exist."""
-    try:
-        return RECIPES[name]()
-    except KeyError:
-        raise ConfigError(f"unknown recipe {name!r}; known recipes: {', '.join(sorted(RECIPES))}") from None
-
-
-C = TypeVar("C", bound=StageConfig)
-
-
-class OverrideError(ConfigError):
-    """An override names a key that does not exist, or gives a value the key does not accept."""
-
-
-def apply_overrides(config: C, overrides: Sequence[str]) -> C:
-    """``config`` with ``key.path=value`` overrides applied (values parse as JSON, else as strings).
-
-    Raises:
-        OverrideError: malformed override, unknown key (the message lists the keys that exist there), or a
-            value that fails validation.
-    """
-    data = config.model_dump(mode="json")
-    for override in overrides:
-        key, sep, raw = override.partition("=")
-        if not sep or not key:
-            raise OverrideError(
-                f"override {override!r} is not key=value (e.g. caption.sampling.max_tokens=512)"
-            )
-        _set(data, key.strip().split("."), _parse(raw))
-    try:
-        return type(config).model_validate(data)
-    except ValidationError as exc:
-        raise OverrideError(f"invalid override: {exc}") from exc
-
-
-def _parse(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _set(data: dict[str, Any], path: list[str], value: Any) -> None:
-    node = data
-    for depth, part in enumerate(path):
-        if not isinstance(node, dict) or part not in node:
-            where = ".".join(path[:depth]) or "the recipe"
-            known = ", ".join(sorted(node)) if isinstance(node, dict) else "none (not a section)"
-            raise OverrideError(f"unknown key {'.'.join(path)!r}: {where} has {known}")
-        if depth == len(path) - 1:
-            node[part] = value
-        else:
-            node = node[part]
+RECIPES: Registry[RecipeConfig] = Registry(
+    "recipe", {"demo": demo, "cpu-small": cpu_small, "gpu-qwen25vl-7b-wan": gpu_qwen25vl_7b_wan}
+)
+get_recipe = RECIPES.get

@@ -38,17 +38,13 @@ from dataengine.shards import ShardWriter, cleanup_partials, read_manifest
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
 from dataengine.stages.caption import CaptionStage
 from dataengine.stages.sample import Sample, SampleConfig, SampleStage
+from pipelines.errors import RunError
 from pipelines.pools import Done, Pool, WorkItem
 from pipelines.recipes import RecipeConfig
 
 log = logging.getLogger(__name__)
 
 STEPS: tuple[StageName, ...] = ("probe", "decode", "caption", "encode")
-
-
-class RunError(Exception):
-    """A run-level problem (no inputs, unwritable output, a pool that cannot start): the message says what
-    to do. Per-input problems are never RunErrors; they are manifest rows."""
 
 
 def build_stages(step: StageName, recipe: RecipeConfig) -> Sequence[Stage[Any, Any]]:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import Field, model_validator
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.encode.vae import VAEConfig, load_vae
 from dataengine.model_cache import build_folder, cache_root, require_empty
 from dataengine.records import Clip, Failure, Source, Video
@@ -51,7 +51,7 @@ _VIEW = "latents"
 Log = Callable[[str], None]
 
 
-class WanArch(StageConfig):
+class WanArch(Config):
     """``AutoencoderKLWan`` constructor arguments: each level of ``dim_mult`` after the first halves the size
     (four levels: 8x spatial compression), each true ``temperal_downsample`` halves the frames (two: 4x)."""
 
@@ -92,7 +92,7 @@ class WanArch(StageConfig):
         }
 
 
-class FootageConfig(StageConfig):
+class FootageConfig(Config):
     """Spans of the sample footage (``dataengine.world.footage``); the end of the first file is held out."""
 
     train_clips: int = Field(96, ge=0)
@@ -101,7 +101,7 @@ class FootageConfig(StageConfig):
     cache_dir: str | None = Field(None, description="where the files are kept; None: <model cache>/footage")
 
 
-class VAETrainConfig(StageConfig):
+class VAETrainConfig(Config):
     seed: int = Field(0, description="initial weights, training clips and their order")
     minutes: float | None = Field(40.0, gt=0, description="training-loop budget; data preparation is extra")
     max_steps: int | None = Field(None, ge=1, description="stop here even with minutes left")

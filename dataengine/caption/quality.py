@@ -30,7 +30,7 @@ from dataengine.caption.signals import (
     symbol_share,
     unbalanced_bracket,
 )
-from dataengine.config import StageConfig
+from dataengine.config import Config
 
 _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i cannot|i can'?t|i am unable|i'?m unable|as an ai|cannot (help|assist)|"
@@ -44,7 +44,7 @@ _INVALID_CHAR = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _VERBATIM = ("on_screen_text",)  # fields copied from the frame: any characters may be right there
 
 
-class QualityConfig(StageConfig):
+class QualityConfig(Config):
     """Thresholds of the gate. Their false-reject rates on good captions are measured in docs/quality-gate.md;
     a threshold set to None switches its check off (the score is still recorded)."""
 

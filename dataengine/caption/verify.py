@@ -23,14 +23,14 @@ from PIL import Image
 from pydantic import Field
 
 from dataengine.caption.schema import StructuredCaption
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.records import Frames
 from dataengine.world.fidelity import rebuild
 from dataengine.world.language import read_caption
 from dataengine.world.render import render_shot
 
 
-class WorldRedrawConfig(StageConfig):
+class WorldRedrawConfig(Config):
     """Refuse a caption whose redrawing differs from the frames by more than a PSNR floor."""
 
     kind: Literal["world-redraw"] = "world-redraw"

@@ -24,14 +24,15 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from dataengine.config import ConfigError, StageConfig
+from dataengine import model_cache
+from dataengine.config import Config, ConfigError
 from dataengine.encode.tiny_t5 import T5Arch, ensure_tiny_t5
 
 BUILTIN_MINILM = "builtin:all-minilm-l6-v2"
 BUILTIN_TINY_T5: dict[str, T5Arch] = {"builtin:tiny-t5": "full", "builtin:tiny-t5-encoder": "encoder"}
 
 
-class TextEmbedConfig(StageConfig):
+class TextEmbedConfig(Config):
     kind: Literal["sentence", "tokens"] = "sentence"
     model: str = Field(BUILTIN_MINILM, description="local folder, hub id, or builtin:all-minilm-l6-v2")
     max_tokens: int = Field(77, ge=1, description="tokens kind: sequence length (padded or cut)")
@@ -63,15 +64,16 @@ class TextEmbedder:
 
     def setup(self) -> None:
         path = resolve_text_model(self.config.model)
-        if self.config.kind == "sentence":
-            from sentence_transformers import SentenceTransformer
+        with model_cache.loading(self.config.model, "text.model"):
+            if self.config.kind == "sentence":
+                from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(path, device=self.config.device)
-        else:
-            from transformers import AutoTokenizer
+                self._model = SentenceTransformer(path, device=self.config.device)
+            else:
+                from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(path)
-            self._model = load_encoder(path).to(self.config.device).eval()
+                self._tokenizer = AutoTokenizer.from_pretrained(path)
+                self._model = load_encoder(path).to(self.config.device).eval()
 
     def teardown(self) -> None:
         self._model = self._tokenizer = None

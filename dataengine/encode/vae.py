@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from dataengine.config import ConfigError, StageConfig
+from dataengine import model_cache
+from dataengine.config import Config, ConfigError
 from dataengine.encode.tiny_vae import VAEKind, resolve_vae
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ _CLASSES: dict[str, str] = {
 }
 
 
-class VAEConfig(StageConfig):
+class VAEConfig(Config):
     kind: VAEKind = "wan"
     model: str = Field(description="local folder, hub id, or builtin:tiny-<kind> (built offline)")
     subfolder: str | None = Field(
@@ -160,17 +161,19 @@ def load_vae(config: VAEConfig) -> VAE:
     if subfolder is None and not _is_file(path, "config.json") and _is_file(path, "vae/config.json"):
         subfolder = "vae"
     cls = getattr(diffusers, _CLASSES[config.kind])
-    found = cls.load_config(path, subfolder=subfolder).get("_class_name")
+    with model_cache.loading(config.model, "encode.vae.model"):
+        found = cls.load_config(path, subfolder=subfolder).get("_class_name")
     if found != cls.__name__:
         raise ConfigError(
             f"{config.model!r} holds a {found}, not the {cls.__name__} kind={config.kind!r} needs"
         )
-    model = cls.from_pretrained(
-        path,
-        subfolder=subfolder,
-        torch_dtype=getattr(torch, config.dtype),
-        low_cpu_mem_usage=is_accelerate_available(),  # else diffusers warns on every load
-    )
+    with model_cache.loading(config.model, "encode.vae.model"):
+        model = cls.from_pretrained(
+            path,
+            subfolder=subfolder,
+            torch_dtype=getattr(torch, config.dtype),
+            low_cpu_mem_usage=is_accelerate_available(),  # else diffusers warns on every load
+        )
     return VAE(model.to(config.device).eval(), config)
 
 

@@ -1,12 +1,13 @@
 """Stages: one class per step, each with a strict config and the setup/process_batch/teardown lifecycle."""
 
-from dataengine.stages.base import Stage, StageConfig, check_chain
+from dataengine.stages.base import Config, Stage, check_chain
 from dataengine.stages.decode import DecodeConfig, DecodeStage, ViewConfig
 from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
 from dataengine.stages.probe import ProbeConfig, ProbeStage
 from dataengine.stages.split import SplitConfig, SplitStage
 
 __all__ = [
+    "Config",
     "DecodeConfig",
     "DecodeStage",
     "EncodeConfig",
@@ -17,7 +18,6 @@ __all__ = [
     "SplitConfig",
     "SplitStage",
     "Stage",
-    "StageConfig",
     "ViewConfig",
     "check_chain",
 ]

@@ -13,13 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.records import Failure
 
 In = TypeVar("In")
 Out = TypeVar("Out")
 
-__all__ = ["Stage", "StageConfig", "check_chain"]
+__all__ = ["Config", "Stage", "check_chain"]
 
 
 class Stage(ABC, Generic[In, Out]):

@@ -32,12 +32,12 @@ from dataengine.caption.schema import (
 )
 from dataengine.caption.signals import Confidence
 from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Frames
 from dataengine.stages.base import Stage
 
 
-class CaptionConfig(StageConfig):
+class CaptionConfig(Config):
     engine: EngineConfig
     view: str = Field("caption", description="which decoded view is captioned")
     prompt_id: str = "dense-v1"

@@ -34,12 +34,12 @@ from pydantic import Field, model_validator
 
 from dataengine.media import input_options, refusal, stderr_tail
 from dataengine.records import Clip, DecodedClip, Failure, Frames, ProbeInfo
-from dataengine.stages.base import Stage, StageConfig
+from dataengine.stages.base import Config, Stage
 
 _SEEK_MARGIN_S = 0.25
 
 
-class ViewConfig(StageConfig):
+class ViewConfig(Config):
     """One way of looking at a clip. Output sizes are computed from the probed (rotated) display size."""
 
     fps: float | None = Field(2.0, gt=0, description="sampling rate; None = the source's average rate")
@@ -63,7 +63,7 @@ class ViewConfig(StageConfig):
         return self
 
 
-class DecodeConfig(StageConfig):
+class DecodeConfig(Config):
     views: dict[str, ViewConfig] = Field(
         default_factory=lambda: {"caption": ViewConfig()}, min_length=1, description="view name -> view"
     )

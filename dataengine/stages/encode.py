@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.encode.vae import VAE, VAEConfig, load_vae
 from dataengine.records import CaptionedClip, Clip, Failure
 from dataengine.stages.base import Stage
@@ -48,7 +48,7 @@ class EncodedClip:
         return self.captioned.clip_id
 
 
-class EncodeConfig(StageConfig):
+class EncodeConfig(Config):
     vae: VAEConfig
     view: str = Field("latents", description="which decoded view is encoded")
 

@@ -31,7 +31,7 @@ from dataengine.media import (
     parse_rate,
 )
 from dataengine.records import Failure, ProbeInfo, Source, Video
-from dataengine.stages.base import Stage, StageConfig
+from dataengine.stages.base import Config, Stage
 
 
 class _Timing(NamedTuple):
@@ -46,7 +46,7 @@ class _Timing(NamedTuple):
 _IMAGE_TIMING = _Timing(duration_s=1.0, avg_fps=1.0, r_fps=1.0, n_frames=1, n_frames_exact=True)
 
 
-class ProbeConfig(StageConfig):
+class ProbeConfig(Config):
     timeout_s: float = Field(30.0, gt=0, description="ffprobe wall-clock limit per file")
     max_width: int = Field(8192, ge=1)
     max_height: int = Field(8192, ge=1)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
 from dataengine.records import CaptionedClip, Clip, Failure
 from dataengine.samples import to_sample
@@ -31,7 +31,7 @@ class Sample:
     clip: Clip
 
 
-class SampleConfig(StageConfig):
+class SampleConfig(Config):
     encode: EncodeConfig
     text: TextEmbedConfig | None = Field(None, description="caption text embeddings; None: none stored")
     preview_view: str = Field("caption", description="the view whose middle frame becomes the jpg preview")

@@ -24,12 +24,12 @@ from pydantic import Field, model_validator
 
 from dataengine.media import INPUT_OPTIONS, MediaError, refusal, stderr_tail
 from dataengine.records import Clip, Failure, Video
-from dataengine.stages.base import Stage, StageConfig
+from dataengine.stages.base import Config, Stage
 
 _SCD_TIME = re.compile(r"lavfi\.scd\.time:\s*([0-9.]+)")
 
 
-class SplitConfig(StageConfig):
+class SplitConfig(Config):
     mode: Literal["fixed", "scenes"] = Field("scenes", description="fixed windows, or shots then windows")
     window_s: float = Field(5.0, gt=0, description="window length for fixed mode and for long shots")
     stride_s: float | None = Field(None, gt=0, description="window start step; None = window_s (no overlap)")

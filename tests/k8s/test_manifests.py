@@ -23,8 +23,9 @@ import typer
 import yaml
 from typer.main import get_command
 
-from dataengine.cli import app
-from pipelines.recipes import RECIPES, apply_overrides, get_recipe
+from cli.main import app
+from dataengine.config import apply_overrides
+from pipelines.recipes import RECIPES, get_recipe
 from trainer.dit.recipes import TRAIN_RECIPES, get_train_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

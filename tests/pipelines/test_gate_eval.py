@@ -34,7 +34,7 @@ def ood_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     picked = [p for p in made if p.name.endswith(("h264.mp4", "smptebars_still.png", "life_still.jpg"))]
     inputs = [str(p) for p in picked + sample_footage(work / "footage")]
     out = work / "run"
-    cmd = [sys.executable, "-m", "dataengine.cli", "run", *inputs, "--out", str(out)]
+    cmd = [sys.executable, "-m", "cli", "run", *inputs, "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from dataengine.caption.engines import VLLMEngineConfig
-from dataengine.config import ConfigError
+from dataengine.config import ConfigError, OverrideError, apply_overrides
 from pipelines.captioning import with_engine
-from pipelines.recipes import RECIPES, OverrideError, RecipeConfig, apply_overrides, get_recipe
+from pipelines.recipes import RECIPES, RecipeConfig, get_recipe
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -74,7 +74,7 @@ def test_bad_overrides_are_refused_with_a_message(override: str, message: str) -
 
 
 def test_unknown_recipe_and_engine_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="known recipes: cpu-small, demo, gpu-qwen25vl-7b-wan"):
+    with pytest.raises(ConfigError, match="known: cpu-small, demo, gpu-qwen25vl-7b-wan"):
         get_recipe("nope")
     with pytest.raises(ConfigError, match="--base-url"):
         with_engine(get_recipe("demo"), "openai")

@@ -75,7 +75,7 @@ def test_the_cli_writes_a_keep_list(run_dir: Path, tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "dataengine.cli",
+        "cli",
         "inspect",
         str(run_dir),
         "--regate",

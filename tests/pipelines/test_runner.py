@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import webdataset as wds
 
+from dataengine.config import apply_overrides
 from dataengine.shards import read_manifest
 from dataengine.world.generate import synthesize
-from pipelines.recipes import apply_overrides, get_recipe
+from pipelines.recipes import get_recipe
 from pipelines.runner import Counts, Runner
 from tests.crafted import REFUSALS, ReferenceTrap
 from tests.media import make_broken_inputs
@@ -43,7 +44,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, reference_trap: ReferenceTr
 
 def cli_run(inputs: list[str], out: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
     """``dataengine run`` in its own process group (so a test can kill the whole group)."""
-    cmd = [sys.executable, "-m", "dataengine.cli", "run", *inputs, "--out", str(out)]
+    cmd = [sys.executable, "-m", "cli", "run", *inputs, "--out", str(out)]
     cmd += [arg for override in OVERRIDES for arg in ("--set", override)] + list(extra)
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -211,7 +212,7 @@ def test_resuming_with_another_recipe_is_refused(reference: Path, tmp_path: Path
 
 def test_inspect_prints_the_numbers_and_writes_the_contact_sheet(reference: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "dataengine.cli", "inspect", str(reference), "--json"],
+        [sys.executable, "-m", "cli", "inspect", str(reference), "--json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     found = json.loads(proc.stdout)
@@ -224,12 +225,12 @@ def test_inspect_prints_the_numbers_and_writes_the_contact_sheet(reference: Path
     assert page.count("data:image/jpeg;base64,") == found["by_status"]["ok"]
 
     table = subprocess.run(
-        [sys.executable, "-m", "dataengine.cli", "inspect", str(reference)], capture_output=True, text=True
+        [sys.executable, "-m", "cli", "inspect", str(reference)], capture_output=True, text=True
     )
     assert (
         table.returncode == 0
         and "why clips did not make it" in table.stdout
         and "contact sheet" in table.stdout
     )
-    missing = subprocess.run([sys.executable, "-m", "dataengine.cli", "inspect", str(reference / "nope")])
+    missing = subprocess.run([sys.executable, "-m", "cli", "inspect", str(reference / "nope")])
     assert missing.returncode == 1

@@ -46,7 +46,7 @@ def start_server(root: Path, **env: str) -> Server:
         **os.environ, "DATAENGINE_API_KEYS": f"other-key,{KEY}", "DATAENGINE_ALLOWED_ROOTS": str(root),
         "DATAENGINE_DATA_DIR": str(root / "data"), "DATAENGINE_MAX_UPLOAD_MB": "1", **env,
     }  # fmt: skip
-    cmd = [sys.executable, "-m", "dataengine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     log = (root / f"server-{port}.log").open("wb")
     proc = subprocess.Popen(cmd, env=variables, stdout=log, stderr=subprocess.STDOUT)
     server = Server(f"http://127.0.0.1:{port}", proc, root)

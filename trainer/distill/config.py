@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from dataengine.caption.tiny_vlm import Family, TinyVLMConfig
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.stages import ViewConfig
 
 PRESETS: dict[str, TinyVLMConfig] = {
@@ -27,7 +27,7 @@ _RUN_RECORDS = ("distill.json", "fidelity.json")  # what a student folder says o
 _WORLD_TARGETS = ("grounding", "dense")  # batch entries that are targets, not model inputs
 
 
-class DistillConfig(StageConfig):
+class DistillConfig(Config):
     """What to train on, which student, and for how long."""
 
     pairs: str = Field(description="'world' (ground truth of synthetic clips) or a run folder")

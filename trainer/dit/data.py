@@ -35,18 +35,18 @@ from pydantic import Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from dataengine.config import ConfigError, StageConfig
+from dataengine.config import Config, ConfigError
 from dataengine.encode.vae import normalization
 
 
-class Phase(StageConfig):
+class Phase(Config):
     """A stretch of the curriculum: until ``until_step`` (None: the end), this share of batches are images."""
 
     until_step: int | None = Field(None, ge=1)
     image_ratio: float = Field(0.0, ge=0, le=1, description="share of batches of T=1 samples (images)")
 
 
-class DataConfig(StageConfig):
+class DataConfig(Config):
     shards: list[str] = Field(
         default_factory=list, description="paths, globs, brace patterns, run dirs, URLs"
     )

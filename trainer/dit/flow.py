@@ -16,12 +16,12 @@ from collections.abc import Callable
 import torch
 from pydantic import Field
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 
 Velocity = Callable[..., torch.Tensor]
 
 
-class FlowConfig(StageConfig):
+class FlowConfig(Config):
     logit_mean: float = 0.0
     logit_std: float = Field(1.0, gt=0)
     text_dropout: float = Field(0.1, ge=0, lt=1, description="share of samples trained with the null text")

@@ -29,7 +29,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dataengine.config import ConfigError, StageConfig
+from dataengine.config import Config, ConfigError
 
 _FREQ_DIM = 256  # sinusoidal timestep features, as in DiT
 _TIME_SCALE = 1000.0  # flow-matching t in [0, 1] -> the 0..1000 range the sinusoids were tuned for
@@ -39,7 +39,7 @@ _ROPE_THETA = 10000.0
 # ---------------------------------------------------------------------------------------------- config
 
 
-class DiTConfig(StageConfig):
+class DiTConfig(Config):
     """The architecture. ``build_dit`` fills it from a named preset; every field can be overridden."""
 
     in_channels: int = Field(ge=1, description="latent channels C")

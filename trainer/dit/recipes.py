@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from dataengine.config import ConfigError
+from dataengine.config import Registry
 from trainer.dit.data import DataConfig, Phase
 from trainer.dit.flow import FlowConfig
 from trainer.dit.train import ModelConfig, OptimConfig, TrainConfig
@@ -73,16 +71,7 @@ def gpu_dit_b() -> TrainConfig:
     )
 
 
-TRAIN_RECIPES: dict[str, Callable[[], TrainConfig]] = {
-    "demo": demo,
-    "cpu-mini": cpu_mini,
-    "gpu-dit-b": gpu_dit_b,
-}
-
-
-def get_train_recipe(name: str) -> TrainConfig:
-    try:
-        return TRAIN_RECIPES[name]()
-    except KeyError:
-        known = ", ".join(sorted(TRAIN_RECIPES))
-        raise ConfigError(f"unknown training recipe {name!r}; known: {known}") from None
+TRAIN_RECIPES: Registry[TrainConfig] = Registry(
+    "training recipe", {"demo": demo, "cpu-mini": cpu_mini, "gpu-dit-b": gpu_dit_b}
+)
+get_train_recipe = TRAIN_RECIPES.get

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from trainer.dit.data import DataConfig, build_loader, peek
 from trainer.dit.flow import FlowConfig, flow_loss, training_inputs
 from trainer.dit.model import DiT, build_dit, flops_per_sample
@@ -36,14 +36,14 @@ CKPT_DIR, METRICS = "checkpoints", "metrics.jsonl"
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12}
 
 
-class ModelConfig(StageConfig):
+class ModelConfig(Config):
     preset: str = "tiny"
     patch: tuple[int, int, int] = (1, 2, 2)
     qk_norm: bool = True
     grad_checkpointing: bool = False
 
 
-class OptimConfig(StageConfig):
+class OptimConfig(Config):
     lr: float = Field(3e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = Field(0.0, ge=0)
@@ -56,7 +56,7 @@ class OptimConfig(StageConfig):
     )
 
 
-class TrainConfig(StageConfig):
+class TrainConfig(Config):
     name: str
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)

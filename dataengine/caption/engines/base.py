@@ -19,11 +19,11 @@ import numpy as np
 from pydantic import Field
 
 from dataengine.caption.prompts import Prompt
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.records import Frames
 
 
-class SamplingConfig(StageConfig):
+class SamplingConfig(Config):
     temperature: float = Field(0.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(768, ge=1, description="output tokens per request; hitting it = truncated")

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field
 
+from dataengine import model_cache
 from dataengine.caption.engines.base import (
     CaptionEngine,
     EngineOutput,
@@ -21,10 +22,10 @@ from dataengine.caption.engines.base import (
     video_metadata,
 )
 from dataengine.caption.models import resolve_model
-from dataengine.config import StageConfig
+from dataengine.config import Config
 
 
-class TransformersEngineConfig(StageConfig):
+class TransformersEngineConfig(Config):
     kind: Literal["transformers"] = "transformers"
     model: str = Field(description="local folder or hub id")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -46,9 +47,10 @@ class TransformersEngine(CaptionEngine):
 
         dtype = getattr(torch, self.config.dtype)
         path = resolve_model(self.config.model)
-        self._model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+        with model_cache.loading(self.config.model, "caption.engine.model"):
+            self._model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+            self._processor = AutoProcessor.from_pretrained(path)
         self._model.to(self.config.device).eval()
-        self._processor = AutoProcessor.from_pretrained(path)
 
     def teardown(self) -> None:
         self._model = None

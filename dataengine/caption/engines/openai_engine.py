@@ -41,7 +41,7 @@ from tenacity import (
 )
 
 from dataengine.caption.engines.base import CaptionEngine, EngineOutput, EngineRequest
-from dataengine.config import StageConfig
+from dataengine.config import Config
 from dataengine.media import require_ffmpeg, stderr_tail
 from dataengine.records import Frames
 
@@ -53,7 +53,7 @@ _JPEG_QUALITY = 90
 _RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx
 
 
-class OpenAIEngineConfig(StageConfig):
+class OpenAIEngineConfig(Config):
     kind: Literal["openai"] = "openai"
     model: str = Field(description="the served model name (vLLM: --served-model-name, else the --model path)")
     base_url: str = Field(description="the API root, e.g. http://127.0.0.1:8000/v1")

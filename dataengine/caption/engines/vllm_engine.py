@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from dataengine import model_cache
 from dataengine.caption.engines.base import (
     CaptionEngine,
     EngineOutput,
@@ -23,10 +24,10 @@ from dataengine.caption.engines.base import (
     video_metadata,
 )
 from dataengine.caption.models import resolve_model
-from dataengine.config import StageConfig
+from dataengine.config import Config
 
 
-class VLLMEngineConfig(StageConfig):
+class VLLMEngineConfig(Config):
     kind: Literal["vllm"] = "vllm"
     model: str = Field(description="local folder or hub id")
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
@@ -75,8 +76,9 @@ class VLLMEngine(CaptionEngine):
             **({"max_num_seqs": cfg.max_num_seqs} if cfg.max_num_seqs else {}),
             **cfg.extra,
         }
-        self._llm = LLM(**kwargs)
-        self._processor = AutoProcessor.from_pretrained(path)
+        with model_cache.loading(cfg.model, "caption.engine.model"):
+            self._llm = LLM(**kwargs)
+            self._processor = AutoProcessor.from_pretrained(path)
 
     def teardown(self) -> None:
         self._llm = None

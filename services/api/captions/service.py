@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 from prometheus_client import Histogram
 
-from dataengine.config import ConfigError
+from dataengine.config import ConfigError, apply_overrides
 from dataengine.records import Failure, Source
 from dataengine.stages import ProbeStage
 from dataengine.stages.caption import CaptionStage
 from pipelines.captioning import caption_video, with_engine
-from pipelines.recipes import RecipeConfig, apply_overrides, get_recipe
+from pipelines.recipes import RecipeConfig, get_recipe
 from services.api.paths import confinement
 from services.api.settings import Settings
 

@@ -23,9 +23,9 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
 
-from dataengine.config import ConfigError
+from dataengine.config import ConfigError, apply_overrides
 from dataengine.shards import read_manifest
-from pipelines.recipes import apply_overrides, get_recipe
+from pipelines.recipes import get_recipe
 from services.api.db import JOB_STATES, Job, Store, now
 from services.api.jobs.overrides import refused
 from services.api.jobs.schemas import JobCreate
@@ -193,7 +193,7 @@ class JobRunner:
         cmd = [
             sys.executable,
             "-m",
-            "dataengine.cli",
+            "cli",
             "run",
             *job.inputs,
             "--out",

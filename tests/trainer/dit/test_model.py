@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainer import model as dit_module
+from trainer.dit import model as dit_module
 from trainer.dit.model import DiT, DiTBlock, build_dit, flops_per_sample
 
 C, E = 4, 32  # latent channels, text dim

@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from dataengine.config import ConfigError
+from dataengine.config import ConfigError, apply_overrides
 from dataengine.encode.text import TextEmbedConfig
 from dataengine.shards import ShardConfig, ShardWriter
-from pipelines.recipes import apply_overrides
 from tests.net import free_port
 from trainer.dit.data import DataConfig, Phase, build_loader, expand_shards, split_shards
 from trainer.dit.recipes import cpu_mini, demo
@@ -152,7 +151,7 @@ def test_ddp_on_two_cpu_processes(shards: Path, tmp_path: Path) -> None:
     port = str(free_port())
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-        "-m", "dataengine.cli", "train", "--shards", str(shards), "--out", str(tmp_path), "--steps", "6",
+        "-m", "cli", "train", "--shards", str(shards), "--out", str(tmp_path), "--steps", "6",
         "--set", "data.num_workers=1", "--set", "data.batch_size=2", "--set", "log_every=2",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two ranks on two cores
@@ -183,7 +182,7 @@ def test_the_sampler_writes_a_video_and_the_loss_curve(shards: Path, tmp_path: P
 @pytest.mark.slow
 def test_ray_train_runs_the_same_loop_on_two_workers(shards: Path, tmp_path: Path) -> None:
     cmd = [
-        sys.executable, "-m", "dataengine.cli", "train", "--shards", str(shards), "--out", str(tmp_path),
+        sys.executable, "-m", "cli", "train", "--shards", str(shards), "--out", str(tmp_path),
         "--steps", "4", "--ray-workers", "2", "--set", "data.num_workers=1", "--set", "data.batch_size=2",
         "--set", "log_every=2",
     ]  # fmt: skip

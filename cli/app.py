@@ -1,11 +1,10 @@
-"""The Typer app every command module registers on, and what they share: the console, the inputs argument."""
+"""The Typer app every command module registers on, and the arguments commands share."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 app = typer.Typer(
     name="dataengine",
@@ -14,7 +13,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
 Inputs = Annotated[
     list[str],
     typer.Argument(

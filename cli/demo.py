@@ -1,4 +1,4 @@
-"""serve (the REST API) and demo (the whole loop on the embedded default)."""
+"""demo: the whole loop on the embedded default; the orchestration is ``demo_flow``."""
 
 from __future__ import annotations
 
@@ -7,30 +7,10 @@ from typing import Annotated
 
 import typer
 
-from dataengine.cli.app import app, console
-from dataengine.cli.data import print_inspection
+from cli import render
+from cli.app import app
+from cli.render import console
 from dataengine.media import require_ffmpeg
-from pipelines.recipes import get_recipe
-
-
-@app.command()
-def serve(
-    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8080,
-    recipe: Annotated[str, typer.Option(help="recipe of /v1/captions and the default of jobs")] = "demo",
-) -> None:
-    """The REST API: POST /v1/captions, /v1/jobs (+ GET, results, DELETE), /healthz, /readyz, /metrics, /docs.
-    Settings come from DATAENGINE_* variables: API_KEYS and ALLOWED_ROOTS are required; DATA_DIR,
-    DATABASE_URL, MAX_UPLOAD_MB, RAY_ADDRESS, CAPTION_BASE_URL (a vLLM server), ... (see docs/api.md)."""
-    import uvicorn
-
-    from services.api.app import create_app
-    from services.api.settings import Settings
-
-    settings = Settings(recipe=recipe)
-    settings.check()
-    get_recipe(recipe)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
 @app.command()
@@ -54,13 +34,8 @@ def demo(
     clips from held-out world captions -> caption fidelity (`eval-captions`) and prompt adherence of the
     samples -> `inspect`; prints the scores, where everything is and how long each step took. Rerunning it
     resumes; a larger --steps trains further and scores again."""
-    from pipelines.demo import Demo
-    from pipelines.runner import RunError
+    from cli.demo_flow import Demo
 
     require_ffmpeg()
-    try:
-        demo = Demo(out, n, steps, console, eval_clips=eval_clips, samples=samples, train_recipe=train_recipe)
-        demo.run(print_inspection)
-    except RunError as exc:
-        console.print(f"[bold red]demo failed[/]: {exc}")
-        raise typer.Exit(1) from None
+    demo = Demo(out, n, steps, console, eval_clips=eval_clips, samples=samples, train_recipe=train_recipe)
+    demo.run(render.print_inspection)

@@ -98,7 +98,7 @@ def test_caption_rejects_unknown_recipes_and_keys(tmp_path: Path) -> None:
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
     unknown_recipe = run("caption", str(video), "--recipe", "nope")
-    assert unknown_recipe.returncode == 2 and "known recipes: cpu-small, demo" in unknown_recipe.stderr
+    assert unknown_recipe.returncode == 2 and "known: cpu-small, demo" in unknown_recipe.stderr
     unknown_key = run("caption", str(video), "--set", "caption.sampling.max_tokenz=5")
     assert unknown_key.returncode == 2
     assert (
@@ -136,3 +136,37 @@ def test_probe_and_caption_refuse_inputs_that_point_elsewhere(
         "reason": "a playlist or reference file (hls), not a self-contained video",
     }
     assert reference_trap.untouched()
+
+
+def test_a_model_that_cannot_be_fetched_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    videos = tmp_path / "videos"
+    assert run("synth", "--out", str(videos), "--n", "1").returncode == 0
+    # cpu-small names hub checkpoints; with the hub offline, loading them must end in one readable line.
+    done = run("caption", str(videos / "video_000.mp4"), "--recipe", "cpu-small", HF_HUB_OFFLINE="1")
+    assert done.returncode == 3, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("model unavailable: cannot load 'Qwen/") and "--set caption.engine.model=" in last
+    assert "Traceback" not in done.stderr
+
+
+def test_usage_mistakes_exit_2_and_a_missing_run_exits_1(tmp_path: Path) -> None:
+    keep_without_regate = run("inspect", str(tmp_path), "--keep-list", str(tmp_path / "keep.txt"))
+    assert keep_without_regate.returncode == 2 and "--keep-list needs --regate" in keep_without_regate.stderr
+    missing = run("inspect", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "has no manifest" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_every_mapped_failure_has_its_documented_code() -> None:
+    from cli.main import EXIT_CODES, exit_code
+    from dataengine.config import ConfigError
+    from dataengine.media import MissingToolError
+    from pipelines.errors import RunError
+
+    assert exit_code(ConfigError("x")) == (2, "configuration error")
+    assert exit_code(MissingToolError("x")) == (3, "missing tool")
+    assert exit_code(RunError("x")) == (1, "run failed")
+    assert exit_code(ZeroDivisionError()) is None  # a bug keeps its traceback
+    docs = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    for _, code, label in EXIT_CODES:
+        assert f"| {code} |" in docs and label in docs, f"docs/cli.md does not document exit {code} ({label})"

@@ -1,4 +1,5 @@
-"""Data commands: synth, probe, clips, caption, run, inspect."""
+"""Data commands: synth, probe, clips, caption, run, inspect. Each hands over to ``pipelines`` or the library;
+``render`` draws the results."""
 
 from __future__ import annotations
 
@@ -7,20 +8,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from dataengine.cli.app import Inputs, app, console
+from cli import render
+from cli.app import Inputs, app
+from cli.render import console
+from dataengine.config import ConfigError, apply_overrides
 from dataengine.inputs import InputsConfig, iter_sources
 from dataengine.media import require_ffmpeg
-from dataengine.records import Failure, Video
+from dataengine.records import Failure
 from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig
 from dataengine.stages.caption import CaptionConfig
 from dataengine.world.generate import synthesize
 from pipelines.captioning import caption_video, with_engine
 from pipelines.clips import ClipsReport, extract_clips
-from pipelines.recipes import apply_overrides, get_recipe
+from pipelines.recipes import get_recipe
 
 
 @app.command()
@@ -49,25 +51,15 @@ def probe(
     """Show what ffprobe reports for each input, or the reason it cannot be used."""
     require_ffmpeg()
     stage = ProbeStage()
-    table = Table("source", "size", "fps", "duration", "codec", "status")
+    results = []
     for item in iter_sources(inputs, InputsConfig()):
         result = item if isinstance(item, Failure) else stage.probe(item)
         if as_json:
-            print(result.model_dump_json())
-        elif isinstance(result, Video):
-            p = result.probe
-            table.add_row(
-                result.uri,
-                f"{p.width}x{p.height}",
-                f"{p.avg_fps:.2f}{' vfr' if p.is_vfr else ''}",
-                f"{p.duration_s:.2f} s",
-                f"{p.codec} {p.pix_fmt}",
-                "[green]ok[/]",
-            )
+            print(result.model_dump_json(), flush=True)  # one line per input as it is probed
         else:
-            table.add_row(result.uri, "", "", "", "", f"[red]{result.reason}[/]")
+            results.append(result)
     if not as_json:
-        Console().print(table)
+        render.print_probe(results)
 
 
 @app.command()
@@ -84,7 +76,7 @@ def clips(
     """Probe, split and decode the inputs; write the clips, the failures and a contact sheet."""
     require_ffmpeg()
     split_cfg = SplitConfig(mode=split_mode, window_s=window_s, min_clip_s=min_clip_s, max_clip_s=max_clip_s)
-    _report(_extract(inputs, out, split_cfg, DecodeConfig()))
+    render.print_clips_report(_extract(inputs, out, split_cfg, DecodeConfig()))
 
 
 @app.command()
@@ -151,7 +143,7 @@ def run(
     require_ffmpeg()
     config = apply_overrides(get_recipe(recipe), overrides or [])
     if not launch_run(config, inputs, out, address, force, console):
-        raise typer.Exit(1)
+        raise typer.Exit(1)  # launch_run has printed why
 
 
 @app.command()
@@ -190,24 +182,19 @@ def inspect(
     from pipelines.regate import regate_run, write_keep_list
 
     if keep_list is not None and not regate:
-        console.print("[bold red]error[/]: --keep-list needs --regate")
-        raise typer.Exit(2)
+        raise ConfigError("--keep-list needs --regate")
     gate = _run_gate(run_dir, recipe, overrides or [])
-    try:
-        found = inspect_run(run_dir, samples, gate)
-        again = regate_run(run_dir, gate) if regate else None
-    except FileNotFoundError as exc:
-        console.print(f"[bold red]error[/]: {exc}")
-        raise typer.Exit(1) from None
+    found = inspect_run(run_dir, samples, gate)
+    again = regate_run(run_dir, gate) if regate else None
     if again is not None and keep_list is not None:
         write_keep_list(again, keep_list)
     if as_json:
         doc = found.as_json() | ({"regate": again.as_json()} if again is not None else {})
         print(json.dumps(doc, indent=2))
         return
-    print_inspection(found)
+    render.print_inspection(found)
     if again is not None:
-        _print_regate(again, keep_list)
+        render.print_regate(again, keep_list)
 
 
 def _run_gate(run_dir: Path, recipe: str | None, overrides: list[str]) -> Any:
@@ -221,51 +208,6 @@ def _run_gate(run_dir: Path, recipe: str | None, overrides: list[str]) -> Any:
     if recipe is None:
         return QualityConfig()
     return apply_overrides(get_recipe(recipe), overrides).caption.quality
-
-
-def _print_regate(found: Any, keep_list: Path | None) -> None:
-    out = Console()
-    out.print(f"[bold]today's gate[/] on {found.checked} ok samples: keeps {len(found.keep)}, "
-              f"would refuse {len(found.refused)}")  # fmt: skip
-    if found.refused:
-        table = Table("check", "samples", title="what the gate would refuse")
-        for check, n in found.reasons():
-            table.add_row(check, str(n))
-        out.print(table)
-    if keep_list is not None:
-        out.print(f"keep-list: [bold]{keep_list}[/] ({len(found.keep)} clip ids)")
-
-
-def print_inspection(found: Any) -> None:
-    out = Console()
-    status = ", ".join(f"{n} {s}" for s, n in sorted(found.by_status.items()))
-    out.print(f"[bold]{found.out_dir}[/]: {status}; {found.shards} shards, {found.shard_bytes / 1e6:.1f} MB")
-    if found.reasons:
-        table = Table("stage", "reason", "clips/videos", title="why clips did not make it")
-        for stage, reason, n in found.reasons[:20]:
-            table.add_row(stage, reason, str(n))
-        out.print(table)
-    for title, dist in (
-        ("caption length (words)", found.caption_words),
-        ("clip duration (s)", found.clip_seconds),
-        ("caption mean token log-prob", found.caption_mean_logprob),
-        ("caption zlib compression ratio", found.caption_compression),
-    ):
-        if dist is None:
-            continue
-        table = Table("range", "clips", "", title=f"{title}: p10 {dist.p10:.3g}, median {dist.p50:.3g}, "
-                      f"p90 {dist.p90:.3g} (min {dist.min:.3g}, max {dist.max:.3g})")  # fmt: skip
-        top = max(c for _, _, c in dist.histogram) or 1
-        for lo, hi, count in dist.histogram:
-            table.add_row(f"{lo:7.3g} - {hi:7.3g}", str(count), "█" * round(30 * count / top))
-        out.print(table)
-    if found.suspicious:
-        out.print(f"[bold yellow]{len(found.suspicious)} ok captions today's gate would refuse[/] "
-                  "(dataengine inspect RUN --regate --keep-list keep.txt to drop them):")  # fmt: skip
-        for clip_id, reason in found.suspicious[:5]:
-            out.print(f"  {clip_id}: {reason}")
-    if found.sheet is not None:
-        out.print(f"contact sheet: [bold]{found.sheet}[/]")
 
 
 def _extract(
@@ -292,21 +234,3 @@ def _extract(
             caption=caption_cfg,
             on_result=lambda r: progress.advance(task, 0 if isinstance(r, Failure) else 1),
         )
-
-
-def _report(report: ClipsReport) -> None:
-    table = Table("what", "count", title="summary")
-    table.add_row("videos with clips", str(len(report.videos)))
-    table.add_row("clips decoded", str(report.clips))
-    if report.captioned:
-        table.add_row("clips captioned", str(report.captioned))
-    for view, frames in report.frames.items():
-        table.add_row(f"frames ({view} view)", str(frames))
-    for (stage, kind), count in sorted(report.failures.items()):
-        table.add_row(f"{'dropped' if kind == 'dropped' else 'failed'} at {stage}", str(count))
-    console.print(table)
-    for name, path in report.files.items():
-        if path.exists():
-            console.print(f"{name:18} {path}")
-    if report.failures:
-        console.print(f"reasons: [bold]jq -r .reason {report.files['failures.jsonl']} | sort | uniq -c[/]")

@@ -26,6 +26,7 @@ from dataengine.world.footage import sample_footage
 from dataengine.world.generate import synthesize
 from dataengine.world.language import shot_caption
 from dataengine.world.spec import VideoSpec
+from pipelines.errors import RunError
 from pipelines.eval_captions import (
     EVAL_SEED,
     eval_captions,
@@ -36,7 +37,6 @@ from pipelines.eval_captions import (
 from pipelines.inspect_run import Inspection, inspect_run
 from pipelines.launch import launch_run
 from pipelines.recipes import get_recipe
-from pipelines.runner import RunError
 from trainer.dit.recipes import get_train_recipe
 from trainer.dit.sample import loss_curve, sample_video
 from trainer.dit.train import METRICS, Trainer
