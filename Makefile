@@ -17,10 +17,12 @@ test-fast: setup  ## everything but the tests marked slow
 demo: setup       ## the whole loop on the embedded default; prints where the results are
 	$(VENV)/bin/dataengine demo --out $(OUT)
 
-lint: setup       ## ruff (lint + format check) and mypy
+lint: setup       ## ruff (lint + format check), mypy, import contracts (layers, no cycles) and file sizes
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_tree.py
 
 format: setup
 	$(VENV)/bin/ruff format .

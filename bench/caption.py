@@ -57,12 +57,12 @@ from rich.table import Table
 from dataengine.caption.engines import CaptionEngine, EngineOutput, EngineRequest, build_engine
 from dataengine.caption.engines.vllm_engine import VLLMEngine
 from dataengine.caption.quality import judge
-from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
 from dataengine.records import CaptionedClip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
 from dataengine.stages.base import Stage
 from dataengine.stages.caption import CaptionConfig, CaptionStage
 from dataengine.world.generate import synthesize
+from dataengine.world.verify import WorldRedrawConfig, redraw_problem
 from pipelines.local import run_chain
 from pipelines.recipes import demo
 

@@ -30,9 +30,9 @@ from common import base_parser
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.caption.verify import WorldRedrawConfig
 from dataengine.config import apply_overrides
 from dataengine.world.footage import out_of_domain_set, sample_footage
+from dataengine.world.verify import WorldRedrawConfig
 from pipelines.eval_captions import EVAL_SEED
 from pipelines.gate_eval import CORRECT_RECALL, evaluate_gate
 from pipelines.recipes import get_recipe

@@ -16,8 +16,10 @@ import re
 import shutil
 import subprocess
 from fractions import Fraction
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
+
+import numpy as np
 
 _PIX_FMT_DEPTH = re.compile(r"p(\d{2})(?:le|be)$")
 _LOG_PREFIX = re.compile(r"^\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
@@ -182,3 +184,15 @@ def bit_depth(stream: dict[str, Any]) -> int:
         return raw
     match = _PIX_FMT_DEPTH.search(stream.get("pix_fmt", ""))
     return int(match.group(1)) if match else 8
+
+
+def write_mp4(frames_THWC: np.ndarray, path: Path, fps: float) -> Path:
+    """H.264 mp4 through ffmpeg (sizes padded to even numbers, as yuv420p needs)."""
+    _, h, w, _ = frames_THWC.shape
+    cmd = [
+        "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+        "-r", f"{fps:g}", "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264",
+        "-pix_fmt", "yuv420p", str(path),
+    ]  # fmt: skip
+    subprocess.run(cmd, input=np.ascontiguousarray(frames_THWC).tobytes(), check=True)
+    return path

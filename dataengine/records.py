@@ -250,3 +250,27 @@ class CaptionedClip:
     @property
     def clip_id(self) -> str:
         return self.decoded.clip_id
+
+
+@dataclass(frozen=True)
+class EncodedClip:
+    """A captioned clip with the raw latents of its ``view``; ``vae`` is ``VAE.info`` (stats to normalise)."""
+
+    captioned: CaptionedClip
+    latents_CTHW: np.ndarray
+    vae: dict[str, Any]
+    frames_used: int
+    frame_rule: str
+
+    def __post_init__(self) -> None:
+        if self.latents_CTHW.dtype != np.float16 or self.latents_CTHW.ndim != 4:
+            raise ValueError(f"latents_CTHW must be float16 (C,T,H,W); got {self.latents_CTHW.dtype} "
+                             f"{self.latents_CTHW.shape}")  # fmt: skip
+
+    @property
+    def clip(self) -> Clip:
+        return self.captioned.clip
+
+    @property
+    def clip_id(self) -> str:
+        return self.captioned.clip_id

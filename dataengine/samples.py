@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from dataengine.encode.text import TextEmbedding
-from dataengine.records import Failure
-from dataengine.stages.encode import EncodedClip
+from dataengine.records import EncodedClip, Failure
 
 # Manifest columns whose values are the sample's json metadata, field for field.
 _SHARED_WITH_ROW = (

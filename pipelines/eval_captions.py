@@ -298,7 +298,7 @@ def through_the_vae(recipe: RecipeConfig, prompts: Sequence[VideoSpec], out_dir:
     DiT would give it back (through the recipe's VAE and out again), written as a sample is: the ceiling of
     ``prompt_adherence`` for this VAE and captioner."""
     from dataengine.encode.vae import load_vae
-    from trainer.dit.sample import write_mp4
+    from dataengine.media import write_mp4
 
     name = recipe.encode.view
     vae = load_vae(recipe.encode.vae)

@@ -29,7 +29,6 @@ import numpy as np
 from dataengine.caption.quality import QualityConfig, caption_fields, judge_caption
 from dataengine.caption.schema import StructuredCaption, render_caption
 from dataengine.caption.signals import Confidence, compression_ratio
-from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
 from dataengine.records import CaptionedClip, DecodedClip, Failure, Source
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage
 from dataengine.stages.base import Stage
@@ -37,6 +36,7 @@ from dataengine.stages.caption import CaptionStage
 from dataengine.world.fidelity import score_shot
 from dataengine.world.generate import random_spec, write_video
 from dataengine.world.language import read_caption, shot_caption
+from dataengine.world.verify import WorldRedrawConfig, redraw_problem
 from pipelines.eval_captions import EVAL_SEED, caption_all, decode_whole, world_eval_specs
 from pipelines.local import run_chain
 from pipelines.recipes import RecipeConfig

@@ -20,7 +20,6 @@ from pydantic import Field
 
 from dataengine.caption.engines import SamplingConfig, VLLMEngineConfig
 from dataengine.caption.quality import QualityConfig
-from dataengine.caption.verify import WorldRedrawConfig
 from dataengine.config import Config, Registry
 from dataengine.encode.text import TextEmbedConfig
 from dataengine.encode.vae import VAEConfig
@@ -28,6 +27,7 @@ from dataengine.inputs import InputsConfig
 from dataengine.shards import ShardConfig
 from dataengine.stages import DecodeConfig, EncodeConfig, ProbeConfig, SplitConfig, ViewConfig
 from dataengine.stages.caption import CaptionConfig
+from dataengine.world.verify import WorldRedrawConfig
 from pipelines.pools import PoolConfig
 
 

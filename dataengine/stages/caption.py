@@ -31,10 +31,10 @@ from dataengine.caption.schema import (
     render_short,
 )
 from dataengine.caption.signals import Confidence
-from dataengine.caption.verify import WorldRedrawConfig, redraw_problem
 from dataengine.config import Config
 from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Frames
 from dataengine.stages.base import Stage
+from dataengine.world.verify import WorldRedrawConfig, redraw_problem
 
 
 class CaptionConfig(Config):

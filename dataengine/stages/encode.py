@@ -12,40 +12,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from dataengine.config import Config
 from dataengine.encode.vae import VAE, VAEConfig, load_vae
-from dataengine.records import CaptionedClip, Clip, Failure
+from dataengine.records import CaptionedClip, EncodedClip, Failure
 from dataengine.stages.base import Stage
-
-
-@dataclass(frozen=True)
-class EncodedClip:
-    """A captioned clip with the raw latents of its ``view``; ``vae`` is ``VAE.info`` (stats to normalise)."""
-
-    captioned: CaptionedClip
-    latents_CTHW: np.ndarray
-    vae: dict[str, Any]
-    frames_used: int
-    frame_rule: str
-
-    def __post_init__(self) -> None:
-        if self.latents_CTHW.dtype != np.float16 or self.latents_CTHW.ndim != 4:
-            raise ValueError(f"latents_CTHW must be float16 (C,T,H,W); got {self.latents_CTHW.dtype} "
-                             f"{self.latents_CTHW.shape}")  # fmt: skip
-
-    @property
-    def clip(self) -> Clip:
-        return self.captioned.clip
-
-    @property
-    def clip_id(self) -> str:
-        return self.captioned.clip_id
 
 
 class EncodeConfig(Config):

@@ -15,10 +15,10 @@ from pydantic import Field
 
 from dataengine.config import Config
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
-from dataengine.records import CaptionedClip, Clip, Failure
+from dataengine.records import CaptionedClip, Clip, EncodedClip, Failure
 from dataengine.samples import to_sample
 from dataengine.stages.base import Stage
-from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
+from dataengine.stages.encode import EncodeConfig, EncodeStage
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Dependencies: the API key check and the services the lifespan built (kept on ``app.state``)."""
+"""Dependencies every resource shares: the settings and the API key check. Each resource's own service (built
+by the lifespan, kept on ``app.state``) is a dependency in its router."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from services.api.captions.service import CaptionService
-from services.api.jobs.service import JobService
 from services.api.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False)
@@ -33,13 +32,3 @@ async def require_key(
     matched = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
     if not any(matched):
         raise HTTPException(401, "missing or wrong API key", headers={"WWW-Authenticate": "Bearer"})
-
-
-async def job_service(request: Request) -> JobService:
-    value: JobService = request.app.state.jobs
-    return value
-
-
-async def caption_service(request: Request) -> CaptionService:
-    value: CaptionService = request.app.state.captions
-    return value

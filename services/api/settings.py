@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dataengine.config import ConfigError
 from dataengine.inputs import Scheme
-from services.api.jobs.overrides import SAFE_OVERRIDES, is_pattern
+from services.api.overrides import SAFE_OVERRIDES, is_pattern
 
 
 class Settings(BaseSettings):

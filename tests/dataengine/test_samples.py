@@ -12,7 +12,7 @@ import webdataset as wds
 
 from dataengine.encode import VAEConfig, load_vae
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
-from dataengine.records import Caption, CaptionedClip, DecodedClip, Failure, Source
+from dataengine.records import Caption, CaptionedClip, DecodedClip, EncodedClip, Failure, Source
 from dataengine.samples import failure_row, to_sample
 from dataengine.shards import ShardConfig, ShardWriter, read_manifest
 from dataengine.stages import (
@@ -24,7 +24,7 @@ from dataengine.stages import (
     Stage,
     ViewConfig,
 )
-from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
+from dataengine.stages.encode import EncodeConfig, EncodeStage
 from dataengine.world.generate import synthesize
 from pipelines.local import run_chain
 

@@ -13,8 +13,8 @@ import pytest
 
 from dataengine.config import ConfigError
 from services.api.db import Job, Store, now
-from services.api.jobs.overrides import SAFE_OVERRIDES, refused
 from services.api.jobs.service import JobRunner
+from services.api.overrides import SAFE_OVERRIDES, refused
 from services.api.settings import Settings
 from tests.net import free_port
 from tests.services.test_api import AUTH, Server, start_server

@@ -6,7 +6,6 @@ guidance in latent space -> the recorded VAE decodes -> an mp4 and a PNG contact
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from PIL import Image
 from dataengine.config import ConfigError
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
 from dataengine.encode.vae import VAEConfig, load_vae, normalization
+from dataengine.media import write_mp4
 from trainer.dit.flow import euler_sample
 from trainer.dit.model import DiT, DiTConfig
 from trainer.dit.train import iter_metrics, latest_checkpoint
@@ -88,18 +88,6 @@ def _decode(z_CTHW: np.ndarray, vae_info: dict[str, Any]) -> np.ndarray:
     )
     frames_BTHWC: np.ndarray = vae.decode(raw[None].astype(np.float32))
     return frames_BTHWC[0]
-
-
-def write_mp4(frames_THWC: np.ndarray, path: Path, fps: float) -> Path:
-    """H.264 mp4 through ffmpeg (sizes padded to even numbers, as yuv420p needs)."""
-    _, h, w, _ = frames_THWC.shape
-    cmd = [
-        "ffmpeg", "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
-        "-r", f"{fps:g}", "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264",
-        "-pix_fmt", "yuv420p", str(path),
-    ]  # fmt: skip
-    subprocess.run(cmd, input=np.ascontiguousarray(frames_THWC).tobytes(), check=True)
-    return path
 
 
 def frame_sheet(frames_THWC: np.ndarray, path: Path, min_width: int = 128) -> Path:

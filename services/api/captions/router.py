@@ -15,9 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from services.api.captions.service import CaptionRefusedError, CaptionService
-from services.api.deps import caption_service, require_key, settings
+from services.api.deps import require_key, settings
 from services.api.paths import RejectedError, confine
 from services.api.settings import Settings
+
+
+async def caption_service(request: Request) -> CaptionService:
+    """The caption service the lifespan built."""
+    value: CaptionService = request.app.state.captions
+    return value
+
 
 router = APIRouter(prefix="/v1/captions", tags=["captions"], dependencies=[Depends(require_key)])
 

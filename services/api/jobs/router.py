@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 
 from services.api.db import Job
-from services.api.deps import job_service, require_key
+from services.api.deps import require_key
 from services.api.jobs.schemas import JobCreate, JobCreated, JobList, JobOut, ResultList, ResultRow
 from services.api.jobs.service import JobError, JobService
+
+
+async def job_service(request: Request) -> JobService:
+    """The job service the lifespan built."""
+    value: JobService = request.app.state.jobs
+    return value
+
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=[Depends(require_key)])
 Service = Annotated[JobService, Depends(job_service)]

@@ -27,8 +27,8 @@ from dataengine.config import ConfigError, apply_overrides
 from dataengine.shards import read_manifest
 from pipelines.recipes import get_recipe
 from services.api.db import JOB_STATES, Job, Store, now
-from services.api.jobs.overrides import refused
 from services.api.jobs.schemas import JobCreate
+from services.api.overrides import refused
 from services.api.paths import RejectedError, confine, confinement
 from services.api.settings import Settings
 

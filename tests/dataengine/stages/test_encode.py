@@ -14,9 +14,19 @@ from pydantic import ValidationError
 
 from dataengine.config import ConfigError
 from dataengine.encode import VAE, VAEConfig, ensure_tiny_vae, load_vae, normalization, resolve_vae
-from dataengine.records import Caption, CaptionedClip, Clip, DecodedClip, Failure, Frames, ProbeInfo, Source
+from dataengine.records import (
+    Caption,
+    CaptionedClip,
+    Clip,
+    DecodedClip,
+    EncodedClip,
+    Failure,
+    Frames,
+    ProbeInfo,
+    Source,
+)
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitStage, Stage, ViewConfig
-from dataengine.stages.encode import EncodeConfig, EncodedClip, EncodeStage
+from dataengine.stages.encode import EncodeConfig, EncodeStage
 from pipelines.local import run_chain
 
 KINDS = ["wan", "ltx", "cogvideox", "kl"]

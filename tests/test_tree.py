@@ -1,0 +1,51 @@
+"""Rules the source tree keeps (also run by ``make lint``): layers go one way, no cycles, small files.
+
+The layer and cycle contracts live in pyproject.toml ``[tool.importlinter]``; this runs them, and checks
+directly what a library user relies on: importing any library module pulls in none of the packages
+built on top of it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("dataengine", "pipelines", "trainer", "services", "cli")
+MAX_LINES = 500
+
+
+def test_importing_the_library_imports_none_of_the_layers_above_it() -> None:
+    script = """
+import pkgutil, sys, importlib
+import dataengine
+for module in pkgutil.walk_packages(dataengine.__path__, "dataengine."):
+    importlib.import_module(module.name)
+above = sorted(m for m in sys.modules if m.split(".")[0] in {"pipelines", "trainer", "services", "cli"})
+print(len([m for m in sys.modules if m.startswith("dataengine")]), above)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    imported, above = done.stdout.split(" ", 1)
+    assert int(imported) > 40, "walked too few library modules: is the package importable?"
+    assert above.strip() == "[]", f"the library imports layers above it: {above}"
+
+
+def test_the_import_contracts_hold() -> None:
+    lint_imports = Path(sys.executable).with_name("lint-imports")
+    if not lint_imports.exists():
+        pytest.skip("import-linter is not installed (make setup installs it)")
+    done = subprocess.run([str(lint_imports)], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_no_source_file_is_over_the_size_budget() -> None:
+    sizes = {
+        path.relative_to(ROOT): len(path.read_text().splitlines())
+        for package in (*PACKAGES, "bench")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    over = {str(path): n for path, n in sizes.items() if n > MAX_LINES}
+    assert not over, f"files over {MAX_LINES} lines (split them by what they do): {over}"
