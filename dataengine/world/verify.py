@@ -1,13 +1,13 @@
 """Checking a caption against the clip it describes, for captioners whose domain can be redrawn.
 
 A reconstruction-grade caption is one a person could redraw the clip from. For the synthetic world that is
-literal: ``world.read_caption`` reads the caption, ``fidelity.rebuild`` turns it into a scene and
-``synth.render_shot`` draws it, so the caption can be compared with the frames it claims to describe.
+literal: ``language.read_caption`` reads the caption, ``fidelity.rebuild`` turns it into a scene and
+``render.render_shot`` draws it, so the caption can be compared with the frames it claims to describe.
 A world caption written for footage the world captioner has never seen (a street, a test card) is fluent
 and schema-valid, and its tokens may be as confident as on world clips, but its redrawing looks nothing like
-the frames: measured on the shipped captioner at 1/8 of the caption view's size, the 244 held-out world
-captions graded correct redraw at 18.7 dB or more (median 28) and out-of-domain footage at 15.6 dB or less.
-``WorldRedrawConfig.min_psnr_db`` sits between (see docs/quality-gate.md). Other captioners need another
+the frames. Compared at a fraction of the caption view's size (``downscale``), correct captions redraw well
+above ``WorldRedrawConfig.min_psnr_db`` and out-of-domain footage below it; the measured separation is in
+docs/quality-gate.md. Other captioners need another
 verifier (a caption-to-clip match score); the field that holds this config is where it goes.
 
 Legend: ``frames_THWC`` uint8 RGB as decoded for captioning; times in seconds.
