@@ -1,7 +1,16 @@
-"""dataengine: records and stages that turn raw video into training data for video-generation models.
+"""dataengine: the library. Records and stages that turn raw video into training data for video generation.
 
-Stages live in ``dataengine.stages``; inputs in ``dataengine.inputs``; procedural test videos in
-``dataengine.world.generate``. Importing this package is cheap: it loads no models and starts no processes.
+``records``  the typed records (video, clip, caption, sample) that flow between stages
+``inputs``   files, folders, globs, lists and URIs, confined and normalised into sources
+``stages``   probe, split, decode, caption (``caption/``: engines, prompts, schema, quality gate), encode
+             (``encode/``: VAEs, text encoders), sample; each one class with setup/process_batch/teardown
+``shards``   WebDataset tars and the parquet manifest
+``world``    the synthetic world: videos with known pixels, their caption language, fidelity scoring
+``config``   the one base config, recipe registries and ``--set`` overrides
+``media``    ffmpeg/ffprobe helpers and the demuxer allowlist
+
+It imports nothing from ``pipelines``, ``trainer``, ``services`` or the CLI (``make lint`` checks this).
+Importing this package is cheap: it loads no models and starts no processes.
 """
 
 from dataengine.records import (
