@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 OUT   ?= out/demo
 
-.PHONY: setup test test-fast demo lint format bench clean
+.PHONY: setup test test-fast demo lint format bench docs clean
 setup:            ## apt packages (ffmpeg, libnuma1) + .venv with the real stack + the project, editable
 	@bash .ci/setup
 
@@ -38,6 +38,9 @@ bench: setup      ## every benchmark in bench/, each printing its ratio to the s
 	$(PY) bench/distill.py
 	$(PY) bench/tower_shape.py
 	$(PY) bench/api.py
+
+docs: setup       ## the documentation site (MkDocs, --strict: a broken link or anchor fails); open out/site/index.html
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir out/site
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
