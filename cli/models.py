@@ -164,3 +164,56 @@ def probe_student_cmd(
         typer.echo(json.dumps(result, indent=1))
         return
     render.print_probe_student(result)
+
+
+@app.command()
+def rebuild(
+    name: Annotated[str, typer.Argument(help="the model's lineage: world-captioner or world-vae")],
+    out: Annotated[
+        Path,
+        typer.Option(help="one folder per stage goes here; rerun the same command to go on after a crash"),
+    ],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="print each stage's settings (where they differ from the defaults)"),
+    ] = False,
+    minutes_scale: Annotated[
+        float, typer.Option(help="smoke runs: every stage's minutes times this (not the shipped model)")
+    ] = 1.0,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="smoke runs: at most this many steps a stage, tower warm-up too")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="a setting for every stage, e.g. --set device=cuda (recorded and logged)"),
+    ] = None,
+) -> None:
+    """Rebuild a model this project trained and ships, stage by stage, from its lineage (trainer/lineage.py).
+    world-captioner: five distill stages (p8c, p8e, p8f, p8g, p8h), 415 minutes of training at full scale,
+    about 505 with each stage's pairs and tower warm-up (2 cores, alone on the machine). world-vae: one
+    train-vae stage, 40 minutes, about 43 with its data (1 thread; it fetches the sample footage). Install
+    the result from the repository root: rm -rf dataengine/assets/MODEL && cp -r OUT/LAST-STAGE
+    dataengine/assets/MODEL; for the captioner then dataengine eval-captions --recipe demo --n 32 --json >
+    dataengine/assets/world-captioner/fidelity.json"""
+    from trainer.lineage import LINEAGES, changed_settings, full_minutes, plan
+    from trainer.lineage import rebuild as run_rebuild
+
+    lineage = LINEAGES.get(name)
+    extra = overrides or []
+    if dry_run:
+        stages = plan(lineage, out, minutes_scale=minutes_scale, max_steps=max_steps, extra=extra)
+        for (stage_name, config), stage in zip(stages, lineage.stages, strict=True):
+            settings = " ".join(changed_settings(config)) or "the defaults"
+            console.print(f"{stage_name} ({stage.trainer}): {settings}", markup=False, highlight=False)
+            if stage.note:
+                console.print(f"  note: {stage.note}", markup=False, highlight=False)
+        console.print(
+            f"{name}: {len(stages)} stages, {full_minutes(lineage):g} training minutes at full scale"
+        )
+        return
+    require_ffmpeg()
+    final = run_rebuild(
+        lineage, out, minutes_scale=minutes_scale, max_steps=max_steps, extra=extra, log=console.print
+    )
+    commands = "\n".join(f"  {command}" for command in lineage.install_commands(final))
+    console.print(f"install it (from the repository root):\n{commands}", markup=False, highlight=False)
