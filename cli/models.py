@@ -79,7 +79,7 @@ def distill(
 def train_vae(
     out: Annotated[Path, typer.Option(help="the VAE folder to write (must not exist or be empty)")],
     minutes: Annotated[
-        float | None, typer.Option(help="training-loop budget (default 12; data preparation comes on top)")
+        float | None, typer.Option(help="training-loop budget (default 40; data preparation comes on top)")
     ] = None,
     seed: Annotated[int, typer.Option(help="same seed, same training clips, init and data order")] = 0,
     overrides: Annotated[

@@ -25,8 +25,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 SHIPPED = {"world-captioner": ASSETS / "world-captioner"}  # name -> packaged folder
 LOCAL_PREFIXES = ("/", "./", "../", "~")  # a model named like this is a path, never a hub id
 REBUILD = {
-    "world-captioner": "dataengine distill --pairs world --out dataengine/assets/world-captioner "
-    "(see docs/caption-fidelity.md)"
+    "world-captioner": "dataengine rebuild world-captioner --out DIR, then copy DIR's last stage there "
+    "(docs/lab-notes/2026-12-06-captioner.md)"
 }
 
 

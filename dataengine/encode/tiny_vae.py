@@ -68,7 +68,10 @@ def resolve_vae(model: str, kind: VAEKind) -> str:
     if name in SHIPPED and SHIPPED[name][0] == kind:
         folder = SHIPPED[name][1]
         if not (folder / "config.json").is_file():
-            raise ConfigError(f"{model!r}: {folder} is missing; rebuild it with `dataengine train-vae`")
+            raise ConfigError(
+                f"{model!r}: {folder} is missing; rebuild it with `dataengine rebuild world-vae --out DIR` "
+                "and copy DIR's last stage there"
+            )
         return str(folder)
     if name != f"tiny-{kind}":
         names = [f"tiny-{k}" for k in TINY_PRESETS] + [f"{n} (kind {k})" for n, (k, _) in SHIPPED.items()]
