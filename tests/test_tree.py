@@ -27,7 +27,8 @@ for module in pkgutil.walk_packages(dataengine.__path__, "dataengine."):
 above = sorted(m for m in sys.modules if m.split(".")[0] in {"pipelines", "trainer", "services", "cli"})
 print(len([m for m in sys.modules if m.startswith("dataengine")]), above)
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True)
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
     imported, above = done.stdout.split(" ", 1)
     assert int(imported) > 40, "walked too few library modules: is the package importable?"
     assert above.strip() == "[]", f"the library imports layers above it: {above}"
@@ -49,3 +50,13 @@ def test_no_source_file_is_over_the_size_budget() -> None:
     }
     over = {str(path): n for path, n in sizes.items() if n > MAX_LINES}
     assert not over, f"files over {MAX_LINES} lines (split them by what they do): {over}"
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "cuda"])
+def test_the_images_carry_every_package(flavor: str) -> None:
+    """The k8s manifests run these images: a package left out of one is an import error on the cluster."""
+    dockerfile = (ROOT / "docker" / f"Dockerfile.{flavor}").read_text()
+    allowed = (ROOT / "docker" / f"Dockerfile.{flavor}.dockerignore").read_text().splitlines()
+    for package in PACKAGES:
+        assert f"COPY {package} /app/{package}" in dockerfile, f"Dockerfile.{flavor} does not copy {package}/"
+        assert f"!{package}/" in allowed, f"Dockerfile.{flavor}.dockerignore leaves {package}/ out"
