@@ -14,19 +14,19 @@ caption view (2 fps, at most 8 frames, short side 112), then per ``--family`` a 
 builds one: ``build_tiny_vlm`` of ``PRESETS[--preset]`` with that family and a tokenizer trained on
 ``tokenizer_corpus`` of the pairs' captions, loaded back with ``AutoProcessor`` and
 ``AutoModelForImageTextToText`` (float32, train mode), an AdamW of ``distill()``'s parameter groups, lr and
-betas, and ``_digit_weights`` of the default ``digit_weight``. The batches are the first ``_WARMUP +
---steps`` that ``distill()``'s own sampler (``_batches``) draws, the same ones on both sides.
+betas, and ``digit_weights`` of the default ``digit_weight``. The batches are the first ``_WARMUP +
+--steps`` that ``distill()``'s own sampler (``batch_plan``) draws, the same ones on both sides.
 
 * distill: what ``distill()`` does: batches from ``encoded_batches`` (``collate([encode_pair(processor,
   pair, "dense-v1") ...], pad_id)`` of each batch's pairs: chat template, video processor, answer masking;
-  in one worker process, two batches ahead), and per step ``_weighted_loss``, backward,
+  in one worker process, two batches ahead), and per step ``weighted_loss``, backward,
   ``clip_grad_norm_`` 1.0, ``optimizer.step``, ``zero_grad``, ``loss.item()``.
 * in-memory (the speed of light: tokenization that costs nothing): the same model and optimizer on the same
   batches, encoded and collated beforehand (untimed) and cycled.
 
 ``--loss`` (one row per loss and family): ``plain``, the caption loss; ``grounded``, the step of ``distill
 --set grounding_weight=0.1``: the text model's attention eager (``GROUNDING_ATTENTION``), pairs encoded with
-their world targets, ``_world_loss`` (attention probabilities returned, the grounding term added);
+their world targets, ``world_loss`` (attention probabilities returned, the grounding term added);
 ``dense``, that and ``--set dense_weight=0.1``: hidden states returned and the dense head (a linear layer
 in the optimizer) on the visual tokens. The in-memory steps/s of the rows of one run are what each costs.
 
@@ -64,23 +64,11 @@ from rich.console import Console
 from rich.table import Table
 
 from dataengine.caption.tiny_vlm import Family, build_tiny_vlm
-from trainer.distill import (
-    GROUNDING_ATTENTION,
-    PRESETS,
-    DistillConfig,
-    Pair,
-    _batches,
-    _digit_weights,
-    _weighted_loss,
-    _world_loss,
-    add_dense_head,
-    collate,
-    encode_pair,
-    encoded_batches,
-    make_optimizer,
-    tokenizer_corpus,
-    world_pairs,
-)
+from trainer.distill import PRESETS, DistillConfig, Pair, world_pairs
+from trainer.distill.config import GROUNDING_ATTENTION
+from trainer.distill.loop import add_dense_head, batch_plan, make_optimizer
+from trainer.distill.losses import digit_weights, weighted_loss, world_loss
+from trainer.distill.tokens import collate, encode_pair, encoded_batches, tokenizer_corpus
 
 Row = dict[str, Any]
 Batch = dict[str, Any]
@@ -113,9 +101,9 @@ class Student:
     def step(self, batch: Batch) -> None:
         """One step of ``distill()``'s loop, the lr schedule aside (it does not change the work)."""
         if self.config.world_targets:
-            loss = _world_loss(self.model, batch, self.weights, self.config, self.dense_head)[0]
+            loss = world_loss(self.model, batch, self.weights, self.config, self.dense_head)[0]
         else:
-            loss = _weighted_loss(self.model, batch, self.weights)
+            loss = weighted_loss(self.model, batch, self.weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)  # as distill(): the head unclipped
         self.optimizer.step()
@@ -152,7 +140,7 @@ def _student(
     model.train()
     optimizer = make_optimizer(model, _CONFIG)
     dense_head = add_dense_head(model, optimizer, config)
-    weights = _digit_weights(processor.tokenizer, _CONFIG.digit_weight)
+    weights = digit_weights(processor.tokenizer, _CONFIG.digit_weight)
     pad_id = processor.tokenizer.pad_token_id
     return Student(
         family, loss, size.patch_size, config, processor, model, optimizer, weights, dense_head, pad_id
@@ -190,7 +178,7 @@ def _spread(walls: dict[str, list[float]]) -> float:
 
 
 def _row(student: Student, pairs: Sequence[Pair], args: Any) -> Row:
-    plan = list(itertools.islice(_batches(len(pairs), args.batch_size, _CONFIG.seed), _WARMUP + args.steps))
+    plan = list(itertools.islice(batch_plan(len(pairs), args.batch_size, _CONFIG.seed), _WARMUP + args.steps))
     walls: dict[str, list[float]] = {"distill": [], "memory": []}
     encode: list[float] = []
     cached: list[Batch] = []

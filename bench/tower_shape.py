@@ -13,7 +13,7 @@ object is its shape; its token is the merged visual token (the tokens the text m
 holds the object's centre. ``--eval-clips`` frames from another seed are held out.
 
 * tower: the qwen3_vl ``tiny`` preset's vision tower (``build_tiny_vlm``, or ``--init``'s), its position
-  table as ``distill`` starts a new student (``_sincos_positions``) and frozen (``freeze_positions``), fed by
+  table as ``distill`` starts a new student (``sincos_positions``) and frozen (``freeze_positions``), fed by
   the student's own video processor; a linear head reads shape from the merged token. AdamW, lr ``--lr``.
 * cnn: four 3x3 conv + ReLU + 2x2 max-pool blocks (32, 64, 64, 128 channels, 0.13 M parameters) on the
   view's pixels; a 1x1 conv reads shape at the 16-px cell of the object's centre. Same batches, same lr.
@@ -46,7 +46,8 @@ from dataengine.caption.tiny_vlm import build_tiny_vlm
 from dataengine.world.generate import random_spec
 from dataengine.world.language import SHAPES
 from dataengine.world.render import render_shot
-from trainer.distill import PRESETS, _sincos_positions
+from trainer.distill import PRESETS
+from trainer.distill.loop import sincos_positions
 
 Labels = list[tuple[int, float, float, int]]  # (frame, centre x, centre y as fractions of the frame, shape)
 Learner = Callable[[np.ndarray, Labels], tuple[torch.Tensor, torch.Tensor]]  # frames -> (logits, shapes)
@@ -96,7 +97,7 @@ def tower_learner(student: Path, fresh: bool, params: list[Any]) -> Learner:
     visual = tower.model.visual
     if fresh:
         example, _ = pixels(world_frames(np.random.default_rng(0), 1)[0])
-        _sincos_positions(tower, {"pixel_values_videos": example})
+        sincos_positions(tower, {"pixel_values_videos": example})
     visual.pos_embed.weight.requires_grad_(False)
     params += [p for p in visual.parameters() if p.requires_grad] + list(head.parameters())
     merge = processor.merge_size

@@ -23,8 +23,8 @@ PRESETS: dict[str, TinyVLMConfig] = {
 WORLD_SEED_OFFSET = 1_000  # training world clips come from seed + this; eval-captions uses other seeds
 # grounding reads the text model's attention probabilities, which only eager attention returns
 GROUNDING_ATTENTION = {"": "eager", "text_config": "eager", "vision_config": "sdpa"}
-_RUN_RECORDS = ("distill.json", "fidelity.json")  # what a student folder says of its own run: not inherited
-_WORLD_TARGETS = ("grounding", "dense")  # batch entries that are targets, not model inputs
+RUN_RECORDS = ("distill.json", "fidelity.json")  # what a student folder says of its own run: not inherited
+WORLD_TARGETS = ("grounding", "dense")  # batch entries that are targets, not model inputs
 
 
 class DistillConfig(Config):

@@ -18,10 +18,10 @@ import numpy as np
 
 from dataengine.caption.tiny_vlm import build_tiny_vlm
 from dataengine.config import ConfigError
-from trainer.distill.config import _RUN_RECORDS, GROUNDING_ATTENTION, PRESETS, DistillConfig
-from trainer.distill.losses import _dense_loss, _digit_weights, _weighted_loss, _world_loss
+from trainer.distill.config import GROUNDING_ATTENTION, PRESETS, RUN_RECORDS, DistillConfig
+from trainer.distill.losses import dense_loss, digit_weights, weighted_loss, world_loss
 from trainer.distill.pairs import Pair, run_pairs, world_pairs
-from trainer.distill.plots import _loss_curve
+from trainer.distill.plots import loss_curve
 from trainer.distill.targets import DENSE_CLASSES, DENSE_LOGGED
 from trainer.distill.tokens import encode_pair, encoded_batches, tokenizer_corpus
 
@@ -81,7 +81,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             student_dir, dtype=torch.float32, attn_implementation=attention
         )
         if config.position_init == "sincos" or (config.position_init is None and config.init is None):
-            _sincos_positions(model, encode_pair(processor, pairs[0], config.prompt_id), config.position_rms)
+            sincos_positions(model, encode_pair(processor, pairs[0], config.prompt_id), config.position_rms)
         table = getattr(model.model.visual, "pos_embed", None)
         if config.freeze_positions and table is not None:
             table.weight.requires_grad_(False)
@@ -90,7 +90,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
 
         def write(folder: Path) -> None:
             for item in student_dir.iterdir():  # processor, tokenizer, chat template, generation config
-                if item.is_file() and item.suffix in (".json", ".jinja") and item.name not in _RUN_RECORDS:
+                if item.is_file() and item.suffix in (".json", ".jinja") and item.name not in RUN_RECORDS:
                     shutil.copy2(item, folder / item.name)
             model.eval()
             model.cpu()  # from the training device, if another
@@ -107,7 +107,7 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             if log.tower_warmup:
                 summary["tower_warmup"] = log.tower_warmup
             (folder / "distill.json").write_text(json.dumps(summary, indent=1) + "\n")
-            _loss_curve(log.losses, folder / "loss_curve.png")
+            loss_curve(log.losses, folder / "loss_curve.png")
 
         build_folder(out, write)
     return DistillResult(out, log.steps, time.perf_counter() - started, log.recent_loss(), len(pairs))
@@ -163,7 +163,7 @@ def _pairs(config: DistillConfig, work_dir: Path) -> list[Pair]:
 
 
 @dataclass
-class _Log:
+class TrainLog:
     steps: int = 0
     seconds: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)
@@ -176,7 +176,7 @@ class _Log:
         return round(float(np.mean(tail)), 4) if tail else math.nan
 
 
-def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+def batch_plan(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
     rng = np.random.default_rng(seed)
     while True:
         order = rng.permutation(n)
@@ -204,7 +204,7 @@ def make_optimizer(model: Any, config: DistillConfig) -> Any:
 
 
 def add_dense_head(model: Any, optimizer: Any, config: DistillConfig) -> Any:
-    """With ``dense_weight``, the dense head (``_world_loss``), its parameters added to ``optimizer``:
+    """With ``dense_weight``, the dense head (``world_loss``), its parameters added to ``optimizer``:
     trained beside the student, never saved, it only shapes the vision tower. Otherwise None."""
     import torch
 
@@ -216,24 +216,26 @@ def add_dense_head(model: Any, optimizer: Any, config: DistillConfig) -> Any:
     return head
 
 
-def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pair], started: float) -> _Log:
+def _train(
+    config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pair], started: float
+) -> TrainLog:
     import torch
     from rich.progress import Progress
 
     device = next(model.parameters()).device
-    digit_weights = _digit_weights(processor.tokenizer, config.digit_weight).to(device)
+    weights = digit_weights(processor.tokenizer, config.digit_weight).to(device)
     optimizer = make_optimizer(model, config)
     dense_head = add_dense_head(model, optimizer, config)
-    log = _Log()
+    log = TrainLog()
     if config.tower_warmup_steps:
-        _warm_up_tower(config, model, processor, pairs, optimizer, dense_head, log)
+        warm_up_tower(config, model, processor, pairs, optimizer, dense_head, log)
     budget_s = config.minutes * 60 if config.minutes else math.inf
     max_steps = config.max_steps or 10**9
     # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
     expected = float(max_steps if not math.isfinite(budget_s) else min(max_steps, 10**6))
     t0 = time.perf_counter()
     window: list[float] = []
-    plan = _batches(len(pairs), config.batch_size, config.seed)
+    plan = batch_plan(len(pairs), config.batch_size, config.seed)
     world = config.world_targets
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=world)
     measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_LOGGED)}
@@ -250,13 +252,11 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if world:
-                loss, caption_loss, step_measured = _world_loss(
-                    model, batch, digit_weights, config, dense_head
-                )
+                loss, caption_loss, step_measured = world_loss(model, batch, weights, config, dense_head)
                 for key, value in step_measured.items():
                     measured[key].append(value)
             else:
-                loss = caption_loss = _weighted_loss(model, batch, digit_weights)
+                loss = caption_loss = weighted_loss(model, batch, weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -287,14 +287,14 @@ def _train(config: DistillConfig, model: Any, processor: Any, pairs: Sequence[Pa
     return log
 
 
-def _warm_up_tower(
+def warm_up_tower(
     config: DistillConfig,
     model: Any,
     processor: Any,
     pairs: Sequence[Pair],
     optimizer: Any,
     dense_head: Any,
-    log: _Log,
+    log: TrainLog,
 ) -> None:
     """``tower_warmup_steps`` steps of the dense loss on the vision tower's merged tokens alone (the text
     model neither runs nor changes), at ``tower_warmup_lr``; the readings' accuracies go to ``log``."""
@@ -308,7 +308,7 @@ def _warm_up_tower(
     tower = [p for p in visual.parameters() if p.requires_grad] + list(dense_head.parameters())
     for group in optimizer.param_groups:
         group["lr"] = config.tower_warmup_lr
-    plan = _batches(len(pairs), config.batch_size, config.seed + 1)
+    plan = batch_plan(len(pairs), config.batch_size, config.seed + 1)
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=True)
     measured: dict[str, list[float]] = {key: [] for key in DENSE_LOGGED}
     t0 = time.perf_counter()
@@ -320,7 +320,7 @@ def _warm_up_tower(
             batch = _to(cpu_batch, device)
             out = visual(batch["pixel_values_videos"], grid_thw=batch["video_grid_thw"])
             tokens = getattr(out, "pooler_output", out)  # Qwen2.5-VL's tower returns the merged tokens
-            loss, read = _dense_loss(dense_head, tokens, torch.cat(batch["dense"]))
+            loss, read = dense_loss(dense_head, tokens, torch.cat(batch["dense"]))
             if loss is not None:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(tower, 1.0)
@@ -341,7 +341,7 @@ def _warm_up_tower(
             progress.update(task, completed=step)
 
 
-def _sincos_positions(model: Any, example: dict[str, Any], rms: float | None = None) -> None:
+def sincos_positions(model: Any, example: dict[str, Any], rms: float | None = None) -> None:
     """Set a Qwen3-VL vision tower's position table (a ``side x side`` grid the tower interpolates to each
     frame's patch grid) to a 2-D sine-cosine table, half the channels for rows and half for columns, with
     root-mean-square ``rms``, by default that of the patch embeddings of ``example``'s frames. No-op for other

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from dataengine.world.language import SIZES
-from trainer.distill.config import _WORLD_TARGETS, DistillConfig
+from trainer.distill.config import WORLD_TARGETS, DistillConfig
 from trainer.distill.targets import DENSE_CLASSES, DENSE_READINGS
 
 
-def _digit_weights(tokenizer: Any, digit_weight: float) -> Any:
+def digit_weights(tokenizer: Any, digit_weight: float) -> Any:
     """Per vocabulary id: ``digit_weight`` for tokens that decode to digits only, 1 for the rest."""
     import torch
 
@@ -20,13 +20,13 @@ def _digit_weights(tokenizer: Any, digit_weight: float) -> Any:
     return weights
 
 
-def _weighted_loss(model: Any, batch: dict[str, Any], weights: Any, outputs: Any = None) -> Any:
+def weighted_loss(model: Any, batch: dict[str, Any], weights: Any, outputs: Any = None) -> Any:
     """Next-token cross-entropy over the labelled tokens, each weighted by its target's weight (of
     ``outputs``, the model's on ``batch``, when given)."""
     import torch
 
     if outputs is None:
-        outputs = model(**{k: v for k, v in batch.items() if k not in ("labels", *_WORLD_TARGETS)})
+        outputs = model(**{k: v for k, v in batch.items() if k not in ("labels", *WORLD_TARGETS)})
     logits = outputs.logits[:, :-1].float()
     targets = batch["labels"][:, 1:]
     labelled = targets != -100
@@ -37,7 +37,7 @@ def _weighted_loss(model: Any, batch: dict[str, Any], weights: Any, outputs: Any
     return (losses * w).sum() / w.sum().clamp(min=1e-6)
 
 
-def _world_loss(
+def world_loss(
     model: Any, batch: dict[str, Any], weights: Any, config: DistillConfig, dense_head: Any = None
 ) -> tuple[Any, Any, dict[str, float]]:
     """The caption loss plus the world's auxiliary losses that ``config`` weights, and, for the log, the
@@ -53,9 +53,9 @@ def _world_loss(
     import torch
 
     grounding = config.grounding_weight > 0
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", *_WORLD_TARGETS)}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", *WORLD_TARGETS)}
     outputs = model(**inputs, output_attentions=grounding, output_hidden_states=dense_head is not None)
-    caption = _weighted_loss(model, batch, weights, outputs)
+    caption = weighted_loss(model, batch, weights, outputs)
     loss, measured = caption, {}
     video = model.config.video_token_id
     visual = [(batch["input_ids"][row] == video).nonzero()[:, 0] for row in range(len(batch["input_ids"]))]
@@ -65,14 +65,14 @@ def _world_loss(
     if dense_head is not None and batch.get("dense"):
         rows = [row for row, targets in enumerate(batch["dense"]) if targets is not None]
         tokens = torch.cat([outputs.hidden_states[0][row, visual[row]] for row in rows])
-        dense, read = _dense_loss(dense_head, tokens, torch.cat([batch["dense"][row] for row in rows]))
+        dense, read = dense_loss(dense_head, tokens, torch.cat([batch["dense"][row] for row in rows]))
         measured |= read
         if dense is not None:
             loss = loss + config.dense_weight * dense
     return loss, caption.detach(), measured
 
 
-def _dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
+def dense_loss(dense_head: Any, tokens: Any, targets: Any) -> tuple[Any, dict[str, float]]:
     """The mean of ``dense_head``'s cross-entropies on ``tokens`` (N, hidden) against ``dense_targets``'s
     (N, 10) class ids (None when no reading applies), and each reading's accuracy (``DENSE_LOGGED``)."""
     import torch

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def _loss_curve(losses: Sequence[tuple[int, float]], path: Path) -> None:
+def loss_curve(losses: Sequence[tuple[int, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -30,14 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from trainer.distill import (
-    DistillConfig,
-    answer_offsets,
-    collate,
-    encode_pair,
-    split_dense_targets,
-    world_pairs,
-)
+from trainer.distill.config import DistillConfig
+from trainer.distill.pairs import world_pairs
+from trainer.distill.targets import split_dense_targets
+from trainer.distill.tokens import answer_offsets, collate, encode_pair
 
 PROBE_SEED = 777_000  # held out: distill draws from seed + WORLD_SEED_OFFSET, eval-captions from EVAL_SEED
 
@@ -99,7 +95,7 @@ def probe_student(
             layers, all_merged = _visual_tokens(model, item)
         merged.append(all_merged)
         objects = str(pair.caption.count('"kind"'))
-        for name, position in _value_starts(processor.tokenizer, item, pair.caption):
+        for name, position in value_starts(processor.tokenizer, item, pair.caption):
             guess = int(logits[position - 1].argmax())
             hits[name][objects].append(guess == int(item["input_ids"][position]))
         for where, grid in layers.items():
@@ -116,8 +112,8 @@ def probe_student(
     for where, chunks in tokens.items():
         x = np.concatenate(chunks)
         result.positions[where] = {
-            "row": _ridge_accuracy(x, row),
-            "col": _ridge_accuracy(x, col),
+            "row": ridge_accuracy(x, row),
+            "col": ridge_accuracy(x, col),
             "row_chance": round(1 / (row.max() + 1), 3),
             "col_chance": round(1 / (col.max() + 1), 3),
         }
@@ -127,12 +123,12 @@ def probe_student(
         read = y >= 0
         if len(np.unique(clip[read])) < 2:
             continue  # too few clips show it to hold some out
-        accuracy, majority = _grouped_probe(x[read], y[read], clip[read])
+        accuracy, majority = grouped_probe(x[read], y[read], clip[read])
         result.contents[reading] = {"accuracy": accuracy, "majority": majority, "tokens": int(read.sum())}
     return result
 
 
-def _value_starts(tokenizer: Any, item: dict[str, Any], caption: str) -> list[tuple[str, int]]:
+def value_starts(tokenizer: Any, item: dict[str, Any], caption: str) -> list[tuple[str, int]]:
     """(attribute, index in ``item``'s input ids) of the first token of each attribute value in the answer."""
     start = int((item["labels"] != -100).nonzero()[0, 0])
     offsets = answer_offsets(tokenizer, item["input_ids"], start, caption)
@@ -178,17 +174,17 @@ def _visual_tokens(model: Any, item: dict[str, Any]) -> tuple[dict[str, np.ndarr
     return grids, merged.float().numpy()
 
 
-def _ridge_accuracy(x: np.ndarray, y: np.ndarray, penalty: float = 0.1) -> float:
+def ridge_accuracy(x: np.ndarray, y: np.ndarray, penalty: float = 0.1) -> float:
     """Held-out accuracy of a one-vs-rest ridge classifier (features standardized), 3/4 fit, 1/4 scored."""
     order = np.random.default_rng(0).permutation(len(x))
     fit, held = order[: len(x) * 3 // 4], order[len(x) * 3 // 4 :]
     return round(float(np.mean(_ridge_predict(x, y, fit, held, penalty) == y[held])), 3)
 
 
-def _grouped_probe(
+def grouped_probe(
     x: np.ndarray, y: np.ndarray, groups: np.ndarray, penalty: float = 0.1
 ) -> tuple[float, float]:
-    """``_ridge_accuracy`` with each group (a clip's tokens) wholly on one side, 3/4 of the groups fit: the
+    """``ridge_accuracy`` with each group (a clip's tokens) wholly on one side, 3/4 of the groups fit: the
     held-out accuracy, and that of always guessing the fit rows' commonest class."""
     names = np.random.default_rng(0).permutation(np.unique(groups))
     fitted = np.isin(groups, names[: max(1, len(names) * 3 // 4)])

@@ -16,7 +16,7 @@ from dataengine.caption.engines.base import (
 )
 from dataengine.caption.prompts import PROMPTS, get_prompt
 from dataengine.records import Frames
-from trainer.distill.config import _WORLD_TARGETS
+from trainer.distill.config import WORLD_TARGETS
 from trainer.distill.pairs import Pair
 from trainer.distill.targets import dense_targets, grounding_targets
 
@@ -98,7 +98,7 @@ def collate(items: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         "pixel_values_videos": torch.cat([x["pixel_values_videos"] for x in items]),
         "video_grid_thw": torch.cat([x["video_grid_thw"] for x in items]),
     }
-    for key in _WORLD_TARGETS:
+    for key in WORLD_TARGETS:
         if any(key in x for x in items):
             batch[key] = [x.get(key) for x in items]
     if "mm_token_type_ids" in items[0]:

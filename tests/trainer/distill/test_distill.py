@@ -16,33 +16,31 @@ from dataengine.caption.engines.base import EngineRequest, SamplingConfig
 from dataengine.caption.prompts import DENSE
 from dataengine.caption.schema import StructuredCaption
 from dataengine.config import ConfigError
-from dataengine.world.language import OCTANTS, SHAPES, SIZE_EDGES, motion_of, read_caption, region_of
-from trainer.distill import (
+from dataengine.world.language import (
     CAMERAS,
+    MOTIONS,
+    OCTANTS,
+    PATTERNS,
+    SHAPES,
+    SIZE_EDGES,
+    SIZES,
+    motion_of,
+    read_caption,
+    region_of,
+)
+from trainer.distill import DistillConfig, Pair, distill, world_pairs
+from trainer.distill.config import GROUNDING_ATTENTION
+from trainer.distill.loop import TrainLog, add_dense_head, make_optimizer, sincos_positions, warm_up_tower
+from trainer.distill.losses import digit_weights, weighted_loss, world_loss
+from trainer.distill.targets import (
     DENSE_CLASSES,
     DENSE_READINGS,
-    GROUNDING_ATTENTION,
     HEADING_BINS,
-    MOTIONS,
-    PATTERNS,
     PLACE_BINS,
-    SIZES,
-    DistillConfig,
-    Pair,
-    _digit_weights,
-    _Log,
-    _warm_up_tower,
-    _weighted_loss,
-    _world_loss,
-    add_dense_head,
-    collate,
-    distill,
-    encode_pair,
     heading_bin,
-    make_optimizer,
     split_dense_targets,
-    world_pairs,
 )
+from trainer.distill.tokens import collate, encode_pair, encoded_batches, tokenizer_corpus
 
 pytestmark = pytest.mark.slow
 _TABLE_RMS = 3.0  # the fixture's students start their Qwen3-VL position table at this scale and freeze it
@@ -92,15 +90,15 @@ def test_digit_weight_scales_only_the_digit_targets(student: tuple[Path, list]) 
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     tokenizer = processor.tokenizer
     batch = collate([encode_pair(processor, p, "dense-v1") for p in pairs[:2]], tokenizer.pad_token_id)
-    ignore_digits = _digit_weights(tokenizer, 0.0)
+    ignore_digits = digit_weights(tokenizer, 0.0)
     digits = ignore_digits == 0
     assert {tokenizer.decode([int(i)]) for i in digits.nonzero()} == set("0123456789")
     labels = batch["labels"]
     words_only = dict(batch, labels=labels.masked_fill(digits[labels.clamp(min=0)], -100))
     with torch.no_grad():
         own = model(**batch).loss
-        assert torch.isclose(_weighted_loss(model, batch, _digit_weights(tokenizer, 1.0)), own)
-        assert torch.isclose(_weighted_loss(model, batch, ignore_digits), model(**words_only).loss)
+        assert torch.isclose(weighted_loss(model, batch, digit_weights(tokenizer, 1.0)), own)
+        assert torch.isclose(weighted_loss(model, batch, ignore_digits), model(**words_only).loss)
 
 
 def test_the_student_folder_loads_and_captions(student: tuple[Path, list]) -> None:
@@ -135,7 +133,7 @@ def test_sincos_positions_match_the_patch_features(tmp_path: Path, student: tupl
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from dataengine.caption.tiny_vlm import build_tiny_vlm
-    from trainer.distill import PRESETS, _sincos_positions, tokenizer_corpus
+    from trainer.distill import PRESETS
 
     _, pairs = student
     config = PRESETS["tiny"].model_copy(update={"family": "qwen3_vl"})
@@ -151,7 +149,7 @@ def test_sincos_positions_match_the_patch_features(tmp_path: Path, student: tupl
     with torch.no_grad():
         patches = rms(visual.patch_embed(example["pixel_values_videos"]))
         assert rms(visual.pos_embed.weight) < patches / 5  # as built
-        _sincos_positions(model, example)
+        sincos_positions(model, example)
         table = visual.pos_embed.weight
     assert abs(rms(table) / patches - 1) < 1e-3
     assert len(torch.unique(table, dim=0)) == len(table)
@@ -162,8 +160,6 @@ def test_encoded_batches_are_the_plan_in_order(student: tuple[Path, list]) -> No
     and a consumer that stops early leaves no worker running."""
     import torch
     from transformers import AutoProcessor
-
-    from trainer.distill import encoded_batches
 
     folder, pairs = student
     processor = AutoProcessor.from_pretrained(folder)
@@ -191,8 +187,6 @@ def test_weight_decay_is_on_the_matrices_not_the_tables(student: tuple[Path, lis
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from trainer.distill import make_optimizer
-
     folder, _ = student
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     optimizer = make_optimizer(model, DistillConfig(pairs="world", weight_decay=0.1))
@@ -211,8 +205,6 @@ def test_a_frozen_position_table_is_saved_as_it_started(student: tuple[Path, lis
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from trainer.distill import _sincos_positions
-
     folder, pairs = student
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     table = getattr(model.model.visual, "pos_embed", None)
@@ -220,7 +212,7 @@ def test_a_frozen_position_table_is_saved_as_it_started(student: tuple[Path, lis
         pytest.skip("Qwen2.5-VL's vision tower has no position table")
     saved = table.weight.detach().clone()
     example = encode_pair(AutoProcessor.from_pretrained(folder), pairs[0], "dense-v1")
-    _sincos_positions(model, example, _TABLE_RMS)
+    sincos_positions(model, example, _TABLE_RMS)
     assert abs(float(saved.pow(2).mean().sqrt()) - _TABLE_RMS) < 0.01
     assert torch.allclose(saved, table.weight, atol=_TABLE_RMS * 2**-7)
 
@@ -234,12 +226,12 @@ def test_probe_places_values_and_finds_positions_where_the_table_holds_them(
 
     from transformers import AutoProcessor
 
-    from trainer.distill.probe import ATTRIBUTE_PATTERNS, _value_starts, probe_student
+    from trainer.distill.probe import ATTRIBUTE_PATTERNS, probe_student, value_starts
 
     folder, pairs = student
     processor = AutoProcessor.from_pretrained(folder)
     item = encode_pair(processor, pairs[0], "dense-v1")
-    starts = _value_starts(processor.tokenizer, item, pairs[0].caption)
+    starts = value_starts(processor.tokenizer, item, pairs[0].caption)
     assert {name for name, _ in starts} == set(ATTRIBUTE_PATTERNS)
     for name, index in starts:
         token = processor.tokenizer.decode([int(item["input_ids"][index])]).strip()
@@ -263,17 +255,17 @@ def test_content_probe_holds_out_whole_clips() -> None:
     """The token-contents probe scores on clips it never fitted: features that only name the clip (and a
     label fixed per clip) read perfectly when a clip's tokens fall on both sides, and not when held out
     whole; features that carry the label read perfectly either way."""
-    from trainer.distill.probe import _grouped_probe, _ridge_accuracy
+    from trainer.distill.probe import grouped_probe, ridge_accuracy
 
     rng = np.random.default_rng(0)
     clips = np.repeat(np.arange(40), 20)
     label = rng.integers(0, 3, 40)[clips]
     names_clip = np.eye(40)[clips] + 0.01 * rng.standard_normal((len(clips), 40))
-    assert _ridge_accuracy(names_clip, label) > 0.95  # tokens of one clip on both sides: it leaks
-    accuracy, majority = _grouped_probe(names_clip, label, clips)
+    assert ridge_accuracy(names_clip, label) > 0.95  # tokens of one clip on both sides: it leaks
+    accuracy, majority = grouped_probe(names_clip, label, clips)
     assert accuracy < 0.7 and 0 < majority < 0.7
     carries_label = np.c_[np.eye(3)[label], rng.standard_normal((len(clips), 5))]
-    assert _grouped_probe(carries_label, label, clips)[0] == 1.0
+    assert grouped_probe(carries_label, label, clips)[0] == 1.0
 
 
 def test_grounding_targets_are_each_subjects_tokens_where_it_starts_and_ends(
@@ -395,22 +387,22 @@ def test_the_dense_loss_teaches_the_tokens_to_say_what_they_show(student: tuple[
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
     head = torch.nn.Linear(model.config.get_text_config().hidden_size, sum(DENSE_CLASSES))
-    weights = _digit_weights(processor.tokenizer, 1.0)
+    weights = digit_weights(processor.tokenizer, 1.0)
     batch = collate([encode_pair(processor, p, "dense-v1", True) for p in pairs[:4]], 0)
     config = DistillConfig(pairs="world", dense_weight=1.0)
     with torch.no_grad():
-        total, caption, measured = _world_loss(model, batch, weights, config, head)
-        assert torch.equal(caption, _weighted_loss(model, batch, weights))
+        total, caption, measured = world_loss(model, batch, weights, config, head)
+        assert torch.equal(caption, weighted_loss(model, batch, weights))
     assert float(total - caption) > 0 and set(measured) == {*DENSE_READINGS, "shape"}
     before = sum(measured[k] for k in DENSE_READINGS) / len(DENSE_READINGS)
     optimizer = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
     mostly_dense = config.model_copy(update={"dense_weight": 50.0})
     for _ in range(15):
-        loss, _, _ = _world_loss(model, batch, weights, mostly_dense, head)
+        loss, _, _ = world_loss(model, batch, weights, mostly_dense, head)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    _, _, after = _world_loss(model, batch, weights, config, head)
+    _, _, after = world_loss(model, batch, weights, config, head)
     assert sum(after[k] for k in DENSE_READINGS) / len(DENSE_READINGS) > before + 0.2
 
 
@@ -426,22 +418,22 @@ def test_the_grounding_loss_teaches_a_head_to_look_at_the_object(student: tuple[
     model = AutoModelForImageTextToText.from_pretrained(
         folder, dtype=torch.float32, attn_implementation=GROUNDING_ATTENTION
     )
-    weights = _digit_weights(processor.tokenizer, 1.0)
+    weights = digit_weights(processor.tokenizer, 1.0)
     batch = collate([encode_pair(processor, p, "dense-v1", True) for p in pairs[:4]], 0)
     config = DistillConfig(pairs="world", grounding_weight=1.0, grounding_layer=1)
     with torch.no_grad():
-        total, caption, measured = _world_loss(model, batch, weights, config)
-        assert torch.equal(caption, _weighted_loss(model, batch, weights))
+        total, caption, measured = world_loss(model, batch, weights, config)
+        assert torch.equal(caption, weighted_loss(model, batch, weights))
     before = measured["attention"]
     assert float(total - caption) >= -math.log(before) - 1e-4  # the mean of -log(mass) is at least this
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     mostly_grounding = config.model_copy(update={"grounding_weight": 50.0})
     for _ in range(10):
-        loss, _, _ = _world_loss(model, batch, weights, mostly_grounding)
+        loss, _, _ = world_loss(model, batch, weights, mostly_grounding)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    _, _, after = _world_loss(model, batch, weights, config)
+    _, _, after = world_loss(model, batch, weights, config)
     assert after["attention"] > 2 * before
 
 
@@ -542,8 +534,8 @@ def test_the_tower_warm_up_trains_the_tower_alone_on_what_its_tokens_show(studen
     optimizer = make_optimizer(model, config)
     head = add_dense_head(model, optimizer, config)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    log = _Log()
-    _warm_up_tower(config, model, processor, pairs, optimizer, head, log)
+    log = TrainLog()
+    warm_up_tower(config, model, processor, pairs, optimizer, head, log)
     assert [step for step, _ in log.tower_warmup] == [4, 8, 12]
     first, last = log.tower_warmup[0][1], log.tower_warmup[-1][1]
     assert set(first) == {*DENSE_READINGS, "shape"}
