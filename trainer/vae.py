@@ -41,6 +41,7 @@ from dataengine.records import Clip, Failure, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
 from dataengine.world.footage import sample_footage
 from dataengine.world.generate import random_spec, write_video
+from trainer.core import Budget, cosine, warmup
 
 if TYPE_CHECKING:
     import torch
@@ -342,9 +343,9 @@ def train_step(
 
 
 def lr_factor(step: int, progress: float, warmup_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine from 1 to 0.1 as ``progress`` goes from 0 to 1."""
-    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-    return warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    """Linear warm-up over ``warmup_steps`` (``step`` counts from 0), under a cosine from 1 to 0.1 as
+    ``progress`` through the budget goes from 0 to 1."""
+    return warmup(step, warmup_steps) * cosine(progress, 0.1)
 
 
 def fit(
@@ -360,24 +361,21 @@ def fit(
     betas = (0.9, config.beta2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=betas, weight_decay=0.0)
     rng = np.random.default_rng((config.seed, _ORDER))
-    budget_s = config.minutes * 60 if config.minutes is not None else math.inf
-    max_steps = config.max_steps or math.inf
     model.train()
     recent: list[float] = []
-    step, t0 = 0, time.perf_counter()
-    while step < max_steps and (elapsed := time.perf_counter() - t0) < budget_s:
-        progress = max(step / max_steps, elapsed / budget_s)
+    steps, budget = 0, Budget(config.max_steps, config.minutes)
+    for step, elapsed in budget.steps():
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, progress, config.warmup_steps)
+            group["lr"] = config.lr * lr_factor(step, budget.progress(step, elapsed), config.warmup_steps)
         x_BCTHW = to_input(_batch(rng, train_NTHWC, config.batch_size, config.crop))
         l1, kl = train_step(model, optimizer, x_BCTHW, config.kl_weight, config.grad_clip)
         recent = [*recent[1 - config.log_every :], l1]
-        step += 1
-        if step % config.log_every == 0:
-            s = time.perf_counter() - t0
-            log(f"step {step}  l1 {np.mean(recent):.4f}  kl {kl:.2f}  {s / step:.2f} s/step  {s:.0f} s")
+        steps = step + 1
+        if steps % config.log_every == 0:
+            s = budget.elapsed()
+            log(f"step {steps}  l1 {np.mean(recent):.4f}  kl {kl:.2f}  {s / steps:.2f} s/step  {s:.0f} s")
     model.eval()
-    return step, time.perf_counter() - t0, float(np.mean(recent)) if recent else math.nan
+    return steps, budget.elapsed(), float(np.mean(recent)) if recent else math.nan
 
 
 def latent_stats(

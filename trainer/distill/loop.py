@@ -18,10 +18,10 @@ import numpy as np
 
 from dataengine.caption.tiny_vlm import build_tiny_vlm
 from dataengine.config import ConfigError
+from trainer.core import Budget, cosine, plot_losses, warmup
 from trainer.distill.config import GROUNDING_ATTENTION, PRESETS, RUN_RECORDS, DistillConfig
 from trainer.distill.losses import dense_loss, digit_weights, weighted_loss, world_loss
 from trainer.distill.pairs import Pair, run_pairs, world_pairs
-from trainer.distill.plots import loss_curve
 from trainer.distill.targets import DENSE_CLASSES, DENSE_LOGGED
 from trainer.distill.tokens import encode_pair, encoded_batches, tokenizer_corpus
 
@@ -107,7 +107,8 @@ def distill(config: DistillConfig, out: Path, pairs: Sequence[Pair] | None = Non
             if log.tower_warmup:
                 summary["tower_warmup"] = log.tower_warmup
             (folder / "distill.json").write_text(json.dumps(summary, indent=1) + "\n")
-            loss_curve(log.losses, folder / "loss_curve.png")
+            title, ylabel = "student distillation", "caption token loss"
+            plot_losses(folder / "loss_curve.png", log.losses, ylabel=ylabel, title=title, log_scale=True)
 
         build_folder(out, write)
     return DistillResult(out, log.steps, time.perf_counter() - started, log.recent_loss(), len(pairs))
@@ -229,26 +230,18 @@ def _train(
     log = TrainLog()
     if config.tower_warmup_steps:
         warm_up_tower(config, model, processor, pairs, optimizer, dense_head, log)
-    budget_s = config.minutes * 60 if config.minutes else math.inf
-    max_steps = config.max_steps or 10**9
-    # The schedule is laid out over the expected number of steps, re-estimated as steps are timed.
-    expected = float(max_steps if not math.isfinite(budget_s) else min(max_steps, 10**6))
-    t0 = time.perf_counter()
+    budget = Budget(config.max_steps, config.minutes)
     window: list[float] = []
     plan = batch_plan(len(pairs), config.batch_size, config.seed)
     world = config.world_targets
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=world)
     measured: dict[str, list[float]] = {key: [] for key in ("attention", *DENSE_LOGGED)}
     with Progress(transient=True) as progress, contextlib.closing(batches):
-        task = progress.add_task("distill", total=None if math.isinf(budget_s) else budget_s)
-        for step, cpu_batch in enumerate(batches, start=1):
+        task = progress.add_task("distill", total=budget.seconds if budget.timed else None)
+        for cpu_batch, (step, elapsed) in zip(batches, budget.steps(first=1), strict=False):
             batch = _to(cpu_batch, device)
-            elapsed = time.perf_counter() - t0
-            if step > max_steps or elapsed >= budget_s:
-                break
-            if math.isfinite(budget_s) and step > 10:
-                expected = min(max_steps, step * budget_s / elapsed)
-            lr = _lr(config, step, expected)
+            # the schedule is laid out over the steps the budget will allow, re-estimated as they run
+            lr = config.lr * lr_factor(config, step, budget.expected_steps(step, elapsed))
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if world:
@@ -266,7 +259,7 @@ def _train(
             if step % config.log_every == 0:
                 log.losses.append((step, round(float(np.mean(window)), 4)))
                 window.clear()
-                per_step = (time.perf_counter() - t0) / step
+                per_step = budget.elapsed() / step
                 looks = ""
                 if measured["attention"]:
                     log.grounding.append((step, round(float(np.mean(measured["attention"])), 4)))
@@ -280,10 +273,10 @@ def _train(
                     f"step {step}  loss {log.losses[-1][1]:.4f}{looks}  lr {lr:.2e}  {per_step:.2f} s/step  "
                     f"{time.perf_counter() - started:.0f} s"
                 )
-            progress.update(task, completed=min(time.perf_counter() - t0, budget_s))
+            progress.update(task, completed=min(budget.elapsed(), budget.seconds))
     if window:  # the steps since the last log line
         log.losses.append((log.steps, round(float(np.mean(window)), 4)))
-    log.seconds = time.perf_counter() - t0
+    log.seconds = budget.elapsed()
     return log
 
 
@@ -311,12 +304,10 @@ def warm_up_tower(
     plan = batch_plan(len(pairs), config.batch_size, config.seed + 1)
     batches = encoded_batches(processor, pairs, plan, config.prompt_id, world_targets=True)
     measured: dict[str, list[float]] = {key: [] for key in DENSE_LOGGED}
-    t0 = time.perf_counter()
+    budget = Budget(config.tower_warmup_steps, minutes=None)
     with Progress(transient=True) as progress, contextlib.closing(batches):
         task = progress.add_task("tower warm-up", total=config.tower_warmup_steps)
-        for step, cpu_batch in enumerate(batches, start=1):
-            if step > config.tower_warmup_steps:
-                break
+        for cpu_batch, (step, _) in zip(batches, budget.steps(first=1), strict=False):
             batch = _to(cpu_batch, device)
             out = visual(batch["pixel_values_videos"], grid_thw=batch["video_grid_thw"])
             tokens = getattr(out, "pooler_output", out)  # Qwen2.5-VL's tower returns the merged tokens
@@ -336,7 +327,7 @@ def warm_up_tower(
                 progress.console.print(
                     f"tower warm-up step {step}  tokens read right "
                     + " ".join(f"{k} {v:.2f}" for k, v in read_now.items())
-                    + f"  {(time.perf_counter() - t0) / step:.2f} s/step"
+                    + f"  {budget.elapsed() / step:.2f} s/step"
                 )
             progress.update(task, completed=step)
 
@@ -369,9 +360,10 @@ def sincos_positions(model: Any, example: dict[str, Any], rms: float | None = No
         table.weight.copy_(sincos * scale / sincos.pow(2).mean().sqrt())
 
 
-def _lr(config: DistillConfig, step: int, expected_steps: float) -> float:
+def lr_factor(config: DistillConfig, step: int, expected_steps: float) -> float:
+    """Linear warm-up over the first ``warmup_steps`` steps (``step`` counts from 1), then cosine down to
+    ``min_lr_ratio`` at ``expected_steps``."""
     if step <= config.warmup_steps:
-        return config.lr * step / max(1, config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / max(1.0, expected_steps - config.warmup_steps))
-    floor = config.min_lr_ratio
-    return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup(step - 1, config.warmup_steps)
+    progress = (step - config.warmup_steps) / max(1.0, expected_steps - config.warmup_steps)
+    return cosine(progress, config.min_lr_ratio)

@@ -18,6 +18,7 @@ from dataengine.config import ConfigError
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
 from dataengine.encode.vae import VAEConfig, load_vae, normalization
 from dataengine.media import write_mp4
+from trainer.core import plot_losses
 from trainer.dit.flow import euler_sample
 from trainer.dit.model import DiT, DiTConfig
 from trainer.dit.train import iter_metrics, latest_checkpoint
@@ -101,23 +102,9 @@ def frame_sheet(frames_THWC: np.ndarray, path: Path, min_width: int = 128) -> Pa
 
 def loss_curve(metrics: Path, path: Path) -> Path:
     """PNG of loss (and learning rate) against step from ``metrics.jsonl``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     lines = list(iter_metrics(metrics))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([m["step"] for m in lines], [m["loss"] for m in lines], label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("flow-matching loss")
-    lr_ax = ax.twinx()
-    lr_ax.plot(
-        [m["step"] for m in lines], [m["lr"] for m in lines], color="tab:orange", alpha=0.5, label="lr"
-    )
-    lr_ax.set_ylabel("learning rate")
-    ax.set_title(f"{metrics.parent.name}: {lines[-1]['step'] if lines else 0} steps")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return plot_losses(
+        path, [(m["step"], m["loss"]) for m in lines], ylabel="flow-matching loss",
+        title=f"{metrics.parent.name}: {lines[-1]['step'] if lines else 0} steps",
+        lr=[(m["step"], m["lr"]) for m in lines],
+    )  # fmt: skip

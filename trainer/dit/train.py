@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import torch.distributed as dist
 from pydantic import Field
 
 from dataengine.config import Config
+from trainer.core import cosine, warmup, write_atomically
 from trainer.dit.data import DataConfig, build_loader, peek
 from trainer.dit.flow import FlowConfig, flow_loss, training_inputs
 from trainer.dit.model import DiT, build_dit, flops_per_sample
@@ -91,11 +91,10 @@ class Dist:
 
 
 def lr_factor(step: int, config: OptimConfig, total: int) -> float:
-    """Linear warmup to 1, then cosine down to ``min_lr_ratio`` at ``total`` steps."""
+    """Linear warmup to 1 (``step`` counts from 0), then cosine down to ``min_lr_ratio`` at ``total``."""
     if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup(step, config.warmup_steps)
+    return cosine((step - config.warmup_steps) / max(1, total - config.warmup_steps), config.min_lr_ratio)
 
 
 class Trainer:
@@ -176,10 +175,9 @@ class Trainer:
         """Atomically write ``checkpoints/step_NNNNNNNN.pt`` (rank 0) and keep the last ``keep_last``."""
         folder = self.out_dir / CKPT_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        final = checkpoint_path(self.out_dir, self.step)
-        tmp = folder / f".{final.name}.partial"
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(final)
+        final = write_atomically(
+            checkpoint_path(self.out_dir, self.step), lambda tmp: torch.save(self.state_dict(), tmp)
+        )
         for old in sorted(folder.glob("step_*.pt"))[: -self.config.keep_last]:
             old.unlink()
         return final
@@ -320,7 +318,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(f"{line}\n" for line in kept))
+    write_atomically(path, lambda tmp: tmp.write_text("".join(f"{line}\n" for line in kept)))
 
 
 def iter_metrics(path: Path) -> Iterator[dict[str, Any]]:
