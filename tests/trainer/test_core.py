@@ -14,7 +14,7 @@ from trainer.distill import DistillConfig
 from trainer.distill.loop import lr_factor as distill_lr_factor
 from trainer.dit.train import OptimConfig
 from trainer.dit.train import lr_factor as dit_lr_factor
-from trainer.vae import lr_factor as vae_lr_factor
+from trainer.vae.train import lr_factor as vae_lr_factor
 
 DIT = [  # OptimConfig's defaults (warm-up 100, floor 0.1) over 1000 steps: (step, factor)
     (0, 0.01), (1, 0.02), (50, 0.51), (99, 1.0), (100, 1.0), (101, 0.9999972584460056), (550, 0.55),
