@@ -32,6 +32,14 @@ from tests.media import (
 from tests.net import free_port
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Training tests run first. Distillation encodes batches in a forked DataLoader worker, and once the
+    session's in-process vLLM CPU engine (``vllm_engine``) has run, a forked worker hangs in libgomp's team
+    barrier on its first tensor copy (seen with gdb). A real ``dataengine distill`` is its own process, so
+    only a test session mixes the two. Otherwise the order is pytest's (the sort is stable)."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/trainer/"))
+
+
 @pytest.fixture(scope="session")
 def good_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GoodClip]:
     return make_good_clips(tmp_path_factory.mktemp("good"))
