@@ -7,6 +7,7 @@ built on top of it.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,23 @@ def test_the_images_carry_every_package(flavor: str) -> None:
     for package in PACKAGES:
         assert f"COPY {package} /app/{package}" in dockerfile, f"Dockerfile.{flavor} does not copy {package}/"
         assert f"!{package}/" in allowed, f"Dockerfile.{flavor}.dockerignore leaves {package}/ out"
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """ruff's PLC2701 checks this across top-level packages; this also covers modules of one package."""
+    found = []
+    for package in (*PACKAGES, "bench"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    ours = node.module.split(".")[0] in PACKAGES
+                    private = [
+                        a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")
+                    ]
+                    if ours and private:
+                        found.append(
+                            f"{path.relative_to(ROOT)}: from {node.module} import {', '.join(private)}"
+                        )
+    assert not found, (
+        "private names imported across modules (make them public or keep them home):\n" + "\n".join(found)
+    )
