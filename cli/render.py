@@ -13,6 +13,7 @@ from dataengine.records import Failure, Video
 from pipelines.clips import ClipsReport
 
 console = Console(stderr=True)  # progress, summaries and errors; results (JSON) go to stdout
+stdout = Console()  # the tables a command prints as its result
 
 
 def print_probe(results: list[Video | Failure]) -> None:
@@ -30,31 +31,30 @@ def print_probe(results: list[Video | Failure]) -> None:
             )
         else:
             table.add_row(result.uri, "", "", "", "", f"[red]{result.reason}[/]")
-    Console().print(table)
+    stdout.print(table)
 
 
 def print_regate(found: Any, keep_list: Path | None) -> None:
-    out = Console()
-    out.print(f"[bold]today's gate[/] on {found.checked} ok samples: keeps {len(found.keep)}, "
+    stdout.print(f"[bold]today's gate[/] on {found.checked} ok samples: keeps {len(found.keep)}, "
               f"would refuse {len(found.refused)}")  # fmt: skip
     if found.refused:
         table = Table("check", "samples", title="what the gate would refuse")
         for check, n in found.reasons():
             table.add_row(check, str(n))
-        out.print(table)
+        stdout.print(table)
     if keep_list is not None:
-        out.print(f"keep-list: [bold]{keep_list}[/] ({len(found.keep)} clip ids)")
+        stdout.print(f"keep-list: [bold]{keep_list}[/] ({len(found.keep)} clip ids)")
 
 
 def print_inspection(found: Any) -> None:
-    out = Console()
     status = ", ".join(f"{n} {s}" for s, n in sorted(found.by_status.items()))
-    out.print(f"[bold]{found.out_dir}[/]: {status}; {found.shards} shards, {found.shard_bytes / 1e6:.1f} MB")
+    size = f"{found.shards} shards, {found.shard_bytes / 1e6:.1f} MB"
+    stdout.print(f"[bold]{found.out_dir}[/]: {status}; {size}")
     if found.reasons:
         table = Table("stage", "reason", "clips/videos", title="why clips did not make it")
         for stage, reason, n in found.reasons[:20]:
             table.add_row(stage, reason, str(n))
-        out.print(table)
+        stdout.print(table)
     for title, dist in (
         ("caption length (words)", found.caption_words),
         ("clip duration (s)", found.clip_seconds),
@@ -68,14 +68,14 @@ def print_inspection(found: Any) -> None:
         top = max(c for _, _, c in dist.histogram) or 1
         for lo, hi, count in dist.histogram:
             table.add_row(f"{lo:7.3g} - {hi:7.3g}", str(count), "█" * round(30 * count / top))
-        out.print(table)
+        stdout.print(table)
     if found.suspicious:
-        out.print(f"[bold yellow]{len(found.suspicious)} ok captions today's gate would refuse[/] "
+        stdout.print(f"[bold yellow]{len(found.suspicious)} ok captions today's gate would refuse[/] "
                   "(dataengine inspect RUN --regate --keep-list keep.txt to drop them):")  # fmt: skip
         for clip_id, reason in found.suspicious[:5]:
-            out.print(f"  {clip_id}: {reason}")
+            stdout.print(f"  {clip_id}: {reason}")
     if found.sheet is not None:
-        out.print(f"contact sheet: [bold]{found.sheet}[/]")
+        stdout.print(f"contact sheet: [bold]{found.sheet}[/]")
 
 
 def print_clips_report(report: ClipsReport) -> None:
@@ -102,16 +102,15 @@ def print_fidelity(scores: dict[str, Any]) -> None:
         table.add_row(name, f"{value:.3f}")
     for axis, value in scores["position_axes"].items():  # which way a wrong start region is wrong
         table.add_row(f"  position {axis}", f"{value:.3f}", style="dim")
-    out = Console()
-    out.print(table)
+    stdout.print(table)
     recall, precision = scores["fact_recall"], scores["fact_precision"]
     psnr, iou = scores["recon_psnr"], scores["recon_iou"]
-    out.print(
+    stdout.print(
         f"fact recall [bold]{recall:.3f}[/], precision [bold]{precision:.3f}[/]; blind reconstruction "
         f"PSNR [bold]{psnr:.1f} dB[/], IoU [bold]{iou:.3f}[/]; "
         f"{scores['captioned']}/{scores['clips']} clips captioned in {scores['seconds']:.0f} s"
     )
-    out.print(f"report: [bold]{scores['report']}[/]")
+    stdout.print(f"report: [bold]{scores['report']}[/]")
 
 
 def print_probe_student(result: dict[str, Any]) -> None:
@@ -120,10 +119,9 @@ def print_probe_student(result: dict[str, Any]) -> None:
     table = Table("attribute", *(f"{k} object{'s' * (k != '1')}" for k in counts), "all", title=title)
     for name, scores in result["attributes"].items():
         table.add_row(name, *(f"{scores[k]:.2f}" if k in scores else "" for k in [*counts, "all"]))
-    out = Console()
-    out.print(table)
+    stdout.print(table)
     for where, scores in result["positions"].items():
-        out.print(
+        stdout.print(
             f"visual tokens at the tower's {where}: grid row {scores['row']:.2f} "
             f"(chance {scores['row_chance']:.2f}), column {scores['col']:.2f} "
             f"(chance {scores['col_chance']:.2f})"
@@ -133,4 +131,4 @@ def print_probe_student(result: dict[str, Any]) -> None:
     )
     for reading, probe in result["contents"].items():
         table.add_row(reading, f"{probe['accuracy']:.2f}", f"{probe['majority']:.2f}", str(probe["tokens"]))
-    out.print(table)
+    stdout.print(table)

@@ -57,23 +57,12 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}")
         return self._entries[name]()
 
-    def names(self) -> list[str]:
-        return list(self._entries)
-
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
+        """The names, in the order given."""
         return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __getitem__(self, name: str) -> Callable[[], T]:
-        return self._entries[name]
-
-    def items(self) -> list[tuple[str, Callable[[], T]]]:
-        return list(self._entries.items())
 
 
 def apply_overrides(config: C, overrides: Sequence[str]) -> C:
