@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-StageName = Literal["input", "probe", "split", "decode", "caption", "encode", "write"]
+StageName = Literal["input", "probe", "split", "decode", "filter", "dedup", "caption", "encode", "write"]
 
 
 def normalize_uri(uri: str | Path) -> str:
@@ -161,6 +161,9 @@ class Failure(_Record):
     start_s: float | None = None
     end_s: float | None = None
     kind: Literal["error", "dropped"] = "error"
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="the curation scores measured before the drop (dataengine.curate)"
+    )
 
     @classmethod
     def of(cls, item: Source | Video | Clip, stage: StageName, reason: str, **kw: object) -> Failure:
@@ -199,11 +202,36 @@ class Frames:
 
 
 @dataclass(frozen=True)
+class Fingerprint:
+    """What the runner's duplicate index needs of a clip (small: it travels through the driver).
+
+    ``digest`` names the exact decoded frames (blake2b of the filter view's bytes); ``phash`` holds one
+    64-bit perceptual hash per sampled frame; ``scores`` are the clip's curation scores, so that a clip
+    dropped as a duplicate keeps its numbers in the manifest.
+    """
+
+    digest: str
+    phash: tuple[int, ...]
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Curation:
+    """What the curation filters measured on a clip (dataengine.curate); rides along to the sample."""
+
+    scores: dict[str, float]
+    fingerprint: Fingerprint | None = None
+    embedding: np.ndarray | None = None  # float32 (D,), L2-normalised: clip_emb.npy
+    active_box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 of the picture inside borders
+
+
+@dataclass(frozen=True)
 class DecodedClip:
     """A clip with one ``Frames`` per requested view (e.g. ``{"caption": ..., "latents": ...}``)."""
 
     clip: Clip
     views: dict[str, Frames] = field(default_factory=dict)
+    curation: Curation | None = None
 
     @property
     def clip_id(self) -> str:

@@ -1,0 +1,11 @@
+"""Curation before captioning: model-free filters, perceptual hashes and clip embeddings.
+
+Everything here works on frames the decode stage already produced (no second decode):
+
+``measure``   the model-free scores (motion, black/blank/fade, frozen, flash, blur, borders)
+``ocr``       burned-in text: a real detector (RapidOCR's PP-OCR det model, installed with its wheel)
+``dedup``     exact digests, 64-bit perceptual hashes and the near-duplicate index the runner keeps
+``embed``     clip embeddings (clip_emb.npy): a model-free descriptor by default, a CLIP/SigLIP tower on GPUs
+``learned``   learned scorers as plugins: an aesthetic head on CLIP features, caption-to-clip match
+``filters``   the typed filter configs and ``FilterStage``, which runs them between decode and caption
+"""
