@@ -7,6 +7,11 @@ order on every rank), gives rank r every world-th shard and worker w of that eve
 in a seeded buffer, normalises latents with the stats their VAE recorded, and groups samples of one latent
 shape into a batch (no padding of latents; text tokens are padded, with a mask).
 
+A keep-list (``data.keep_list``: a ``keep.parquet`` with a ``clip_id`` column, a text file of one id per
+line, or a run folder whose ``dedup/keep.parquet`` is used) drops, right after reading, every sample whose
+``__key__`` it does not hold; the shards stay as they are. It applies only when set: a run folder with a
+``dedup/keep.parquet`` given as ``shards`` is read whole, with a log line saying how to apply its keep-list.
+
 The stream is a deterministic function of (seed, rank, world size, workers): batch g of a rank comes from
 worker ``g % workers`` (the DataLoader reads workers round-robin), so a resumed run rebuilds the loader with
 ``start_batch`` and each worker replays, without yielding, the batches it produced before. The data order of
@@ -21,6 +26,7 @@ import glob
 import io
 import itertools
 import json
+import logging
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ from typing import IO, Any
 import braceexpand
 import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 from pydantic import Field
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -37,6 +44,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from dataengine.config import Config, ConfigError
 from dataengine.encode.vae import normalization
+
+log = logging.getLogger(__name__)
 
 
 class Phase(Config):
@@ -56,6 +65,11 @@ class DataConfig(Config):
     shuffle_buffer: int = Field(256, ge=1)
     seed: int = 0
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for URLs")
+    keep_list: str | None = Field(
+        None,
+        description="train only on these clip ids: a keep.parquet (clip_id column), a text file of one id "
+        "per line, or a run folder (its dedup/keep.parquet, from dataengine dedup); paths or URLs",
+    )
     curriculum: list[Phase] = Field(
         default_factory=lambda: [Phase(image_ratio=0.0)], description="phases in order; the last one runs on"
     )
@@ -145,6 +159,41 @@ def raw_samples(urls: list[str], storage_options: dict[str, Any]) -> Iterator[di
             stream.close()
 
 
+def read_keep_list(spec: str, storage_options: dict[str, Any] | None = None) -> frozenset[str]:
+    """The clip ids a keep-list holds (``DataConfig.keep_list``): a parquet file's ``clip_id`` column, a run
+    folder's ``dedup/keep.parquet``, or any other file read as whitespace-separated ids.
+
+    Raises:
+        ConfigError: no such file, a folder without ``dedup/keep.parquet``, a parquet without ``clip_id``.
+    """
+    fs, path = fsspec.core.url_to_fs(spec, **(storage_options or {}))
+    if fs.isdir(path):
+        path = f"{path.rstrip('/')}/dedup/keep.parquet"
+        if not fs.exists(path):
+            raise ConfigError(
+                f"data.keep_list={spec!r} has no dedup/keep.parquet: run dataengine dedup on it"
+            )
+    elif not fs.exists(path):
+        raise ConfigError(f"data.keep_list={spec!r}: no such file")
+    with fs.open(path, "rb") as f:
+        if not path.endswith(".parquet"):
+            return frozenset(f.read().decode().split())
+        parquet = pq.ParquetFile(f)
+        if "clip_id" not in parquet.schema_arrow.names:
+            raise ConfigError(f"data.keep_list={spec!r}: {path} has no clip_id column")
+        return frozenset(parquet.read(columns=["clip_id"]).column("clip_id").drop_null().to_pylist())
+
+
+def kept(samples: Iterator[dict[str, Any]], keep: frozenset[str] | None, counts: list[int]) -> Iterator[Any]:
+    """The samples whose ``__key__`` is in ``keep`` (all when None); ``counts`` gets [seen, skipped]."""
+    for raw in samples:
+        counts[0] += 1
+        if keep is None or raw["__key__"] in keep:
+            yield raw
+        else:
+            counts[1] += 1
+
+
 def shuffled(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
     """A seeded shuffle buffer of ``size`` items."""
     buffer: list[Any] = []
@@ -217,9 +266,11 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         world: int,
         start_batch: int,
         batches_per_step: int,
+        keep: frozenset[str] | None = None,
     ) -> None:
         self.urls, self.config, self.rank, self.world = urls, config, rank, world
         self.start_batch, self.batches_per_step = start_batch, batches_per_step
+        self.keep = keep  # clip ids to train on (the keep-list); None: every sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -238,7 +289,9 @@ class ShardStream(IterableDataset[dict[str, Any]]):
         for epoch in itertools.count():
             mine = split_shards(self.urls, epoch, cfg.seed, self.rank, self.world, worker, workers)
             rng = random.Random(hash((cfg.seed, epoch, self.rank, worker)))
-            for raw in shuffled(raw_samples(mine, cfg.storage_options), cfg.shuffle_buffer, rng):
+            counts = [0, 0]
+            samples = kept(raw_samples(mine, cfg.storage_options), self.keep, counts)
+            for raw in shuffled(samples, cfg.shuffle_buffer, rng):
                 sample = decode(raw)
                 bucket = buckets.setdefault(sample.latents_CTHW.shape, [])
                 bucket.append(sample)
@@ -246,11 +299,19 @@ class ShardStream(IterableDataset[dict[str, Any]]):
                 if ready is not None:
                     yield collate(buckets.pop(ready))
                     produced += 1
+            if epoch == 0 and self.keep is not None:
+                log.info("rank %d worker %d: the keep-list skipped %d of %d samples", self.rank, worker,
+                         counts[1], counts[0])  # fmt: skip
             if produced == 0:
                 sizes = {str(list(shape)): len(items) for shape, items in buckets.items()}
+                skipped = (
+                    f" ({counts[1]} of {counts[0]} skipped by data.keep_list)"
+                    if self.keep is not None
+                    else ""
+                )
                 raise ConfigError(
                     f"a whole pass over this worker's shards made no batch of {cfg.batch_size}: samples per "
-                    f"latent shape {sizes or '{}'}; lower data.batch_size or use more data"
+                    f"latent shape {sizes or '{}'}{skipped}; lower data.batch_size or use more data"
                 )
             buckets.clear()  # partial batches of an epoch are dropped: every epoch ends the same way
 
@@ -283,10 +344,24 @@ def build_loader(
     """The DataLoader of one rank, starting at batch ``start_batch`` of its stream."""
     urls = expand_shards(config.shards, config.storage_options)
     check_enough_shards(len(urls), world, config.num_workers)
-    stream = ShardStream(urls, config, rank, world, start_batch, batches_per_step)
+    stream = ShardStream(urls, config, rank, world, start_batch, batches_per_step, _keep(config))
     extra: dict[str, Any] = {"prefetch_factor": config.prefetch_factor} if config.num_workers else {}
     pin = torch.cuda.is_available()  # page-locked batches copy to the GPU asynchronously
     return DataLoader(stream, batch_size=None, num_workers=config.num_workers, pin_memory=pin, **extra)
+
+
+def _keep(config: DataConfig) -> frozenset[str] | None:
+    """The keep-list's ids, logged; None without one (and a hint when a run folder has a dedup keep-list)."""
+    if config.keep_list is None:
+        for spec in config.shards:
+            if "://" not in spec and (Path(spec) / "dedup" / "keep.parquet").is_file():
+                log.info(
+                    "%s has dedup/keep.parquet, not applied: set data.keep_list=%s to train on it", spec, spec
+                )
+        return None
+    keep = read_keep_list(config.keep_list, config.storage_options)
+    log.info("keep-list %s: %d clip ids; samples not in it are skipped", config.keep_list, len(keep))
+    return keep
 
 
 def peek(config: DataConfig) -> dict[str, Any]:

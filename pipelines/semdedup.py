@@ -1,0 +1,341 @@
+"""Semantic deduplication of a finished run (SemDeDup, Abbas et al. 2023, arXiv:2303.09540).
+
+    report = semdedup(Path("out/run"), SemDeDupConfig(eps=0.05))
+    write_report(Path("out/run"), report)           # out/run/dedup/{keep,removed}.parquet, report.json, png
+    rewrite_shards(Path("out/run"), Path("out/run-dedup"))  # optional: new shards with the kept samples only
+
+Input: the ``clip_emb`` vectors of the run's ok samples, read from ``embeddings/{stem}.parquet`` (one part per
+manifest part: ``clip_id``, ``clip_emb`` L2-normalised, one length per run). Nothing else of the run is read.
+
+The rule, as the paper's reference code applies it:
+
+1. k-means on the embeddings (``clusters``; default ``ceil(sqrt(n / 2))``, a mean cluster of about
+   ``sqrt(2n)`` clips, so the pairwise work is about ``n * sqrt(2n) * D``).
+2. Inside each cluster, order the clips by cosine distance to the (normalised) centroid, **farthest first**
+   (the paper's ``keep_hard``), ties by clip id.
+3. For each clip j, ``M_j`` = its highest cosine similarity to a clip *earlier* in that order (the column
+   maximum of the strictly upper triangle of the cluster's similarity matrix).
+4. Clip j is removed when ``M_j > 1 - eps``; the first clip of every cluster is always kept. ``duplicate_of``
+   is the earlier clip reaching ``M_j`` (it may be removed itself; following ``duplicate_of`` always ends at
+   a kept clip, since it points strictly earlier). As in the paper, a clip is compared with every earlier
+   clip, kept or not, so a chain a~b~c removes b and c even when a and c are not alike.
+
+``M_j`` does not depend on eps, so one pass gives the whole eps sweep, and the count removed grows with eps.
+Near duplicates that k-means puts into different clusters are not found (the paper's trade-off). The
+similarity matrix of a big cluster is computed in column blocks of at most ``_BLOCK_ELEMENTS`` entries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from dataengine.config import Config, ConfigError
+from dataengine.shards import ShardConfig, ShardWriter, read_manifest
+from pipelines.errors import RunError
+
+_BLOCK_ELEMENTS = 1 << 24  # entries of one block of a cluster's similarity matrix (64 MiB of float32)
+_HISTOGRAM_BINS = 50
+
+
+class SemDeDupConfig(Config):
+    """How ``semdedup`` clusters a run's embeddings and when two clips count as duplicates."""
+
+    clusters: int | None = Field(None, ge=1, description="k of k-means; None: ceil(sqrt(n / 2)), capped at n")
+    eps: float = Field(
+        0.05, gt=0, lt=2, description="a clip is a duplicate when its cosine similarity to a clip ranked "
+        "before it in its cluster is above 1 - eps"
+    )  # fmt: skip
+    eps_sweep: list[float] = Field(
+        default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2],
+        description="eps values whose removal counts are reported (eps itself is always added)",
+    )
+    seed: int = Field(0, description="k-means seed: same seed, same embeddings, same result")
+    max_iter: int = Field(100, ge=1, description="k-means iterations at most")
+    minibatch_above: int = Field(
+        100_000, ge=1, description="more clips than this: MiniBatchKMeans instead of KMeans"
+    )
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A removed clip: the clip before it in its cluster it is most similar to, and how similar."""
+
+    clip_id: str
+    duplicate_of: str
+    similarity: float
+    cluster: int
+
+
+@dataclass
+class DedupReport:
+    """What ``semdedup`` found. ``keep`` holds every ok clip not removed, unembedded ones included."""
+
+    config: SemDeDupConfig
+    n: int  # ok clips with an embedding
+    dim: int
+    clusters: int
+    sweep: dict[float, int]  # eps -> clips removed at that eps
+    keep: list[str]
+    removed: list[Duplicate]
+    not_embedded: list[str] = field(default_factory=list)  # ok clips without an embedding: kept
+    histogram: tuple[list[float], list[int]] = ([], [])  # bin edges, counts of each clip's max similarity
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "n": self.n,
+            "dim": self.dim,
+            "clusters": self.clusters,
+            "eps": self.config.eps,
+            "kept": len(self.keep),
+            "removed": len(self.removed),
+            "not_embedded": len(self.not_embedded),
+            "sweep": [{"eps": eps, "removed": count} for eps, count in sorted(self.sweep.items())],
+            "max_similarity_histogram": {"edges": self.histogram[0], "counts": self.histogram[1]},
+        }
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+
+
+def read_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """The ok clips' ids and ``(n, D)`` float32 embeddings, and the ok clips that have none.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no manifest.
+        RunError: no embeddings at all, or vectors of different lengths.
+    """
+    parts = sorted((run_dir / "manifest").glob("*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{run_dir} has no manifest/*.parquet: is it the --out of dataengine run?")
+    ids: list[str] = []
+    vectors: list[np.ndarray] = []
+    missing: list[str] = []
+    for part in parts:
+        rows = pq.read_table(part, columns=["clip_id", "status"])
+        ok = set(rows.filter(pc.equal(rows["status"], "ok"))["clip_id"].to_pylist())
+        found = run_dir / "embeddings" / part.name
+        part_ids: list[str] = []
+        if found.exists() and ok:
+            part_ids, part_vectors = _read_part(found, ok)
+            if part_ids:
+                ids += part_ids
+                vectors.append(part_vectors)
+        missing += sorted(ok - set(part_ids))
+    if not ids:
+        raise RunError(
+            f"{run_dir} has no clip embeddings (embeddings/*.parquet) for its ok clips: rerun it with an "
+            "embedder enabled, e.g. dataengine run ... --set filters.embed.kind=descriptor"
+        )
+    dims = {v.shape[1] for v in vectors}
+    if len(dims) > 1:
+        raise RunError(f"{run_dir}: clip embeddings of different lengths {sorted(dims)}")
+    return ids, np.concatenate(vectors), missing
+
+
+def _read_part(path: Path, ok: set[str]) -> tuple[list[str], np.ndarray]:
+    table = pq.read_table(path, columns=["clip_id", "clip_emb"])
+    table = table.filter(pc.is_in(table["clip_id"], pa.array(sorted(ok), pa.string())))
+    lengths = pc.list_value_length(table["clip_emb"]).to_numpy(zero_copy_only=False)
+    if len(set(lengths.tolist())) > 1:
+        raise RunError(f"{path}: clip_emb vectors of different lengths {sorted(set(lengths.tolist()))}")
+    flat = pc.list_flatten(table["clip_emb"]).to_numpy(zero_copy_only=False).astype(np.float32)
+    dim = int(lengths[0]) if len(lengths) else 0
+    return table["clip_id"].to_pylist(), flat.reshape(len(table), dim)
+
+
+# --- SemDeDup ----------------------------------------------------------------------------------------------
+
+
+def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
+    """SemDeDup over ``run_dir``'s ok clips (the rule is in the module docstring).
+
+    Raises:
+        FileNotFoundError: no manifest. RunError: no embeddings (see ``read_embeddings``).
+    """
+    ids, emb_ND, missing = read_embeddings(run_dir)
+    n = len(ids)
+    k = min(n, config.clusters or math.ceil(math.sqrt(n / 2)))
+    labels_N = cluster(emb_ND, k, config)
+    prior_N, earlier_N, max_N = np.zeros(n, np.float32), np.arange(n), np.zeros(n, np.float32)
+    for c in range(k):
+        members = np.flatnonzero(labels_N == c)
+        order = _farthest_first(emb_ND[members], [ids[i] for i in members])
+        members = members[order]
+        prior, earlier, most = cluster_similarities(emb_ND[members])
+        prior_N[members], earlier_N[members], max_N[members] = prior, members[earlier], most
+    sweep_eps = sorted({*config.eps_sweep, config.eps})
+    removed_mask = prior_N > 1 - config.eps
+    removed = [
+        Duplicate(ids[i], ids[earlier_N[i]], float(prior_N[i]), int(labels_N[i]))
+        for i in np.flatnonzero(removed_mask)
+    ]
+    counts, edges = np.histogram(max_N, bins=_HISTOGRAM_BINS, range=(-1.0, 1.0))
+    return DedupReport(
+        config=config,
+        n=n,
+        dim=emb_ND.shape[1],
+        clusters=k,
+        sweep={eps: int((prior_N > 1 - eps).sum()) for eps in sweep_eps},
+        keep=sorted([ids[i] for i in np.flatnonzero(~removed_mask)] + missing),
+        removed=sorted(removed, key=lambda d: d.clip_id),
+        not_embedded=missing,
+        histogram=(edges.tolist(), counts.tolist()),
+    )
+
+
+def cluster(emb_ND: np.ndarray, k: int, config: SemDeDupConfig) -> np.ndarray:
+    """k-means labels ``(N,)`` of the embeddings (MiniBatchKMeans above ``config.minibatch_above`` clips)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    if k == 1:
+        return np.zeros(len(emb_ND), np.int64)
+    if len(emb_ND) > config.minibatch_above:
+        mini = MiniBatchKMeans(k, random_state=config.seed, max_iter=config.max_iter, n_init=3)
+        return np.asarray(mini.fit_predict(emb_ND))
+    full = KMeans(k, random_state=config.seed, max_iter=config.max_iter, n_init=3)
+    return np.asarray(full.fit_predict(emb_ND))
+
+
+def _farthest_first(emb_MD: np.ndarray, ids: list[str]) -> np.ndarray:
+    """Indices ordering one cluster by cosine distance to its normalised centroid, farthest first."""
+    centroid_D = emb_MD.mean(axis=0)
+    centroid_D /= max(float(np.linalg.norm(centroid_D)), 1e-12)
+    distance_M = 1.0 - emb_MD @ centroid_D
+    return np.lexsort((np.array(ids), -distance_M))
+
+
+def cluster_similarities(emb_MD: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the clips of one cluster, in their SemDeDup order: each clip's highest cosine similarity to an
+    earlier clip (``M``; -1 for the first clip), the index of that clip, and its highest similarity to any
+    other clip of the cluster (-1 for a cluster of one). Column blocks bound the memory."""
+    m = len(emb_MD)
+    prior, earlier = np.full(m, -1.0, np.float32), np.zeros(m, np.int64)
+    most = np.full(m, -1.0, np.float32)
+    block = max(1, _BLOCK_ELEMENTS // max(m, 1))
+    rows = np.arange(m)[:, None]
+    for start in range(0, m, block):
+        cols = np.arange(start, min(m, start + block))
+        sim_MB = (emb_MD @ emb_MD[cols].T).astype(np.float32)
+        sim_MB[rows == cols[None, :]] = -np.inf
+        if m > 1:
+            most[cols] = sim_MB.max(axis=0)
+        sim_MB[rows > cols[None, :]] = -np.inf  # keep i < j only
+        best = sim_MB.argmax(axis=0)
+        found = cols > 0
+        prior[cols[found]] = sim_MB[best[found], np.flatnonzero(found)]
+        earlier[cols] = best
+    return prior, earlier, most
+
+
+# --- writing -----------------------------------------------------------------------------------------------
+
+
+def write_report(run_dir: Path, report: DedupReport) -> Path:
+    """Write ``run_dir/dedup/``: ``keep.parquet`` (``clip_id``), ``removed.parquet`` (``clip_id``,
+    ``duplicate_of``, ``similarity``, ``cluster``), ``report.json`` and ``similarity.png``, each atomically.
+    Returns the folder."""
+    out = run_dir / "dedup"
+    out.mkdir(parents=True, exist_ok=True)
+    keep = pa.table({"clip_id": pa.array(report.keep, pa.string())})
+    removed = pa.table(
+        {
+            "clip_id": pa.array([d.clip_id for d in report.removed], pa.string()),
+            "duplicate_of": pa.array([d.duplicate_of for d in report.removed], pa.string()),
+            "similarity": pa.array([d.similarity for d in report.removed], pa.float32()),
+            "cluster": pa.array([d.cluster for d in report.removed], pa.int32()),
+        }
+    )
+    _atomically(out / "keep.parquet", lambda p: pq.write_table(keep, p))
+    _atomically(out / "removed.parquet", lambda p: pq.write_table(removed, p))
+    _atomically(out / "report.json", lambda p: p.write_text(json.dumps(report.as_json(), indent=2) + "\n"))
+    _atomically(out / "similarity.png", lambda p: _plot(p, report))
+    return out
+
+
+def _atomically(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _plot(path: Path, report: DedupReport) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges, counts = report.histogram
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.stairs(counts, edges, fill=True, alpha=0.6)
+    for eps, removed in sorted(report.sweep.items()):
+        chosen = eps == report.config.eps
+        ax.axvline(1 - eps, color="tab:red" if chosen else "gray", ls="-" if chosen else ":", lw=1)
+        ax.annotate(f"eps={eps:g}: {removed}", (1 - eps, 0.98), xycoords=("data", "axes fraction"),
+                    rotation=90, va="top", ha="right", fontsize=7)  # fmt: skip
+    ax.set_xlabel("each clip's highest cosine similarity to another clip of its cluster")
+    ax.set_ylabel("clips")
+    ax.set_yscale("symlog")
+    ax.set_title(f"SemDeDup: {report.n} clips, {report.clusters} clusters")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def rewrite_shards(run_dir: Path, out_dir: Path, keep: list[str] | None = None) -> int:
+    """A new run folder at ``out_dir`` holding only the ok samples whose id is in ``keep`` (default:
+    ``run_dir/dedup/keep.parquet``): shards, a manifest (their rows as ``run_dir`` recorded them) and their
+    embeddings. Returns the samples written.
+
+    Raises:
+        ConfigError: ``out_dir`` already holds shards, or is ``run_dir``.
+    """
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    if out_dir.resolve() == run_dir.resolve() or any((out_dir / "shards").glob("*.tar")):
+        raise ConfigError(f"--rewrite {out_dir}: give a new folder (it must not hold shards already)")
+    if keep is None:
+        keep = pq.read_table(run_dir / "dedup" / "keep.parquet", columns=["clip_id"])["clip_id"].to_pylist()
+    wanted = set(keep)
+    rows = {r["clip_id"]: r for r in read_manifest(run_dir).to_pylist() if r["clip_id"] in wanted}
+    written = 0
+    with ShardWriter(out_dir, ShardConfig()) as writer:
+        for shard in sorted((run_dir / "shards").glob("*.tar")):
+            with shard.open("rb") as stream:
+                for raw in group_by_keys(tar_file_expander([{"url": str(shard), "stream": stream}])):
+                    key = raw["__key__"]
+                    if key in rows:
+                        sample = {k: v for k, v in raw.items() if not k.startswith("__")}
+                        row = {k: v for k, v in rows[key].items() if k not in ("shard", "status")}
+                        writer.write(key, sample, row)
+                        written += 1
+    _copy_embeddings(run_dir, out_dir)
+    return written
+
+
+def _copy_embeddings(run_dir: Path, out_dir: Path) -> None:
+    """``embeddings/{stem}.parquet`` of the new run: the kept clips' vectors, part by new manifest part."""
+    found = sorted((run_dir / "embeddings").glob("*.parquet"))
+    if not found:
+        return
+    vectors = pa.concat_tables([pq.read_table(p, columns=["clip_id", "clip_emb"]) for p in found])
+    (out_dir / "embeddings").mkdir(exist_ok=True)
+    for part in sorted((out_dir / "manifest").glob("*.parquet")):
+        ids = pq.read_table(part, columns=["clip_id"])["clip_id"]
+        mine = vectors.filter(pc.is_in(vectors["clip_id"], ids))
+        _atomically(out_dir / "embeddings" / part.name, partial(pq.write_table, mine))
