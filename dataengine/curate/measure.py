@@ -8,7 +8,7 @@ Units and meaning of every score (*time*: NaN for a one-frame view):
 
 - `motion` (short sides / s, *time*): mean optical-flow speed (OpenCV's DIS flow, on luma at <= 128 px, inside
   any borders) as a share of the frame's short side per second of clip time: independent of the view's fps and
-  size. A pan across the frame in 4 s is ~0.25; a still shot ~0.
+  size. A pan of one frame height in 4 s is 0.25; a held picture ~0.
 - `motion_patch_min` (short sides / s, *time*): the same speed averaged per patch of a 4x4 grid over the
   active area; the slowest patch. Low with a high `motion`: motion confined to part of the frame.
 - `frame_diff` (0..1, luma, *time*): mean absolute luma difference between consecutive frames.
