@@ -13,6 +13,9 @@ from pydantic import ValidationError
 from dataengine.config import ConfigError
 from dataengine.curate.embed import DESCRIPTOR_DIM, ClipEmbedder, EmbedConfig, describe
 from dataengine.model_cache import ModelUnavailableError
+from dataengine.records import Clip, DecodedClip, Source, Video
+from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
+from tests.curation_cases import make_cases
 
 # --------------------------------------------------------------------------------------------- test clips
 
@@ -78,6 +81,31 @@ def test_a_re_encoded_rescaled_copy_embeds_close_and_other_scenes_far() -> None:
     assert sims["copy"] > 0.95 and sims["small"] > 0.95, sims
     assert sims["other"] < 0.6, sims
     assert sims["upside_down"] < sims["small"] - 0.1 and sims["upside_down"] > sims["other"] + 0.1, sims
+
+
+@pytest.fixture(scope="module")
+def case_embeddings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """case -> descriptor of its caption view (2 fps, 8 frames, short side 112) from the decode stage."""
+    view = ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)
+    decode = DecodeStage(DecodeConfig(views={"caption": view}))
+    out = {}
+    for name, path in make_cases(tmp_path_factory.mktemp("curation")).items():
+        video = ProbeStage().probe(Source.from_uri(path))
+        assert isinstance(video, Video), video
+        decoded = decode.decode(Clip.of(video, index=0, start_s=0.0, end_s=video.probe.duration_s))
+        assert isinstance(decoded, DecodedClip), decoded
+        out[name] = describe(decoded.views["caption"].frames_THWC)
+    return out
+
+
+def test_curation_cases_copies_embed_close_other_footage_far(case_embeddings: dict[str, np.ndarray]) -> None:
+    moving = case_embeddings["moving"]
+    sims = {name: float(moving @ v) for name, v in case_embeddings.items()}
+    assert sims["reencoded"] > 0.95 and sims["cropped"] > 0.95, sims  # 0.75x at 60 kbit/s; centre 90%
+    assert sims["different"] < 0.9 and sims["different"] < min(sims["reencoded"], sims["cropped"]) - 0.15, (
+        sims
+    )
+    assert sims["black"] < 0.2, sims
 
 
 def test_descriptor_pools_the_configured_frames_evenly_spaced() -> None:
