@@ -90,6 +90,7 @@ class ClipEmbedder:
 
         Raises:
             ModelUnavailableError: the model can be read neither from a folder nor from a hub.
+            ConfigError: the checkpoint is not a tower of ``kind`` (another model, weights missing).
         """
         if self.config.kind != "descriptor" and self._tower is None:
             cfg = self.config
