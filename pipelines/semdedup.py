@@ -27,10 +27,11 @@ similarity matrix of a big cluster is computed in column blocks of at most ``_BL
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,10 @@ class DedupReport:
     sweep: dict[float, int]  # eps -> clips removed at that eps
     keep: list[str]
     removed: list[Duplicate]
-    not_embedded: list[str] = field(default_factory=list)  # ok clips without an embedding: kept
-    histogram: tuple[list[float], list[int]] = ([], [])  # bin edges, counts of each clip's max similarity
+    not_embedded: list[str]  # ok clips without an embedding: kept
+    histogram: tuple[
+        list[float], list[int]
+    ]  # bin edges; clips by highest similarity to another of their cluster
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -170,10 +173,13 @@ def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
     k = min(n, config.clusters or math.ceil(math.sqrt(n / 2)))
     labels_N = cluster(emb_ND, k, config)
     prior_N, earlier_N, max_N = np.zeros(n, np.float32), np.arange(n), np.zeros(n, np.float32)
-    for c in range(k):
-        members = np.flatnonzero(labels_N == c)
-        order = _farthest_first(emb_ND[members], [ids[i] for i in members])
-        members = members[order]
+    by_cluster = np.argsort(labels_N, kind="stable")
+    bounds = np.searchsorted(labels_N[by_cluster], np.arange(k + 1))
+    for start, end in itertools.pairwise(bounds.tolist()):
+        members = by_cluster[start:end]
+        if not len(members):
+            continue  # k-means may leave a cluster empty
+        members = members[_farthest_first(emb_ND[members], [ids[i] for i in members])]
         prior, earlier, most = cluster_similarities(emb_ND[members])
         prior_N[members], earlier_N[members], max_N[members] = prior, members[earlier], most
     sweep_eps = sorted({*config.eps_sweep, config.eps})
@@ -182,7 +188,7 @@ def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
         Duplicate(ids[i], ids[earlier_N[i]], float(prior_N[i]), int(labels_N[i]))
         for i in np.flatnonzero(removed_mask)
     ]
-    counts, edges = np.histogram(max_N, bins=_HISTOGRAM_BINS, range=(-1.0, 1.0))
+    counts, edges = np.histogram(max_N[~np.isnan(max_N)], bins=_HISTOGRAM_BINS, range=(-1.0, 1.0))
     return DedupReport(
         config=config,
         n=n,
@@ -197,16 +203,19 @@ def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
 
 
 def cluster(emb_ND: np.ndarray, k: int, config: SemDeDupConfig) -> np.ndarray:
-    """k-means labels ``(N,)`` of the embeddings (MiniBatchKMeans above ``config.minibatch_above`` clips)."""
+    """k-means labels ``(N,)`` of the embeddings (MiniBatchKMeans above ``config.minibatch_above`` clips).
+
+    Centroids start at k random clips, one run, as faiss's k-means the paper used does: k-means++ seeding
+    costs more than the clustering here (scikit-learn computes its distances in float64), and SemDeDup only
+    needs clusters that keep near duplicates together."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     if k == 1:
         return np.zeros(len(emb_ND), np.int64)
+    common = {"init": "random", "n_init": 1, "random_state": config.seed, "max_iter": config.max_iter}
     if len(emb_ND) > config.minibatch_above:
-        mini = MiniBatchKMeans(k, random_state=config.seed, max_iter=config.max_iter, n_init=3)
-        return np.asarray(mini.fit_predict(emb_ND))
-    full = KMeans(k, random_state=config.seed, max_iter=config.max_iter, n_init=3)
-    return np.asarray(full.fit_predict(emb_ND))
+        return np.asarray(MiniBatchKMeans(k, batch_size=4096, **common).fit_predict(emb_ND))
+    return np.asarray(KMeans(k, **common).fit_predict(emb_ND))
 
 
 def _farthest_first(emb_MD: np.ndarray, ids: list[str]) -> np.ndarray:
@@ -220,10 +229,10 @@ def _farthest_first(emb_MD: np.ndarray, ids: list[str]) -> np.ndarray:
 def cluster_similarities(emb_MD: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For the clips of one cluster, in their SemDeDup order: each clip's highest cosine similarity to an
     earlier clip (``M``; -1 for the first clip), the index of that clip, and its highest similarity to any
-    other clip of the cluster (-1 for a cluster of one). Column blocks bound the memory."""
+    other clip of the cluster (NaN for a cluster of one). Column blocks bound the memory."""
     m = len(emb_MD)
     prior, earlier = np.full(m, -1.0, np.float32), np.zeros(m, np.int64)
-    most = np.full(m, -1.0, np.float32)
+    most = np.full(m, np.nan, np.float32)
     block = max(1, _BLOCK_ELEMENTS // max(m, 1))
     rows = np.arange(m)[:, None]
     for start in range(0, m, block):

@@ -6,6 +6,7 @@ clips)."""
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,20 @@ def test_the_eps_sweep_is_monotone_and_the_run_is_deterministic(
     assert (first.keep, first.removed, first.sweep) == (again.keep, again.removed, again.sweep)
 
 
+def test_of_each_group_the_clip_farthest_from_the_centroid_stays(
+    run: tuple[Path, list[str], list[int]],
+) -> None:
+    out, ids, group_of = run
+    table = pq.read_table(out / "embeddings")
+    emb = np.array(table["clip_emb"].to_pylist(), np.float32)
+    centroid = emb.mean(axis=0) / np.linalg.norm(emb.mean(axis=0))
+    distance = dict(zip(table["clip_id"].to_pylist(), 1 - emb @ centroid, strict=True))
+    kept = set(semdedup(out, SemDeDupConfig(clusters=1)).keep)
+    for g in range(5):
+        group = [ids[i] for i, gi in enumerate(group_of) if gi == g]
+        assert [c for c in group if c in kept] == [max(group, key=distance.__getitem__)]
+
+
 def test_a_chain_removes_every_clip_similar_to_an_earlier_one_as_the_paper_does() -> None:
     """a~b and b~c but not a~c, in that order: b and c go (c is compared with b, removed or not)."""
     angle = np.radians(15)  # cos 15 deg = 0.966 > 0.95; cos 30 deg = 0.866 < 0.95
@@ -180,3 +195,15 @@ def test_the_report_files_and_a_rewritten_run_hold_the_kept_clips(
     assert sorted(rewritten["clip_id"].to_pylist()) == report.keep
     again = semdedup(tmp_path / "deduped", SemDeDupConfig())
     assert not again.removed and again.n == len(report.keep)
+    assert members(tmp_path / "deduped") == {k: v for k, v in members(out).items() if k[0] in report.keep}
+
+
+def members(run_dir: Path) -> dict[tuple[str, str], bytes]:
+    """Every sample member of a run's shards: (key, member) -> bytes."""
+    found = {}
+    for shard in (run_dir / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tar:
+            for info in tar:
+                key, _, member = info.name.partition(".")
+                found[key, member] = tar.extractfile(info).read()  # type: ignore[union-attr]
+    return found
