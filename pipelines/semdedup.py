@@ -47,7 +47,7 @@ from dataengine.shards import ShardConfig, ShardWriter, read_manifest
 from pipelines.errors import RunError
 
 _BLOCK_ELEMENTS = 1 << 24  # entries of one block of a cluster's similarity matrix (64 MiB of float32)
-_HISTOGRAM_BINS = 50
+_HISTOGRAM_BINS = 200  # over [lowest similarity or 1 - largest eps, rounded down to 0.1; 1]
 
 
 class SemDeDupConfig(Config):
@@ -188,7 +188,9 @@ def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
         Duplicate(ids[i], ids[earlier_N[i]], float(prior_N[i]), int(labels_N[i]))
         for i in np.flatnonzero(removed_mask)
     ]
-    counts, edges = np.histogram(max_N[~np.isnan(max_N)], bins=_HISTOGRAM_BINS, range=(-1.0, 1.0))
+    finite = max_N[~np.isnan(max_N)]
+    low = math.floor(10 * min(float(finite.min(initial=1.0)), 1 - max(sweep_eps))) / 10
+    counts, edges = np.histogram(finite, bins=_HISTOGRAM_BINS, range=(max(low, -1.0), 1.0))
     return DedupReport(
         config=config,
         n=n,
@@ -294,9 +296,11 @@ def _plot(path: Path, report: DedupReport) -> None:
     ax.stairs(counts, edges, fill=True, alpha=0.6)
     for eps, removed in sorted(report.sweep.items()):
         chosen = eps == report.config.eps
-        ax.axvline(1 - eps, color="tab:red" if chosen else "gray", ls="-" if chosen else ":", lw=1)
-        ax.annotate(f"eps={eps:g}: {removed}", (1 - eps, 0.98), xycoords=("data", "axes fraction"),
-                    rotation=90, va="top", ha="right", fontsize=7)  # fmt: skip
+        label = f"eps={eps:g}: {removed} removed"
+        ax.axvline(
+            1 - eps, color="tab:red" if chosen else "gray", ls="-" if chosen else ":", lw=1, label=label
+        )
+    ax.legend(loc="upper left", fontsize=8)
     ax.set_xlabel("each clip's highest cosine similarity to another clip of its cluster")
     ax.set_ylabel("clips")
     ax.set_yscale("symlog")
