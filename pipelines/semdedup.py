@@ -91,9 +91,8 @@ class DedupReport:
     keep: list[str]
     removed: list[Duplicate]
     not_embedded: list[str]  # ok clips without an embedding: kept
-    histogram: tuple[
-        list[float], list[int]
-    ]  # bin edges; clips by highest similarity to another of their cluster
+    # bin edges and counts of each clip's highest similarity to another clip of its cluster
+    histogram: tuple[list[float], list[int]]
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,18 +138,25 @@ def read_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
         missing += sorted(ok - set(part_ids))
     if not ids:
         raise RunError(
-            f"{run_dir} has no clip embeddings (embeddings/*.parquet) for its ok clips: rerun it with an "
-            "embedder enabled, e.g. dataengine run ... --set filters.embed.kind=descriptor"
+            f"{run_dir} has no clip embeddings (embeddings/*.parquet) for its ok clips: it was written "
+            "without an embedder. Run its inputs again into a new --out with one enabled, e.g. dataengine "
+            "run INPUTS --out NEW --set filters.embed.kind=descriptor (a rerun on the same --out skips the "
+            "clips it has)"
         )
     dims = {v.shape[1] for v in vectors}
     if len(dims) > 1:
         raise RunError(f"{run_dir}: clip embeddings of different lengths {sorted(dims)}")
-    return ids, np.concatenate(vectors), missing
+    emb_ND = np.concatenate(vectors)
+    emb_ND /= np.maximum(np.linalg.norm(emb_ND, axis=1, keepdims=True), 1e-12)  # cosine needs unit vectors
+    return ids, emb_ND, missing
 
 
 def _read_part(path: Path, ok: set[str]) -> tuple[list[str], np.ndarray]:
     table = pq.read_table(path, columns=["clip_id", "clip_emb"])
-    table = table.filter(pc.is_in(table["clip_id"], pa.array(sorted(ok), pa.string())))
+    wanted = pc.and_(
+        pc.is_in(table["clip_id"], pa.array(sorted(ok), pa.string())), pc.is_valid(table["clip_emb"])
+    )
+    table = table.filter(wanted)
     lengths = pc.list_value_length(table["clip_emb"]).to_numpy(zero_copy_only=False)
     if len(set(lengths.tolist())) > 1:
         raise RunError(f"{path}: clip_emb vectors of different lengths {sorted(set(lengths.tolist()))}")
