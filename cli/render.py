@@ -74,8 +74,31 @@ def print_inspection(found: Any) -> None:
                   "(dataengine inspect RUN --regate --keep-list keep.txt to drop them):")  # fmt: skip
         for clip_id, reason in found.suspicious[:5]:
             stdout.print(f"  {clip_id}: {reason}")
+    if found.curation is not None:
+        print_curation(found.curation)
     if found.sheet is not None:
         stdout.print(f"contact sheet: [bold]{found.sheet}[/]")
+
+
+def print_curation(found: Any) -> None:
+    """Kept and dropped per check, each score's spread with its bounds, and where the pictures are."""
+    stdout.print(f"[bold]curation[/]: {found.reached} clips reached the filters, {found.kept} kept")
+    table = Table("score", "unit", "p10", "median", "p90", "bounds", "dropped", title="curation scores")
+    for score in found.scores:
+        spread = score.percentiles()
+        cells = [f"{v:.3g}" for v in spread] if spread else ["", "", ""]
+        bounds = score.bounds or {}
+        limits = " ".join(f"{k} {v:g}" for k, v in bounds.items() if v is not None) or "score only"
+        table.add_row(score.name, score.unit, *cells, limits, str(score.dropped_by))
+    stdout.print(table)
+    if found.drops:
+        drops = Table("stage", "check", "clips", title="dropped before captioning")
+        for stage, check, n in found.drops:
+            drops.add_row(stage, check, str(n))
+        stdout.print(drops)
+    for what, path in (("score histograms", found.histograms), ("dropped clips", found.dropped_sheet)):
+        if path is not None:
+            stdout.print(f"{what}: [bold]{path}[/]")
 
 
 def print_clips_report(report: ClipsReport) -> None:

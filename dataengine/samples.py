@@ -8,12 +8,14 @@
                    ``is_image`` (a still: one frame, ``n_frames=1``, over a nominal second)
     jpg            a preview frame (the middle frame of the preview view), when that view exists
     text_emb.npy   the caption's text embedding, float16 (D,) or (L, D); text_mask.npy (L,) for per-token ones
+    clip_emb.npy   the clip's visual embedding, float32 (D,), L2-normalised, when the filters embed clips
 
 A trainer needs no project code to read these: plain ``webdataset`` or ``ray.data.read_webdataset``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dataengine.encode.text import TextEmbedding
@@ -69,6 +71,12 @@ def to_sample(
         "vae": encoded.vae,
         "latent_shape": list(encoded.latents_CTHW.shape),
     }
+    curation = encoded.captioned.decoded.curation
+    if curation is not None:
+        meta["curation"] = {
+            "scores": {k: None if math.isnan(v) else v for k, v in curation.scores.items()},
+            "active_box": None if curation.active_box is None else list(curation.active_box),
+        }
     sample: dict[str, Any] = {"latents.npy": encoded.latents_CTHW, "txt": caption.caption, "json": meta}
     if text is not None:
         sample.update(text.members())
@@ -85,6 +93,13 @@ def to_sample(
         model_ids=models,
         timings={"caption_s": caption.seconds},
     )
+    if curation is not None:
+        row.update(curation.scores)
+        if curation.fingerprint is not None:
+            row.update(frames_digest=curation.fingerprint.digest, phash=list(curation.fingerprint.phash))
+        if curation.embedding is not None:
+            sample["clip_emb.npy"] = curation.embedding
+            row["clip_emb"] = curation.embedding  # the shard writer puts it in embeddings/, not the manifest
     return clip.clip_id, sample, row
 
 
@@ -99,4 +114,5 @@ def failure_row(failure: Failure) -> dict[str, Any]:
         "status": "dropped" if failure.kind == "dropped" else "failed",
         "stage": failure.stage,
         "error": failure.reason,
+        **failure.scores,
     }

@@ -2,12 +2,15 @@
 
 Layout under ``out_dir``::
 
-    shards/{prefix}-{run_part}-{index:06d}.tar        one sample per clip, key = clip id
-    manifest/{prefix}-{run_part}-{index:06d}.parquet  one row per clip of that shard, failures included
+    shards/{prefix}-{run_part}-{index:06d}.tar          one sample per clip, key = clip id
+    manifest/{prefix}-{run_part}-{index:06d}.parquet    one row per clip of that shard, failures included
+    embeddings/{prefix}-{run_part}-{index:06d}.parquet  clip_id + clip_emb of that shard's samples (when
+                                                        rows carry ``clip_emb``), for search and dedup
 
-A shard is written to ``shards/.{stem}.tar.partial``, fsync'ed and renamed when complete; its manifest is
-written the same way *after* the rename, so the manifest is the commit mark: a final ``.tar`` without a
-manifest (a crash between the two renames) is treated as never written and removed by ``cleanup_partials``.
+A shard is written to ``shards/.{stem}.tar.partial``, fsync'ed and renamed when complete; its embeddings
+part, then its manifest are written the same way *after* the rename, so the manifest is the commit mark: a
+final ``.tar`` without a manifest (a crash between the two renames) is treated as never written and removed by
+``cleanup_partials``.
 A manifest may exist without a shard: it then holds only failures. Failures recorded while a shard is open go
 into that shard's manifest; failures recorded with no shard open wait for the next shard, or are flushed as a
 failures-only part on ``close()``.
@@ -30,6 +33,7 @@ import pyarrow.parquet as pq
 from webdataset.writer import default_handlers, encode_based_on_extension
 
 from dataengine.config import Config
+from dataengine.curate.scores import SCORES
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -57,8 +61,14 @@ MANIFEST_SCHEMA = pa.schema(
         ("stage", pa.string()),
         ("error", pa.string()),
         ("timings", pa.string()),  # JSON object: stage -> seconds
+        # Curation (dataengine.curate): every score the filters measured (units: curate.scores.SCORES), for
+        # kept and dropped clips alike; the exact digest and perceptual hashes the duplicate index keeps.
+        *((name, pa.float64()) for name in SCORES),
+        ("frames_digest", pa.string()),
+        ("phash", pa.list_(pa.uint64())),
     ]
 )
+EMBEDDINGS_SCHEMA = pa.schema([("clip_id", pa.string()), ("clip_emb", pa.list_(pa.float32()))])
 _JSON_COLUMNS = ("model_ids", "timings")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")  # no dots: webdataset splits key and extension at the first dot
 _PARTIAL = ".partial"
@@ -174,6 +184,7 @@ class ShardWriter:
             )
         self.config = config
         self.shard_dir, self.manifest_dir = Path(out_dir) / "shards", Path(out_dir) / "manifest"
+        self.embedding_dir = Path(out_dir) / "embeddings"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_dir.mkdir(parents=True, exist_ok=True)
         self._base = f"{config.prefix}-{run_part}-"
@@ -188,6 +199,7 @@ class ShardWriter:
         self._next_index = max((int(m[2]) for m in found), default=-1) + 1
         self._seen: set[str] = set()
         self._rows: list[dict[str, Any]] = []  # manifest rows of the open shard, or failures waiting for one
+        self._embeddings: list[dict[str, Any]] = []  # clip embeddings of the open shard
         self._file: IO[bytes] | None = None
         self._tar: tarfile.TarFile | None = None
         self._stem = ""
@@ -214,6 +226,8 @@ class ShardWriter:
         if {"shard", "status"} & set(row) or row.get("clip_id", key) != key:
             raise ValueError(f"row may not set shard/status, and its clip_id must be the key {key!r}")
         members = _encode(key, sample)
+        row = dict(row)
+        embedding = row.pop("clip_emb", None)
         manifest_row = _manifest_row({**row, "clip_id": key, "status": "ok"})
         size = _member_bytes(members)
         if self._tar is not None and (
@@ -231,6 +245,8 @@ class ShardWriter:
         self._tar.members.clear()  # type: ignore[attr-defined]  # it would keep every TarInfo of the shard
         self._seen.add(key)
         self._rows.append({**manifest_row, "shard": f"{self._stem}.tar"})
+        if embedding is not None:
+            self._embeddings.append({"clip_id": key, "clip_emb": np.asarray(embedding, np.float32)})
         self._n_samples += 1
         self._payload_bytes = self._tar.offset  # exact, headers included
 
@@ -260,7 +276,7 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
             (self.shard_dir / f".{self._stem}.tar{_PARTIAL}").unlink(missing_ok=True)
-        self._file, self._tar, self._rows = None, None, []
+        self._file, self._tar, self._rows, self._embeddings = None, None, [], []
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -293,15 +309,23 @@ class ShardWriter:
         _commit(self.shard_dir / f".{self._stem}.tar{_PARTIAL}", final, self._file)
         self.written.append(final)
         self._file, self._tar = None, None
+        if self._embeddings:
+            self._write_parquet(self.embedding_dir, self._stem, self._embeddings, EMBEDDINGS_SCHEMA)
+            self._embeddings = []
         self._write_manifest(self._stem)
 
     def _write_manifest(self, stem: str) -> None:
-        table = pa.Table.from_pylist(self._rows, schema=MANIFEST_SCHEMA)
-        tmp = self.manifest_dir / f".{stem}.parquet{_PARTIAL}"
+        self._write_parquet(self.manifest_dir, stem, self._rows, MANIFEST_SCHEMA)
+        self._rows = []
+
+    @staticmethod
+    def _write_parquet(directory: Path, stem: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
+        directory.mkdir(exist_ok=True)
+        table = pa.Table.from_pylist(rows, schema=schema)
+        tmp = directory / f".{stem}.parquet{_PARTIAL}"
         with tmp.open("xb") as f:
             pq.write_table(table, f)
-            _commit(tmp, self.manifest_dir / f"{stem}.parquet", f)
-        self._rows = []
+            _commit(tmp, directory / f"{stem}.parquet", f)
 
 
 def cleanup_partials(out_dir: Path) -> list[Path]:
@@ -310,9 +334,12 @@ def cleanup_partials(out_dir: Path) -> list[Path]:
     Call it once at the start of a resuming run, before any writer opens. Returns the removed paths.
     """
     shard_dir, manifest_dir = Path(out_dir) / "shards", Path(out_dir) / "manifest"
-    removed = [p for d in (shard_dir, manifest_dir) if d.is_dir() for p in d.glob(f".*{_PARTIAL}")]
-    if shard_dir.is_dir():
-        removed += [p for p in shard_dir.glob("*.tar") if not (manifest_dir / f"{p.stem}.parquet").exists()]
+    embedding_dir = Path(out_dir) / "embeddings"
+    dirs = (shard_dir, manifest_dir, embedding_dir)
+    removed = [p for d in dirs if d.is_dir() for p in d.glob(f".*{_PARTIAL}")]
+    for d, pattern in ((shard_dir, "*.tar"), (embedding_dir, "*.parquet")):
+        if d.is_dir():
+            removed += [p for p in d.glob(pattern) if not (manifest_dir / f"{p.stem}.parquet").exists()]
     for p in removed:
         p.unlink()
     return sorted(removed)
@@ -326,6 +353,17 @@ def read_manifest(out_dir: Path) -> pa.Table:
     parts = sorted((Path(out_dir) / "manifest").glob("*.parquet"))
     tables = [_with_schema(pq.read_table(p)) for p in parts]
     return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
+
+
+def read_embeddings(out_dir: Path) -> pa.Table:
+    """The clip embeddings of a run's committed shards (``clip_id``, ``clip_emb``); empty if none."""
+    manifest_dir = Path(out_dir) / "manifest"
+    parts = [
+        p for p in sorted((Path(out_dir) / "embeddings").glob("*.parquet"))
+        if (manifest_dir / p.name).exists()  # committed: its manifest part exists
+    ]  # fmt: skip
+    tables = [pq.read_table(p, schema=EMBEDDINGS_SCHEMA) for p in parts]
+    return pa.concat_tables(tables) if tables else EMBEDDINGS_SCHEMA.empty_table()
 
 
 def _with_schema(table: pa.Table) -> pa.Table:

@@ -2,7 +2,7 @@
 
 Counts by status, failure reasons by stage, distributions of caption length (words) and clip duration from
 the manifest, and ``DIR/contact_sheet.html``: each sample's preview frame beside its caption, read from the
-shards with plain webdataset.
+shards with plain webdataset. What curation kept and dropped: ``pipelines.inspect_curation``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import webdataset as wds
 
 from dataengine.caption.quality import QualityConfig
 from dataengine.shards import read_manifest
+from pipelines.inspect_curation import CurationInspection, inspect_curation
 from pipelines.regate import check_of, suspicious
 
 SHEET = "contact_sheet.html"
@@ -59,9 +60,12 @@ class Inspection:
     shards: int
     shard_bytes: int
     sheet: Path | None
+    curation: CurationInspection | None = None
 
     def as_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in ("out_dir", "sheet")}
+        skip = ("out_dir", "sheet", "curation")
+        doc: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k not in skip}
+        doc["curation"] = self.curation.as_json() if self.curation is not None else None
         for key in ("caption_words", "clip_seconds", "caption_mean_logprob", "caption_compression"):
             value = getattr(self, key)
             doc[key] = value.__dict__ if value is not None else None
@@ -94,6 +98,7 @@ def inspect_run(out_dir: Path, max_samples: int = 64, gate: QualityConfig | None
         shards=len(shards),
         shard_bytes=sum(p.stat().st_size for p in shards),
         sheet=_write_sheet(out_dir, shards, max_samples) if shards else None,
+        curation=inspect_curation(out_dir, rows),
     )
 
 

@@ -5,9 +5,9 @@ A ``Pool`` owns a queue of work items, a set of ``StageWorker`` actors (between 
 flight. Each worker takes up to ``max_in_flight`` batches at once, so the next batch is already waiting when
 one finishes. Only the runner and this module import ``ray``; stages run unchanged in a plain process.
 
-A batch's results come back as one status list (``None`` for an output, or a ``Failure``) plus, for 1:1
-steps, one object per output, so heavy payloads (decoded frames) go from worker to worker through Ray's
-object store and never through the driver.
+A batch's results come back as one status list (a ``Failure``, or for an output its small ``Fingerprint``
+when it has one, else ``None``) plus, for 1:1 steps, one object per output, so heavy payloads (decoded
+frames) go from worker to worker through Ray's object store and never through the driver.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from ray.exceptions import OutOfMemoryError, RayActorError
 
 from dataengine.config import Config
-from dataengine.records import Clip, Failure, Source, StageName
+from dataengine.records import Clip, DecodedClip, Failure, Fingerprint, Source, StageName
 from dataengine.stages.base import Stage
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,7 @@ class StageWorker:
         busy = time.perf_counter() - start
         if not self.one_to_one:
             return busy, results
-        statuses = [r if isinstance(r, Failure) else None for r in results]
-        return ((busy, statuses), *results)
+        return ((busy, [_status(r) for r in results]), *results)
 
     def _process(self, items: list[Any]) -> list[Any]:
         try:
@@ -109,6 +108,15 @@ class StageWorker:
             done += [i for i in items if isinstance(i, Failure)]
             items = stage.process_batch(todo) if todo else []
         return done + items
+
+
+def _status(result: Any) -> Failure | Fingerprint | None:
+    """What the driver sees of one result: its failure, or the fingerprint the duplicate index needs."""
+    if isinstance(result, Failure):
+        return result
+    if isinstance(result, DecodedClip) and result.curation is not None:
+        return result.curation.fingerprint
+    return None
 
 
 def _origin(item: Any) -> Source | Clip:
@@ -141,8 +149,9 @@ class WorkItem:
 
 @dataclass
 class Done:
-    """A finished batch. 1:1 steps: ``results[i]`` is None (the output is ``output_refs[i]``) or the
-    ``Failure`` of ``items[i]``. Fan-out steps: ``results`` are the outputs and failures of all items."""
+    """A finished batch. 1:1 steps: ``results[i]`` is the ``Failure`` of ``items[i]``, or its output's
+    ``Fingerprint`` or None (the output itself is ``output_refs[i]``). Fan-out steps: ``results`` are the
+    outputs and failures of all items."""
 
     items: list[WorkItem]
     results: list[Any]

@@ -21,6 +21,10 @@ from pydantic import Field
 from dataengine.caption.engines import SamplingConfig, VLLMEngineConfig
 from dataengine.caption.quality import QualityConfig
 from dataengine.config import Config, Registry
+from dataengine.curate.dedup import NearDupConfig
+from dataengine.curate.embed import EmbedConfig
+from dataengine.curate.filters import Bound, FiltersConfig
+from dataengine.curate.learned import AestheticConfig, CaptionMatchConfig
 from dataengine.encode.text import TextEmbedConfig
 from dataengine.encode.vae import VAEConfig
 from dataengine.inputs import InputsConfig
@@ -58,6 +62,10 @@ class RecipeConfig(Config):
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig, description="checks before captioning")
+    dedup: NearDupConfig = Field(
+        default_factory=NearDupConfig, description="duplicates dropped before captioning"
+    )
     caption: CaptionConfig
     encode: EncodeConfig
     text: TextEmbedConfig | None = Field(default_factory=TextEmbedConfig, description="None: no text_emb.npy")
@@ -97,6 +105,17 @@ def demo() -> RecipeConfig:
             # measurements behind each threshold are in docs/quality-gate.md.
             quality=QualityConfig(min_mean_logprob=-0.3, min_window_logprob=-0.8),
             verify=WorldRedrawConfig(min_psnr_db=17.0, downscale=8),
+        ),
+        # The world has deliberate still shots, rendered without noise (frozen = 1, motion = 0) and captioned
+        # well: motion and frozen are recorded, not checked. Its soft-edged shapes score as low as a blurred
+        # photo on edge sharpness (0.032 the least of 178 clips): a lower floor. Its stripe and checker
+        # backgrounds fool the text detector, and it has no text: OCR is off (docs/curation.md).
+        filters=FiltersConfig(
+            motion=Bound(score_only=True),
+            frozen=Bound(score_only=True),
+            edge_sharpness=Bound(min=0.02),
+            text_area=Bound(enabled=False),
+            text_frames=Bound(enabled=False),
         ),
         encode=EncodeConfig(vae=VAEConfig(kind="wan", model="builtin:world-vae")),
         text=TextEmbedConfig(kind="tokens", max_tokens=256),  # world captions run 80-200 MiniLM tokens
@@ -148,6 +167,9 @@ def cpu_small() -> RecipeConfig:
 
 
 WAN_VAE = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+SIGLIP = "google/siglip-so400m-patch14-384"
+CLIP_L14 = "openai/clip-vit-large-patch14"
+AESTHETIC_HEAD = "/models/laion-aesthetic/aesthetic_head.safetensors"  # mounted with the model volume
 
 
 def gpu_qwen25vl_7b_wan() -> RecipeConfig:
@@ -179,10 +201,20 @@ def gpu_qwen25vl_7b_wan() -> RecipeConfig:
             )
         ),
         text=TextEmbedConfig(kind="tokens", model="google/t5-v1_1-large", max_tokens=128, device="cuda"),
+        # Learned scorers run score-only until calibrated on the data (docs/curation.md): SigLIP clip
+        # embeddings and the LAION-style aesthetic head in the decode workers' GPU share, caption match in
+        # the encode workers. The head is LAION's improved aesthetic predictor, converted with save_head.
+        filters=FiltersConfig(
+            embed=EmbedConfig(kind="siglip", model=SIGLIP, device="cuda", dtype="bfloat16", batch_size=32),
+            aesthetic=AestheticConfig(model=CLIP_L14, head=AESTHETIC_HEAD, device="cuda", dtype="bfloat16"),
+            caption_match=CaptionMatchConfig(model=CLIP_L14, device="cuda", dtype="bfloat16"),
+        ),
         shards=ShardConfig(max_samples=1000, max_bytes=4 << 30),
         pools=PoolsConfig(
             probe=PoolConfig(num_cpus=1, max_workers=8, batch_size=8),
-            decode=PoolConfig(num_cpus=4, min_workers=4, max_workers=64, batch_size=2, memory_gb=8),
+            decode=PoolConfig(
+                num_cpus=4, num_gpus=0.25, min_workers=4, max_workers=64, batch_size=2, memory_gb=8
+            ),  # the GPU share runs the filters' towers (SigLIP, CLIP); decode itself is ffmpeg on CPU
             caption=PoolConfig(num_cpus=4, num_gpus=1, max_workers=8, batch_size=64, max_in_flight=3),
             encode=PoolConfig(num_cpus=4, num_gpus=0.5, max_workers=8, batch_size=4, memory_gb=16),
         ),

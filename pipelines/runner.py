@@ -4,8 +4,14 @@
     dataengine run s3://bucket/videos/ --out s3out --recipe gpu-qwen25vl-7b-wan --address auto
 
 The driver streams sources in (never the whole list at once), moves work items between the pools
-(probe+split -> decode -> caption -> encode), pauses a step while the queue after it is full (backpressure),
-and writes every sample and failure through one ``ShardWriter``.
+(probe+split -> decode+filter -> caption -> encode), pauses a step while the queue after it is full
+(backpressure), and writes every sample and failure through one ``ShardWriter``.
+
+Curation happens before the expensive step: the decode workers score each clip and drop what the filters
+refuse (``dataengine.curate.filters``); the driver then asks its duplicate index (exact digests and
+perceptual hashes, ``dataengine.curate.dedup``) whether a clip repeats one already kept, and drops it
+before captioning if so. The index is seeded on resume from the committed rows of kept clips, so what was
+committed is decided the same way again.
 
 Resume: the manifest is the ledger. A clip is done once a committed manifest part holds its row (a sample
 or a failure); a video is done once a video-level failure row names it. On start the runner removes what a
@@ -27,12 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import ray
 from ray.exceptions import RayError
 
 from dataengine.config import ConfigError
+from dataengine.curate.dedup import DuplicateIndex
+from dataengine.curate.filters import FilterStage
 from dataengine.inputs import iter_sources
-from dataengine.records import Clip, Failure, Source, StageName
+from dataengine.records import Clip, Failure, Fingerprint, Source, StageName
 from dataengine.samples import failure_row
 from dataengine.shards import ShardWriter, cleanup_partials, read_manifest
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
@@ -52,11 +61,18 @@ def build_stages(step: StageName, recipe: RecipeConfig) -> Sequence[Stage[Any, A
     if step == "probe":
         return [ProbeStage(recipe.probe), SplitStage(recipe.split)]
     if step == "decode":
-        return [DecodeStage(recipe.decode)]
+        return [DecodeStage(recipe.decode), FilterStage(recipe.filters)]
     if step == "caption":
         return [CaptionStage(recipe.caption)]
     preview = "caption" if "caption" in recipe.decode.views else recipe.encode.view
-    return [SampleStage(SampleConfig(encode=recipe.encode, text=recipe.text, preview_view=preview))]
+    config = SampleConfig(
+        encode=recipe.encode,
+        text=recipe.text,
+        preview_view=preview,
+        caption_match=recipe.filters.caption_match,
+        match_view=recipe.filters.view,
+    )
+    return [SampleStage(config)]
 
 
 @dataclass
@@ -65,6 +81,8 @@ class Ledger:
 
     clips: set[str] = field(default_factory=set)
     sources: set[str] = field(default_factory=set)  # inputs and videos with a video-level row
+    # Clips that passed the duplicate index (rows with a fingerprint): clip ids, digests, perceptual hashes.
+    passed: tuple[list[str], list[str], list[list[int]]] = ([], [], [])
 
     @classmethod
     def read(cls, out_dir: Path) -> Ledger:
@@ -76,6 +94,9 @@ class Ledger:
                 ledger.clips.add(clip_id)
             elif source is not None:
                 ledger.sources.add(source)
+        passed = table.filter(pc.is_valid(table.column("phash")))
+        columns = ("clip_id", "frames_digest", "phash")
+        ledger.passed = tuple(passed.column(c).to_pylist() for c in columns)
         return ledger
 
 
@@ -113,6 +134,7 @@ class Runner:
         self.counts = Counts()
         self.pools: dict[str, Pool] = {}
         self._seen: set[str] = set()  # clip ids and sources handled in this run (inputs may repeat)
+        self._fingerprints: dict[str, Fingerprint] = {}  # clips past the duplicate index, until their row
 
     def run(self) -> Counts:
         try:
@@ -122,6 +144,7 @@ class Runner:
         except OSError as exc:
             raise RunError(f"cannot write the run to {self.out_dir}: {exc}; choose a writable --out") from exc
         self.counts.resumed_clips = len(ledger.clips)
+        self.duplicates = DuplicateIndex.from_rows(self.recipe.dedup, *ledger.passed)
         sources = self._sources(ledger)
         self._start_pools()
         try:
@@ -229,16 +252,30 @@ class Runner:
         for item, status, ref in zip(done.items, done.results, done.output_refs, strict=True):
             if isinstance(status, Failure):
                 self._record(writer, status)
+            elif isinstance(status, Fingerprint) and (duplicate := self._duplicate(item, status)):
+                self._record(writer, duplicate)
             else:
                 outputs.append((item, ref))
         if step == "encode":
             for sample in ray.get([ref for _, ref in outputs]):
                 assert isinstance(sample, Sample)
+                self._fingerprints.pop(sample.key, None)
                 writer.write(sample.key, sample.members, sample.row)
                 self.counts.samples += 1
         else:
             self.pools[STEPS[following]].queue.extend(WorkItem(i.key, i.origin, ref) for i, ref in outputs)
         self.counts.ok[step] += len(outputs)
+
+    def _duplicate(self, item: WorkItem, fingerprint: Fingerprint) -> Failure | None:
+        """The ``dropped`` row of a clip that repeats one already past the index; else None (the clip goes on,
+        and its row, ok or failed, will carry its fingerprint so that a resume knows it)."""
+        found = self.duplicates.check(item.key, fingerprint) if self.recipe.dedup.enabled else None
+        if found is None:
+            self.duplicates.add(item.key, fingerprint)
+            self._fingerprints[item.key] = fingerprint
+            return None
+        assert isinstance(item.origin, Clip)
+        return Failure.of(item.origin, "dedup", found[1], kind="dropped", scores=fingerprint.scores)
 
     def _found(self, clip: Clip, ledger: Ledger) -> None:
         if clip.clip_id in ledger.clips or clip.clip_id in self._seen:
@@ -255,7 +292,11 @@ class Runner:
             self._seen.add(key)
         status = "dropped" if failure.kind == "dropped" else "failed"
         self.counts.failed[(failure.stage, status)] += 1
-        writer.record_failure(failure_row(failure))
+        row = failure_row(failure)
+        fingerprint = self._fingerprints.pop(key, None) if key is not None else None
+        if fingerprint is not None:  # failed after the duplicate index kept it: a resume must know it
+            row.update(fingerprint.scores, frames_digest=fingerprint.digest, phash=list(fingerprint.phash))
+        writer.record_failure(row)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,6 +21,7 @@ from dataengine.world.generate import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
 from tests.crafted import ReferenceTrap, make_reference_trap
+from tests.curation_cases import make_cases
 from tests.media import (
     GoodClip,
     make_broken_inputs,
@@ -62,6 +63,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def scene_cut_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 s of testsrc, a hard cut, then 4 s of SMPTE bars."""
     return make_scene_cut_clip(tmp_path_factory.mktemp("cut") / "cut.mp4")
+
+
+@pytest.fixture(scope="session")
+def curation_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One clip per thing a curation check must tell apart (tests/curation_cases.py), made once."""
+    return make_cases(tmp_path_factory.mktemp("curation_cases"))
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,9 @@ Units and meaning of every score (*time*: NaN for a one-frame view):
 - `sharpness` ((luma 0..255)^2): median over frames of the variance of the Laplacian of Gaussian (sigma 1
   px) of luma, on the active area resized to a 128 px short side. Low is blurry: a sharp, textured picture
   scores tens to hundreds, a heavily blurred one a few.
+- `edge_sharpness` (ratio, scale-free): median over frames of mean |Laplacian| / mean |Sobel gradient| on the
+  frame's strongest 10% of gradients, at the same 128 px short side. Blur lowers it; flat areas do not count,
+  so a sharp drawing on a plain background scores as sharp (its Laplacian variance is low). NaN: no edges.
 - `active_area` (0..1, share of frame): the box inside letterbox / pillarbox borders (rows and columns
   near-black in every frame); 1.0 when none.
 - `text_area` (0..1, share of frame): mean over <= 3 evenly spaced frames of the area a text detector's boxes
@@ -67,6 +70,7 @@ FADE_STEP_TOL = 0.01  # luma may dip this much between frames and still count as
 FADE_BODY = 0.9  # the ramp ends where luma reaches this share of the clip's median luma
 FLASH_JUMP = 0.25  # mean-luma rise (and fall) that makes a flash
 FLASH_RETURN_S = 0.5  # a flash falls back within this time
+EDGE_MIN_GRADIENT, EDGE_MIN_PIXELS = 8.0, 20  # edge_sharpness: what counts as an edge, and enough of them
 TEXT_FRAMES = 3  # frames handed to the text detector
 
 
@@ -134,8 +138,26 @@ def sharpness_score(frames: Frames) -> dict[str, float]:
     scale = SHARPNESS_SIDE / min(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    variances = [_log_variance(cv2.resize(g, size, interpolation=interpolation)) for g in gray_THW]
-    return {"sharpness": float(np.median(variances))}
+    resized = [cv2.resize(g, size, interpolation=interpolation) for g in gray_THW]
+    edges = [e for g in resized if not math.isnan(e := _edge_sharpness(g))]
+    return {
+        "sharpness": float(np.median([_log_variance(g) for g in resized])),
+        "edge_sharpness": float(np.median(edges)) if edges else math.nan,
+    }
+
+
+def _edge_sharpness(gray_HW: np.ndarray) -> float:
+    """Mean |Laplacian| over mean |gradient| on the frame's edges (its strongest 10% of gradients, at least
+    EDGE_MIN_GRADIENT); NaN when fewer than EDGE_MIN_PIXELS edge pixels (a flat frame has no edges to judge).
+    Blur spreads an edge, lowering its second derivative against its first; flat areas do not count, so a
+    sharp drawing on a plain background is not called blurry (the Laplacian's variance would be)."""
+    g = gray_HW.astype(np.float32)
+    magnitude = np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+    edges = magnitude > max(EDGE_MIN_GRADIENT, float(np.percentile(magnitude, 90)))
+    if edges.sum() < EDGE_MIN_PIXELS:
+        return math.nan
+    laplacian = np.abs(cv2.Laplacian(g, cv2.CV_32F))
+    return float(laplacian[edges].mean() / magnitude[edges].mean())
 
 
 def border_scores(frames: Frames) -> tuple[dict[str, float], tuple[int, int, int, int] | None]:

@@ -8,14 +8,15 @@ clips into what the shard writer stores.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import Field
 
 from dataengine.config import Config
+from dataengine.curate.learned import CaptionMatchConfig, CaptionMatcher
 from dataengine.encode.text import TextEmbedConfig, TextEmbedder
-from dataengine.records import CaptionedClip, Clip, EncodedClip, Failure
+from dataengine.records import CaptionedClip, Clip, Curation, EncodedClip, Failure
 from dataengine.samples import to_sample
 from dataengine.stages.base import Stage
 from dataengine.stages.encode import EncodeConfig, EncodeStage
@@ -35,6 +36,8 @@ class SampleConfig(Config):
     encode: EncodeConfig
     text: TextEmbedConfig | None = Field(None, description="caption text embeddings; None: none stored")
     preview_view: str = Field("caption", description="the view whose middle frame becomes the jpg preview")
+    caption_match: CaptionMatchConfig | None = Field(None, description="score each caption against its clip")
+    match_view: str = Field("caption", description="the view the caption is matched against")
 
 
 class SampleStage(Stage[CaptionedClip, Sample]):
@@ -47,19 +50,27 @@ class SampleStage(Stage[CaptionedClip, Sample]):
         super().__init__(config)
         self.encoder = EncodeStage(config.encode)
         self.text = TextEmbedder(config.text) if config.text is not None else None
+        match = config.caption_match
+        self.matcher = CaptionMatcher(match, "filters.caption_match.model") if match is not None else None
 
     def setup(self) -> None:
         self.encoder.setup()
+        if self.matcher is not None:
+            self.matcher.setup()
         if self.text is not None:
             self.text.setup()
 
     def teardown(self) -> None:
         self.encoder.teardown()
+        if self.matcher is not None:
+            self.matcher.teardown()
         if self.text is not None:
             self.text.teardown()
 
     def process_batch(self, batch: Sequence[CaptionedClip]) -> list[Sample | Failure]:
-        encoded = self.encoder.process_batch(batch)
+        matched = self._matched(batch)
+        done = iter(self.encoder.process_batch([m for m in matched if isinstance(m, CaptionedClip)]))
+        encoded = [m if isinstance(m, Failure) else next(done) for m in matched]  # in input order
         ok = [e for e in encoded if isinstance(e, EncodedClip)]
         texts = self.text.embed([e.captioned.caption.caption for e in ok]) if self.text and ok else []
         embedding = dict(zip((e.clip_id for e in ok), texts, strict=True))
@@ -75,4 +86,24 @@ class SampleStage(Stage[CaptionedClip, Sample]):
                 members["json"]["text_encoder"] = self.config.text.model_dump(mode="json")
                 members["json"]["models"]["text"] = self.config.text.model
             out.append(Sample(key, members, row, item.clip))
+        return out
+
+    def _matched(self, batch: Sequence[CaptionedClip]) -> list[CaptionedClip | Failure]:
+        """With ``caption_match``: each clip with its score in its curation, or its ``dropped`` row when it
+        scores below ``min_score`` (its caption was paid for, but it is not one to train on)."""
+        if self.matcher is None or not batch:
+            return list(batch)
+        config = self.matcher.config
+        clips = [c.decoded.views[self.config.match_view].frames_THWC for c in batch]
+        texts = [c.caption.short_caption or c.caption.caption for c in batch]
+        out: list[CaptionedClip | Failure] = []
+        for item, score in zip(batch, self.matcher.score(clips, texts), strict=True):
+            curation = item.decoded.curation or Curation({})
+            scores = {**curation.scores, "caption_match": float(score)}
+            if config.min_score is not None and score < config.min_score:
+                reason = f"caption_match {score:.4g} < {config.min_score:g} (filters.caption_match.min_score)"
+                out.append(Failure.of(item.clip, "filter", reason, kind="dropped", scores=scores))
+                continue
+            decoded = replace(item.decoded, curation=replace(curation, scores=scores))
+            out.append(CaptionedClip(decoded, item.caption))
         return out
