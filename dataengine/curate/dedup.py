@@ -147,18 +147,31 @@ class NearDupConfig(Config):
         le=1,
         description="share of a clip's frame hashes that must match distinct frames of ONE kept clip",
     )
+    anchor_distance: int = Field(
+        7,
+        ge=0,
+        le=32,
+        description="a kept clip is compared with a new one only when some frame hash of the new clip lies "
+        "within anchor_distance bits of some frame hash of the kept clip (the index's candidate rule, "
+        "<= max_distance): a near duplicate with no single frame within anchor_distance bits of the kept "
+        "clip is missed",
+    )
     bands: int = Field(
-        4, ge=1, le=16, description="sub-keys per hash in the index; probe radius = max_distance // bands"
+        4, ge=1, le=16, description="sub-keys per hash in the index; probe radius = anchor_distance // bands"
     )
 
     @model_validator(mode="after")
     def _probes_bounded(self) -> NearDupConfig:
+        if self.anchor_distance > self.max_distance:
+            raise ValueError(
+                f"anchor_distance={self.anchor_distance} must be <= max_distance={self.max_distance}"
+            )
         width = math.ceil(64 / self.bands)
-        probes = sum(math.comb(width, i) for i in range(self.max_distance // self.bands + 1))
+        probes = sum(math.comb(width, i) for i in range(self.anchor_distance // self.bands + 1))
         if probes > _MAX_PROBES_PER_BAND:
             raise ValueError(
-                f"max_distance={self.max_distance} with bands={self.bands} needs {probes} probes per band "
-                f"(limit {_MAX_PROBES_PER_BAND}); use more bands or a smaller max_distance"
+                f"anchor_distance={self.anchor_distance} with bands={self.bands} needs {probes} probes per "
+                f"band (limit {_MAX_PROBES_PER_BAND}); use more bands or a smaller anchor_distance"
             )
         return self
 
@@ -249,6 +262,83 @@ class _Runs:
         return keys[order], values[order]
 
 
+class _BandIndex:
+    """Multi-index over the entry hashes (the ``_hashes`` column): per band, the entries' band keys sorted in
+    runs of (key, entry) arrays, each run covering a contiguous range of entries; the newest entries and any
+    small runs are scanned by popcount instead (LSM style: a tail of ``tail`` unsorted entries becomes a run,
+    and runs merge when the newer one grows to a quarter of the older). Owners are nondecreasing along the
+    entries, so a clip's entries are one contiguous range."""
+
+    tail = 4096  # entries left unsorted before they become a run
+    scan = 16384  # runs smaller than this, and the tail, are compared with the query hash by hash
+
+    def __init__(self, widths: Sequence[int], radius: int) -> None:
+        shifts = [64 - sum(widths[: b + 1]) for b in range(len(widths))]
+        self._bands: list[tuple[np.uint64, np.uint64, np.ndarray, type]] = [
+            (np.uint64(s), np.uint64((1 << w) - 1), _flips(w, radius).astype(_key_dtype(w)), _key_dtype(w))
+            for s, w in zip(shifts, widths, strict=True)
+        ]
+        # start, stop and, per band, (sorted keys, their entries)
+        self._runs: list[tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]] = []
+        self._sorted_upto = 0
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Index the entries ``hashes`` (the whole column) gained since the last call."""
+        if len(hashes) - self._sorted_upto < self.tail:
+            return
+        self._runs.append(self._run(hashes, self._sorted_upto, len(hashes)))
+        self._sorted_upto = len(hashes)
+        runs = self._runs
+        while len(runs) > 1 and 4 * (runs[-1][1] - runs[-1][0]) >= runs[-2][1] - runs[-2][0]:
+            start, stop = runs[-2][0], runs[-1][1]
+            del runs[-2:]
+            runs.append(self._run(hashes, start, stop))
+
+    def near(self, query: np.ndarray, hashes: np.ndarray, distance: int) -> np.ndarray:
+        """Entry numbers (unsorted, possibly repeated) of every hash within ``distance`` bits of one of
+        ``query``, where ``distance // bands`` is at most the probe radius (pigeonhole: exact)."""
+        runs, k = self._runs, len(self._runs)
+        while k > 0 and runs[k - 1][1] - runs[k - 1][0] < self.scan:
+            k -= 1
+        scan_from = runs[k][0] if k < len(runs) else self._sorted_upto
+        recent = hashes[scan_from:]
+        close = (np.bitwise_count(recent[:, None] ^ query[None, :]) <= distance).any(axis=1)
+        found = [np.flatnonzero(close) + scan_from]
+        if k == 0:
+            return found[0]
+        entries, sources = [], []
+        for b, (shift, mask, flips, dtype) in enumerate(self._bands):
+            keys: np.ndarray = ((query >> shift) & mask).astype(dtype)
+            probes = (keys[:, None] ^ flips[None, :]).ravel()
+            for _, _, bands in runs[:k]:
+                sorted_keys, sorted_entries = bands[b]
+                lo = sorted_keys.searchsorted(probes, "left")
+                lengths = sorted_keys.searchsorted(probes, "right") - lo
+                total = int(lengths.sum())
+                if total:
+                    probe = np.repeat(np.arange(len(probes)), lengths)
+                    at = (lo - np.cumsum(lengths) + lengths)[probe] + np.arange(total)
+                    entries.append(sorted_entries[at])
+                    sources.append(probe // len(flips))
+        if entries:
+            entry, source = np.concatenate(entries), np.concatenate(sources)
+            found.append(entry[np.bitwise_count(hashes[entry] ^ query[source]) <= distance])
+        return np.concatenate(found)
+
+    def nbytes(self) -> int:
+        return sum(k.nbytes + e.nbytes for _, _, bands in self._runs for k, e in bands)
+
+    def _run(
+        self, hashes: np.ndarray, start: int, stop: int
+    ) -> tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]:
+        chunk, bands = hashes[start:stop], []
+        for shift, mask, _, dtype in self._bands:
+            keys: np.ndarray = ((chunk >> shift) & mask).astype(dtype)
+            order = np.argsort(keys, kind="stable")
+            bands.append((keys[order], (order + start).astype(np.int32)))
+        return start, stop, bands
+
+
 def _key_dtype(bits: int) -> type:
     return np.uint16 if bits <= 16 else np.uint32 if bits <= 32 else np.uint64
 
@@ -275,12 +365,9 @@ class DuplicateIndex:
 
     def __init__(self, config: NearDupConfig | None = None) -> None:
         self.config = config or NearDupConfig()
-        bands, d = self.config.bands, self.config.max_distance
+        bands = self.config.bands
         widths = [64 // bands + (1 if b < 64 % bands else 0) for b in range(bands)]
-        shifts = [64 - sum(widths[: b + 1]) for b in range(bands)]
-        radius = d // bands
-        self._bands = [(s, w, _flips(w, radius)) for s, w in zip(shifts, widths, strict=True)]
-        self._band_runs = [_Runs(_key_dtype(w)) for w in widths]
+        self._band_index = _BandIndex(widths, self.config.anchor_distance // bands)
         self._ids = _Column("S1")
         self._digests = _Column(np.dtype((np.uint64, 2)))
         self._by_digest, self._by_id = _Runs(np.uint64), _Runs(np.uint64)
@@ -312,7 +399,7 @@ class DuplicateIndex:
     def nbytes(self) -> int:
         """Bytes of numpy memory the index holds (capacity included)."""
         columns = (self._ids, self._digests, self._hashes, self._owners)
-        runs = (*self._band_runs, self._by_digest, self._by_id)
+        runs = (self._band_index, self._by_digest, self._by_id)
         return sum(c.nbytes() for c in columns) + sum(r.nbytes() for r in runs)
 
     def add(self, clip_id: str, fp: Fingerprint) -> None:
@@ -343,11 +430,9 @@ class DuplicateIndex:
         owners = np.repeat(clips, counts)
         informative = hashes != FLAT_HASH
         hashes, owners = hashes[informative], owners[informative]
-        entries = np.arange(len(self._hashes.values), len(self._hashes.values) + len(hashes), dtype=np.int32)
         self._hashes.append(hashes)
         self._owners.append(owners)
-        for (shift, width, _), runs in zip(self._bands, self._band_runs, strict=True):
-            runs.add((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1), entries)
+        self._band_index.add(self._hashes.values)
 
     def _lookup_id(self, clip_id: str) -> int | None:
         held = self._by_id.find(_id_keys([clip_id]))
@@ -369,14 +454,12 @@ class DuplicateIndex:
             return None
         d = self.config.max_distance
         need = max(1, math.ceil(self.config.min_match_fraction * len(query) - 1e-9))
-        entries = self._candidates(query)
+        entries = self._candidates(clip_id, query)
+        if len(entries) == 0:
+            return None
         dist_EQ = np.bitwise_count(self._hashes.values[entries][:, None] ^ query[None, :])
         e, q = np.nonzero(dist_EQ <= d)
         clips, dist = self._owners.values[entries[e]], dist_EQ[e, q].astype(np.int64)
-        not_self = self._ids.values[clips] != clip_id.encode()
-        e, q, clips, dist = e[not_self], q[not_self], clips[not_self], dist[not_self]
-        if len(clips) == 0:
-            return None
         order = np.lexsort((dist, q, clips))  # the closest entry for each (clip, query frame) comes first
         e, q, clips, dist = e[order], q[order], clips[order], dist[order]
         first = _run_starts(clips, q)
@@ -395,14 +478,18 @@ class DuplicateIndex:
             f"bits (dedup.max_distance={d}, needs {need})"
         )
 
-    def _candidates(self, query: np.ndarray) -> np.ndarray:
-        """Entry numbers, sorted and unique, sharing a band key within the probe radius with any query hash:
-        every entry within ``max_distance`` bits of one, and others."""
-        found = []
-        for (shift, width, flips), runs in zip(self._bands, self._band_runs, strict=True):
-            keys = (query >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-            found.append(runs.find(_sorted_unique((keys[:, None] ^ flips[None, :]).ravel())))
-        return _sorted_unique(np.concatenate(found))
+    def _candidates(self, clip_id: str, query: np.ndarray) -> np.ndarray:
+        """Every entry of every kept clip other than ``clip_id`` that holds a frame hash within
+        ``anchor_distance`` bits of one of ``query`` (the anchor rule), sorted."""
+        hashes, owners = self._hashes.values, self._owners.values
+        anchored = self._band_index.near(query, hashes, self.config.anchor_distance)
+        if len(anchored) == 0:
+            return anchored
+        clips = _sorted_unique(owners[anchored])
+        clips = clips[self._ids.values[clips] != clip_id.encode()]
+        lo, hi = owners.searchsorted(clips, "left"), owners.searchsorted(clips, "right")
+        lengths = hi - lo
+        return np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
 
 
 def _run_starts(*columns: np.ndarray) -> np.ndarray:

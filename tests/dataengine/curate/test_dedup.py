@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from dataengine.curate import dedup
 from dataengine.curate.dedup import (
     FLAT_HASH,
     DuplicateIndex,
@@ -99,7 +100,7 @@ def test_exact_duplicate_different_picture_and_self() -> None:
 
 
 def test_near_duplicate_needs_enough_frames_within_the_distance() -> None:
-    config = NearDupConfig(max_distance=6, min_match_fraction=0.75, exact=False)
+    config = NearDupConfig(max_distance=6, anchor_distance=6, min_match_fraction=0.75, exact=False)
     kept = (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210, 0x0F0F_0F0F_F0F0_F0F0, 0x3333_CCCC_5555_AAAA)
     index = DuplicateIndex(config)
     index.add("kept", Fingerprint("0" * 32, kept))
@@ -125,7 +126,11 @@ def test_disabled_index_finds_nothing_and_bad_configs_are_refused() -> None:
     index.add("a", fp)
     assert index.check("b", fp) is None
     with pytest.raises(ValidationError, match="probes per band"):
-        NearDupConfig(max_distance=16, bands=2)
+        NearDupConfig(max_distance=16, bands=2)  # anchor 7: radius 3 in 32-bit bands, 5489 probes
+    with pytest.raises(ValidationError, match="probes per band"):
+        NearDupConfig(bands=1)
+    with pytest.raises(ValidationError, match="anchor_distance=7 must be <= max_distance=6"):
+        NearDupConfig(max_distance=6)
     with pytest.raises(ValidationError):
         NearDupConfig(max_distanse=3)  # type: ignore[call-arg]
 
@@ -161,7 +166,8 @@ def run(index: DuplicateIndex, stream: list[tuple[str, Fingerprint]]) -> list[tu
 
 
 def brute_force(stream: list[tuple[str, Fingerprint]], config: NearDupConfig) -> list[str | None]:
-    """The decision rule without an index: every kept clip's hashes compared with every query hash."""
+    """The decision rule without an index: every kept clip's hashes compared with every query hash; a kept
+    clip counts only when one of its hashes lies within ``anchor_distance`` of one of the query's."""
     kept_ids: list[str] = []
     kept_digests: list[str] = []
     kept_KF = np.zeros((0, 4), np.uint64)
@@ -171,7 +177,8 @@ def brute_force(stream: list[tuple[str, Fingerprint]], config: NearDupConfig) ->
         if found is None:
             close_KQF = np.bitwise_count(kept_KF[:, None, :] ^ np.array(fp.phash, np.uint64)[None, :, None])
             within = close_KQF <= config.max_distance
-            matched = np.minimum(within.any(axis=2).sum(axis=1), within.any(axis=1).sum(axis=1))
+            anchored = (close_KQF <= config.anchor_distance).any(axis=(1, 2))
+            matched = np.minimum(within.any(axis=2).sum(axis=1), within.any(axis=1).sum(axis=1)) * anchored
             summed = np.where(within.any(axis=2), close_KQF.min(axis=2), 0).sum(axis=1)
             need = np.ceil(config.min_match_fraction * len(fp.phash))
             ok = np.nonzero(matched >= need)[0]
@@ -185,16 +192,51 @@ def brute_force(stream: list[tuple[str, Fingerprint]], config: NearDupConfig) ->
     return out
 
 
-@pytest.mark.parametrize("bands", [3, 4, 10])
-def test_index_decides_as_brute_force_across_runs_and_merges(bands: int) -> None:
-    config = NearDupConfig(max_distance=9, bands=bands)
+@pytest.fixture(params=["default", "small"])
+def run_sizes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index's own sizes, or runs small enough that 3000 clips go through many sorted runs and merges
+    (searched by probes) besides the scanned tail."""
+    if request.param == "small":
+        monkeypatch.setattr(dedup._BandIndex, "tail", 64)
+        monkeypatch.setattr(dedup._BandIndex, "scan", 200)
+
+
+@pytest.mark.parametrize(("bands", "anchor"), [(3, 7), (4, 7), (10, 7), (4, 3), (2, 5)])
+def test_index_decides_as_brute_force_across_runs_and_merges(
+    bands: int, anchor: int, run_sizes: None
+) -> None:
+    config = NearDupConfig(max_distance=9, anchor_distance=anchor, bands=bands)
     stream = planted_stream(3000)
     decisions = run(DuplicateIndex(config), stream)
     assert [d[0] if d else None for d in decisions] == brute_force(stream, config)
     assert 300 < sum(d is not None for d in decisions) < 1000  # the planted copies, not all, not none
 
 
-def test_from_rows_and_resume_decide_as_one_uninterrupted_pass() -> None:
+def test_a_near_duplicate_needs_one_frame_within_the_anchor_distance() -> None:
+    """Every frame 8-14 bits from the kept clip's (within max_distance=14, none within anchor_distance=7):
+    missed by design. One frame 4 bits away, as the real crop has ([10, 12, 12, 4]), anchors it."""
+    config = NearDupConfig(exact=False)
+    assert (config.anchor_distance, config.max_distance) == (7, 14)
+    rng = np.random.default_rng(5)
+    kept = tuple(int(h) | 1 for h in rng.integers(0, 2**64, size=4, dtype=np.uint64))
+
+    def flip(h: int, bits: int) -> int:
+        return h ^ sum(1 << int(b) for b in rng.choice(64, bits, replace=False))
+
+    index = DuplicateIndex(config)
+    index.add("kept", Fingerprint("0" * 32, kept))
+    far = Fingerprint("1" * 32, tuple(flip(h, b) for h, b in zip(kept, (8, 10, 12, 14), strict=True)))
+    assert sorted(frame_distances(far, Fingerprint("0" * 32, kept))) == [8, 10, 12, 14]
+    assert index.check("far", far) is None
+    assert brute_force([("kept", Fingerprint("0" * 32, kept)), ("far", far)], config) == [None, None]
+    full_rule = config.model_copy(update={"anchor_distance": 14, "bands": 8})
+    assert brute_force([("kept", Fingerprint("0" * 32, kept)), ("far", far)], full_rule) == [None, "kept"]
+    cropped = Fingerprint("1" * 32, tuple(flip(h, b) for h, b in zip(kept, (10, 12, 12, 4), strict=True)))
+    found = index.check("cropped", cropped)
+    assert found is not None and found[0] == "kept"
+
+
+def test_from_rows_and_resume_decide_as_one_uninterrupted_pass(run_sizes: None) -> None:
     config = NearDupConfig(max_distance=9)
     stream = planted_stream(6000, seed=1)
     index = DuplicateIndex(config)
