@@ -89,8 +89,13 @@ class Demo:
         with self._step(6, "inspect"):
             found = inspect_run(run_dir)
             show(found)
-        self.refusals = _refusals(found)
+        self.refusals = "\n".join(line for line in (_curated(found), _refusals(found)) if line)
         self.paths.update({"shards": run_dir / "shards", "manifest": run_dir / "manifest"})
+        if found.curation is not None:
+            for name, path in (("curation scores", found.curation.histograms),
+                               ("dropped clips", found.curation.dropped_sheet)):  # fmt: skip
+                if path is not None:
+                    self.paths[name] = path
         if found.sheet is not None:
             self.paths["contact sheet"] = found.sheet
         self._summary()
@@ -203,6 +208,18 @@ def _adherence_table(per_attribute: dict[str, dict[str, float | None]]) -> Table
     for name, row in per_attribute.items():
         table.add_row(name, *("" if v is None else f"{v:.2f}" for v in row.values()))
     return table
+
+
+def _curated(found: Inspection) -> str:
+    """One line: what the filters and the duplicate index kept and dropped before captioning."""
+    curation = found.curation
+    if curation is None:
+        return ""
+    drops = ", ".join(f"{check} {n}" for _, check, n in curation.drops) or "none"
+    return (
+        f"[bold]curation[/]: {curation.reached} clips scored, {curation.kept} went on to captioning; "
+        f"dropped before captioning: {drops}"
+    )
 
 
 def _refusals(found: Inspection) -> str:

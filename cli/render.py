@@ -82,7 +82,9 @@ def print_inspection(found: Any) -> None:
 
 def print_curation(found: Any) -> None:
     """Kept and dropped per check, each score's spread with its bounds, and where the pictures are."""
-    stdout.print(f"[bold]curation[/]: {found.reached} clips reached the filters, {found.kept} kept")
+    stdout.print(
+        f"[bold]curation[/]: {found.reached} clips reached the filters, {found.kept} went on to captioning"
+    )
     table = Table("score", "unit", "p10", "median", "p90", "bounds", "dropped", title="curation scores")
     for score in found.scores:
         spread = score.percentiles()

@@ -54,7 +54,7 @@ class CurationInspection:
     scores: list[ScoreSummary]
     drops: list[tuple[str, str, int]]  # (stage, check, clips), most first
     reached: int  # clips that reached the filters
-    kept: int
+    kept: int  # of those, clips the filters and the duplicate index passed on to captioning
     histograms: Path | None = None
     dropped_sheet: Path | None = None
     thresholds: dict[str, dict[str, float | None]] = field(default_factory=dict)
@@ -115,7 +115,7 @@ def inspect_curation(
         scores=summaries,
         drops=[(stage, check, n) for (stage, check), n in checks.most_common()],
         reached=len(scored),
-        kept=sum(r["status"] == "ok" for r in scored),
+        kept=sum(r["stage"] not in ("filter", "dedup") for r in scored),
         thresholds=thresholds,
     )
     if pictures:

@@ -28,7 +28,8 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(
-    "command", ["", "synth", "probe", "clips", "caption", "run", "inspect", "train", "sample", "demo"]
+    "command",
+    ["", "synth", "probe", "clips", "caption", "run", "inspect", "dedup", "train", "sample", "demo"],
 )
 def test_help_answers(command: str) -> None:
     done = run(*([command] if command else []), "--help")

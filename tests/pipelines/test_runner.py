@@ -18,7 +18,7 @@ import pytest
 import webdataset as wds
 
 from dataengine.config import apply_overrides
-from dataengine.shards import read_manifest
+from dataengine.shards import read_embeddings, read_manifest
 from dataengine.world.generate import synthesize
 from pipelines.recipes import get_recipe
 from pipelines.runner import Counts, Runner
@@ -28,18 +28,31 @@ from tests.media import make_broken_inputs
 pytestmark = pytest.mark.slow
 
 # Small shards so that a run commits several of them, and the kill test can stop it between two commits.
-OVERRIDES = ["shards.max_samples=2"]
+# One decode worker: clips reach the duplicate index in input order, so which of two duplicates is kept is the
+# same in every run of these tests (with several workers it may vary; that one of them is kept does not).
+OVERRIDES = ["shards.max_samples=2", "pools.decode.max_workers=1"]
+# Curation cases (tests/curation_cases.py) in the run: three the demo's filters drop, and a clip with a
+# re-encoded and a cropped copy, which the duplicate index drops before captioning.
+CURATION = ("black", "fade", "letterbox", "moving", "reencoded", "cropped")
 BROKEN = ("zero_bytes", "random_bytes", "truncated", "missing", "audio_only")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory, reference_trap: ReferenceTrap) -> list[str]:
-    """Synthetic videos (a folder, first), broken files, and the crafted files that point elsewhere."""
+def inputs(
+    tmp_path_factory: pytest.TempPathFactory,
+    reference_trap: ReferenceTrap,
+    curation_cases: dict[str, Path],
+) -> list[str]:
+    """Synthetic videos (a folder, first), broken files, the crafted files that point elsewhere, and the
+    curation cases (a folder, last)."""
     root = tmp_path_factory.mktemp("run_inputs")
     videos = synthesize(root / "videos", 4, seed=11, max_shots=2)  # 320x240: the world the captioner knows
     broken = make_broken_inputs(root / "broken", videos[0])
     crafted = [str(path) for path in reference_trap.inputs.values()] + [reference_trap.remote_url]
-    return [str(root / "videos"), *(str(broken[name]) for name in BROKEN), *crafted]
+    (root / "curation").mkdir()
+    for name in CURATION:
+        shutil.copy(curation_cases[name], root / "curation" / curation_cases[name].name)
+    return [str(root / "videos"), *(str(broken[name]) for name in BROKEN), *crafted, str(root / "curation")]
 
 
 def cli_run(inputs: list[str], out: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
@@ -85,8 +98,8 @@ def test_a_run_accounts_for_every_input_and_writes_readable_shards(
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(ok) >= 4
     sources = {r["source"] for r in rows}
-    videos = sorted(Path(inputs[0]).glob("*.mp4"))
-    for path in [*videos, *(Path(p) for p in inputs[1:])]:
+    videos = sorted(Path(inputs[0]).glob("*.mp4")) + sorted(Path(inputs[-1]).glob("*.mp4"))
+    for path in [*videos, *(Path(p) for p in inputs[1:-1])]:
         assert any(s is not None and s.endswith(path.name) for s in sources), f"{path} is not in the manifest"
     failed = {Path(r["source"]).name: r for r in rows if r["status"] == "failed"}
     assert failed["empty.mp4"]["stage"] == "probe" and "empty file" in failed["empty.mp4"]["error"]
@@ -106,6 +119,41 @@ def test_a_run_accounts_for_every_input_and_writes_readable_shards(
     assert run["status"] == "completed" and run["recipe"] == "demo"
     assert run["config"]["shards"]["max_samples"] == 2 and "ray" in run["versions"]
     assert run["counts"]["samples_written"] == len(ok) and len(run["attempts"]) == 1
+
+
+def test_curation_drops_before_captioning_and_every_clip_that_reached_it_has_its_scores(
+    reference: Path,
+) -> None:
+    rows = read_manifest(reference).to_pylist()
+    case = {Path(r["source"]).stem: r for r in rows if "/curation/" in (r["source"] or "")}
+    assert set(case) == set(CURATION)
+    for name, check in (("black", "black"), ("fade", "fade"), ("letterbox", "active_area")):
+        row = case[name]
+        assert (row["status"], row["stage"]) == ("dropped", "filter") and row["error"].startswith(f"{check} ")
+        assert row[check] is not None and f"(filters.{check}." in row["error"]
+    moving = case["moving"]
+    assert moving["stage"] != "dedup" and moving["phash"] and moving["frames_digest"]  # it reached captioning
+    for copy in ("reencoded", "cropped"):
+        row = case[copy]
+        assert (row["status"], row["stage"]) == ("dropped", "dedup"), row
+        assert row["error"].startswith(f"near duplicate of {moving['clip_id']}") and row["phash"] is None
+    # Every clip that reached the filters has its scores, kept or not; only clips past the index have hashes.
+    scored = [r for r in rows if r["clip_id"] and r["stage"] not in ("probe", "split", "decode")]
+    assert scored and all(r["motion"] is not None or r["short_side"] is not None for r in scored)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["phash"] and r["edge_sharpness"] is not None for r in ok)
+    embeddings = read_embeddings(reference)
+    assert sorted(embeddings.column("clip_id").to_pylist()) == sorted(r["clip_id"] for r in ok)
+    sample = next(
+        iter(
+            wds.WebDataset(
+                sorted(str(p) for p in (reference / "shards").glob("*.tar")), shardshuffle=False
+            ).decode()
+        )
+    )
+    assert sample["clip_emb.npy"].dtype.name == "float32" and "scores" in sample["json"]["curation"]
+    run = json.loads((reference / "run.json").read_text())
+    assert run["config"]["filters"]["black"]["max"] == 0.5 and run["config"]["dedup"]["enabled"]
 
 
 def test_inputs_that_point_elsewhere_are_probe_failures_and_what_they_name_is_never_read(
@@ -232,5 +280,14 @@ def test_inspect_prints_the_numbers_and_writes_the_contact_sheet(reference: Path
         and "why clips did not make it" in table.stdout
         and "contact sheet" in table.stdout
     )
+    curation = found["curation"]
+    assert curation["kept"] == found["by_status"]["ok"] + sum(
+        r["stage"] in ("caption", "encode") for r in rows
+    )
+    assert ["dedup", "near duplicate", 2] in curation["drops"] and ["filter", "black", 1] in curation["drops"]
+    assert (
+        Path(curation["histograms"]).stat().st_size > 0 and Path(curation["dropped_sheet"]).stat().st_size > 0
+    )
+    assert "curation scores" in table.stdout and "dropped before captioning" in table.stdout
     missing = subprocess.run([sys.executable, "-m", "cli", "inspect", str(reference / "nope")])
     assert missing.returncode == 1
