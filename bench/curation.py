@@ -26,7 +26,6 @@ four 64-bit hashes each.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,9 +38,10 @@ from curation_index import bench_index
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.curate.filters import Bound, FiltersConfig, FilterStage
+from dataengine.curate.filters import Bound, FiltersConfig
 from dataengine.records import DecodedClip, Source
-from dataengine.stages import DecodeStage, ProbeStage, SplitStage
+from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
+from dataengine.stages.filter import FilterStage
 from dataengine.world.generate import synthesize
 from pipelines.local import run_chain
 from pipelines.recipes import demo
@@ -50,7 +50,11 @@ from pipelines.recipes import demo
 def decoded_clips(n_videos: int, root: Path) -> list[DecodedClip]:
     recipe = demo()
     videos = synthesize(root, n_videos, seed=20261206, max_shots=2)
-    stages = [ProbeStage(recipe.probe), SplitStage(recipe.split), DecodeStage(recipe.decode)]
+    stages: list[Stage[Any, Any]] = [
+        ProbeStage(recipe.probe),
+        SplitStage(recipe.split),
+        DecodeStage(recipe.decode),
+    ]
     return [c for c in run_chain(stages, [Source.from_uri(v) for v in videos]) if isinstance(c, DecodedClip)]
 
 
@@ -140,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

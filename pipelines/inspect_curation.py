@@ -65,17 +65,7 @@ class CurationInspection:
             "kept": self.kept,
             "drops": self.drops,
             "thresholds": self.thresholds,
-            "scores": {
-                s.name: {
-                    "unit": s.unit,
-                    "percentiles_10_50_90": s.percentiles(),
-                    "dropped_by": s.dropped_by,
-                    "bounds": s.bounds,
-                    "n_kept": len(s.kept),
-                    "n_dropped": len(s.dropped),
-                }
-                for s in self.scores
-            },  # fmt: skip
+            "scores": {s.name: _score_json(s) for s in self.scores},
             "histograms": str(self.histograms) if self.histograms else None,
             "dropped_sheet": str(self.dropped_sheet) if self.dropped_sheet else None,
         }
@@ -130,7 +120,7 @@ def _value(row: dict[str, Any], name: str) -> float | None:
 
 
 def _check(row: dict[str, Any]) -> str:
-    """The check named by a drop's reason: the score (``motion 0.001 < 0.01 ...``) or the kind of duplicate."""
+    """The check a drop's reason names: the score (``motion 0.001 < 0.01 ...``) or the kind of duplicate."""
     words = (row["error"] or "").split()
     if row["stage"] == "dedup":
         return " ".join(words[:2]) if words else "duplicate"

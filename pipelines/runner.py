@@ -39,13 +39,13 @@ from ray.exceptions import RayError
 
 from dataengine.config import ConfigError
 from dataengine.curate.dedup import DuplicateIndex
-from dataengine.curate.filters import FilterStage
 from dataengine.inputs import iter_sources
 from dataengine.records import Clip, Failure, Fingerprint, Source, StageName
 from dataengine.samples import failure_row
 from dataengine.shards import ShardWriter, cleanup_partials, read_manifest
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
 from dataengine.stages.caption import CaptionStage
+from dataengine.stages.filter import FilterStage
 from dataengine.stages.sample import Sample, SampleConfig, SampleStage
 from pipelines.errors import RunError
 from pipelines.pools import Done, Pool, WorkItem

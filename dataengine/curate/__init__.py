@@ -7,5 +7,5 @@ Everything here works on frames the decode stage already produced (no second dec
 ``dedup``     exact digests, 64-bit perceptual hashes and the near-duplicate index the runner keeps
 ``embed``     clip embeddings (clip_emb.npy): a model-free descriptor by default, a CLIP/SigLIP tower on GPUs
 ``learned``   learned scorers as plugins: an aesthetic head on CLIP features, caption-to-clip match
-``filters``   the typed filter configs and ``FilterStage``, which runs them between decode and caption
+``filters``   the typed filter configs (``dataengine.stages.filter.FilterStage`` runs them)
 """

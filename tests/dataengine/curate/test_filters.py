@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from dataengine.curate.dedup import DuplicateIndex, NearDupConfig
-from dataengine.curate.filters import Bound, FiltersConfig, FilterStage
+from dataengine.curate.filters import Bound, FiltersConfig
 from dataengine.curate.scores import SCORES
 from dataengine.records import DecodedClip, Failure, Frames, Source
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, SplitConfig, SplitStage, ViewConfig
+from dataengine.stages.filter import FilterStage
 from pipelines.local import run_chain
 
 # One 4 s clip per case, decoded as the demo recipe decodes its caption view.
