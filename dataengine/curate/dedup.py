@@ -266,21 +266,23 @@ class _BandIndex:
     """Multi-index over the entry hashes (the ``_hashes`` column): per band, the entries' band keys sorted in
     runs of (key, entry) arrays, each run covering a contiguous range of entries; the newest entries and any
     small runs are scanned by popcount instead (LSM style: a tail of ``tail`` unsorted entries becomes a run,
-    and runs merge when the newer one grows to a quarter of the older). Owners are nondecreasing along the
-    entries, so a clip's entries are one contiguous range."""
+    and runs merge when the newer one grows to a quarter of the older)."""
 
     tail = 4096  # entries left unsorted before they become a run
     scan = 16384  # runs smaller than this, and the tail, are compared with the query hash by hash
 
     def __init__(self, widths: Sequence[int], radius: int) -> None:
         shifts = [64 - sum(widths[: b + 1]) for b in range(len(widths))]
-        self._bands: list[tuple[np.uint64, np.uint64, np.ndarray, type]] = [
-            (np.uint64(s), np.uint64((1 << w) - 1), _flips(w, radius).astype(_key_dtype(w)), _key_dtype(w))
-            for s, w in zip(shifts, widths, strict=True)
-        ]
-        # start, stop and, per band, (sorted keys, their entries)
-        self._runs: list[tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]] = []
+        self._shifts = np.array(shifts, dtype=np.uint64)[:, None]
+        self._masks = np.array([(1 << w) - 1 for w in widths], dtype=np.uint64)[:, None]
+        # Widths differ by at most one bit and never across a dtype boundary: one key dtype for all bands.
+        # A narrower band also gets the probes of its top bit + 1, keys it cannot hold: never found.
+        self._dtype = _key_dtype(max(widths))
+        self._flips: np.ndarray = _flips(max(widths), radius).astype(self._dtype)
+        # (start, stop, per band the sorted keys of entries start..stop, (bands, stop - start) their entries)
+        self._runs: list[tuple[int, int, list[np.ndarray], np.ndarray]] = []
         self._sorted_upto = 0
+        self._layouts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # _probe_layout by query length
 
     def add(self, hashes: np.ndarray) -> None:
         """Index the entries ``hashes`` (the whole column) gained since the last call."""
@@ -301,42 +303,51 @@ class _BandIndex:
         while k > 0 and runs[k - 1][1] - runs[k - 1][0] < self.scan:
             k -= 1
         scan_from = runs[k][0] if k < len(runs) else self._sorted_upto
-        recent = hashes[scan_from:]
-        close = (np.bitwise_count(recent[:, None] ^ query[None, :]) <= distance).any(axis=1)
-        found = [np.flatnonzero(close) + scan_from]
-        if k == 0:
-            return found[0]
-        entries, sources = [], []
-        for b, (shift, mask, flips, dtype) in enumerate(self._bands):
-            keys: np.ndarray = ((query >> shift) & mask).astype(dtype)
-            probes = (keys[:, None] ^ flips[None, :]).ravel()
-            for _, _, bands in runs[:k]:
-                sorted_keys, sorted_entries = bands[b]
-                lo = sorted_keys.searchsorted(probes, "left")
-                lengths = sorted_keys.searchsorted(probes, "right") - lo
+        found = []
+        if scan_from < len(hashes):
+            close = np.bitwise_count(hashes[scan_from:, None] ^ query[None, :]) <= distance
+            found.append(np.flatnonzero(close.any(axis=1)) + scan_from)
+        if k:
+            keys_BQ: np.ndarray = ((query[None, :] >> self._shifts) & self._masks).astype(self._dtype)
+            probes_BP = (keys_BQ[:, :, None] ^ self._flips[None, None, :]).reshape(len(keys_BQ), -1)
+            source, rows = self._probe_layout(len(query))
+            for start, stop, sorted_keys, entries_BN in runs[:k]:
+                lo_BP, hi_BP = np.empty(probes_BP.shape, np.int64), np.empty(probes_BP.shape, np.int64)
+                for b in range(len(probes_BP)):
+                    lo_BP[b] = sorted_keys[b].searchsorted(probes_BP[b], "left")
+                    hi_BP[b] = sorted_keys[b].searchsorted(probes_BP[b], "right")
+                lengths = (hi_BP - lo_BP).ravel()
                 total = int(lengths.sum())
-                if total:
-                    probe = np.repeat(np.arange(len(probes)), lengths)
-                    at = (lo - np.cumsum(lengths) + lengths)[probe] + np.arange(total)
-                    entries.append(sorted_entries[at])
-                    sources.append(probe // len(flips))
-        if entries:
-            entry, source = np.concatenate(entries), np.concatenate(sources)
-            found.append(entry[np.bitwise_count(hashes[entry] ^ query[source]) <= distance])
-        return np.concatenate(found)
+                if not total:
+                    continue
+                lo = lo_BP.ravel() + rows * (stop - start) - np.cumsum(lengths) + lengths  # into entries_BN
+                entry = entries_BN.ravel()[np.repeat(lo, lengths) + np.arange(total)]
+                close = np.bitwise_count(hashes[entry] ^ query[np.repeat(source, lengths)]) <= distance
+                found.append(entry[close])
+        return np.concatenate(found) if found else np.empty(0, np.int32)
+
+    def _probe_layout(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """For the (bands, n x flips) probes of ``n`` query hashes, raveled: each one's query hash, band."""
+        if n not in self._layouts:
+            flips, bands = len(self._flips), len(self._shifts)
+            probe = np.arange(bands * n * flips)
+            self._layouts[n] = probe // flips % n, probe // (n * flips)
+        return self._layouts[n]
 
     def nbytes(self) -> int:
-        return sum(k.nbytes + e.nbytes for _, _, bands in self._runs for k, e in bands)
+        return sum(e.nbytes + sum(k.nbytes for k in keys) for _, _, keys, e in self._runs)
 
     def _run(
         self, hashes: np.ndarray, start: int, stop: int
-    ) -> tuple[int, int, list[tuple[np.ndarray, np.ndarray]]]:
-        chunk, bands = hashes[start:stop], []
-        for shift, mask, _, dtype in self._bands:
-            keys: np.ndarray = ((chunk >> shift) & mask).astype(dtype)
+    ) -> tuple[int, int, list[np.ndarray], np.ndarray]:
+        chunk, sorted_keys = hashes[start:stop], []
+        entries_BN = np.empty((len(self._shifts), stop - start), dtype=np.int32)
+        for b, (shift, mask) in enumerate(zip(self._shifts[:, 0], self._masks[:, 0], strict=True)):
+            keys: np.ndarray = ((chunk >> shift) & mask).astype(self._dtype)
             order = np.argsort(keys, kind="stable")
-            bands.append((keys[order], (order + start).astype(np.int32)))
-        return start, stop, bands
+            sorted_keys.append(keys[order])
+            entries_BN[b] = order + start
+        return start, stop, sorted_keys, entries_BN
 
 
 def _key_dtype(bits: int) -> type:
@@ -454,52 +465,35 @@ class DuplicateIndex:
             return None
         d = self.config.max_distance
         need = max(1, math.ceil(self.config.min_match_fraction * len(query) - 1e-9))
-        entries = self._candidates(clip_id, query)
-        if len(entries) == 0:
+        hashes, owners = self._hashes.values, self._owners.values
+        anchored = self._band_index.near(query, hashes, self.config.anchor_distance)
+        if len(anchored) == 0:
             return None
-        dist_EQ = np.bitwise_count(self._hashes.values[entries][:, None] ^ query[None, :])
-        e, q = np.nonzero(dist_EQ <= d)
-        clips, dist = self._owners.values[entries[e]], dist_EQ[e, q].astype(np.int64)
-        order = np.lexsort((dist, q, clips))  # the closest entry for each (clip, query frame) comes first
-        e, q, clips, dist = e[order], q[order], clips[order], dist[order]
-        first = _run_starts(clips, q)
-        ids, where, query_frames = np.unique(clips[first], return_index=True, return_counts=True)
-        summed = np.add.reduceat(dist[first], where)
-        worst = np.maximum.reduceat(dist[first], where)
-        order = np.lexsort((e, clips))
-        kept_frames = np.unique(clips[order][_run_starts(clips[order], e[order])], return_counts=True)[1]
-        matched = np.minimum(query_frames, kept_frames)
-        best = np.lexsort((ids, summed, -matched))[0]
+        clips = _sorted_unique(owners[anchored])
+        clips = clips[self._ids.values[clips] != clip_id.encode()]
+        if len(clips) == 0:
+            return None
+        # Every entry of the candidate clips, clip after clip (a clip's entries are contiguous).
+        lo, hi = owners.searchsorted(clips, "left"), owners.searchsorted(clips, "right")
+        starts = np.cumsum(hi - lo) - (hi - lo)
+        entries = np.repeat(lo - starts, hi - lo) + np.arange(int((hi - lo).sum()))
+        dist_EQ = np.bitwise_count(hashes[entries][:, None] ^ query[None, :]).astype(np.int64)
+        within_EQ = dist_EQ <= d
+        within_CQ = np.logical_or.reduceat(within_EQ, starts, axis=0)  # query frames matched, per clip
+        kept_frames = np.add.reduceat(
+            within_EQ.any(axis=1).astype(np.int64), starts
+        )  # kept frames matched, per clip
+        matched = np.minimum(within_CQ.sum(axis=1), kept_frames)
+        closest_CQ = np.where(within_CQ, np.minimum.reduceat(np.where(within_EQ, dist_EQ, 64), starts), 0)
+        summed, worst = closest_CQ.sum(axis=1), closest_CQ.max(axis=1)
+        best = np.lexsort((clips, summed, -matched))[0]
         if matched[best] < need:
             return None
-        kept = self._ids.values[ids[best]].decode()
+        kept = self._ids.values[clips[best]].decode()
         return kept, (
             f"near duplicate of {kept}: {matched[best]} of {len(query)} frame hashes within {worst[best]} "
             f"bits (dedup.max_distance={d}, needs {need})"
         )
-
-    def _candidates(self, clip_id: str, query: np.ndarray) -> np.ndarray:
-        """Every entry of every kept clip other than ``clip_id`` that holds a frame hash within
-        ``anchor_distance`` bits of one of ``query`` (the anchor rule), sorted."""
-        hashes, owners = self._hashes.values, self._owners.values
-        anchored = self._band_index.near(query, hashes, self.config.anchor_distance)
-        if len(anchored) == 0:
-            return anchored
-        clips = _sorted_unique(owners[anchored])
-        clips = clips[self._ids.values[clips] != clip_id.encode()]
-        lo, hi = owners.searchsorted(clips, "left"), owners.searchsorted(clips, "right")
-        lengths = hi - lo
-        return np.repeat(lo - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
-
-
-def _run_starts(*columns: np.ndarray) -> np.ndarray:
-    """Mask of the rows where the tuple of sorted ``columns`` changes (the first row of each group)."""
-    first = np.ones(len(columns[0]), dtype=bool)
-    changed = np.zeros(len(columns[0]) - 1, dtype=bool)
-    for column in columns:
-        changed |= column[1:] != column[:-1]
-    first[1:] = changed
-    return first
 
 
 def _sorted_unique(values: np.ndarray) -> np.ndarray:
