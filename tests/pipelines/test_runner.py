@@ -33,7 +33,8 @@ pytestmark = pytest.mark.slow
 OVERRIDES = ["shards.max_samples=2", "pools.decode.max_workers=1"]
 # Curation cases (tests/curation_cases.py) in the run: three the demo's filters drop, and a clip with a
 # re-encoded and a cropped copy, which the duplicate index drops before captioning.
-CURATION = ("black", "fade", "letterbox", "moving", "reencoded", "cropped")
+# Copied as 0_moving.mp4, 1_reencoded.mp4, ...: a folder is read in name order, so moving comes first.
+CURATION = ("moving", "reencoded", "cropped", "black", "fade", "letterbox")
 BROKEN = ("zero_bytes", "random_bytes", "truncated", "missing", "audio_only")
 
 
@@ -50,8 +51,8 @@ def inputs(
     broken = make_broken_inputs(root / "broken", videos[0])
     crafted = [str(path) for path in reference_trap.inputs.values()] + [reference_trap.remote_url]
     (root / "curation").mkdir()
-    for name in CURATION:
-        shutil.copy(curation_cases[name], root / "curation" / curation_cases[name].name)
+    for i, name in enumerate(CURATION):
+        shutil.copy(curation_cases[name], root / "curation" / f"{i}_{name}.mp4")
     return [str(root / "videos"), *(str(broken[name]) for name in BROKEN), *crafted, str(root / "curation")]
 
 
@@ -125,7 +126,7 @@ def test_curation_drops_before_captioning_and_every_clip_that_reached_it_has_its
     reference: Path,
 ) -> None:
     rows = read_manifest(reference).to_pylist()
-    case = {Path(r["source"]).stem: r for r in rows if "/curation/" in (r["source"] or "")}
+    case = {Path(r["source"]).stem[2:]: r for r in rows if "/curation/" in (r["source"] or "")}
     assert set(case) == set(CURATION)
     for name, check in (("black", "black"), ("fade", "fade"), ("letterbox", "active_area")):
         row = case[name]
