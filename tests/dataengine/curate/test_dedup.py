@@ -201,7 +201,7 @@ def run_sizes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         monkeypatch.setattr(dedup._BandIndex, "scan", 200)
 
 
-@pytest.mark.parametrize(("bands", "anchor"), [(3, 7), (4, 7), (10, 7), (4, 3), (2, 5)])
+@pytest.mark.parametrize(("bands", "anchor"), [(3, 7), (4, 7), (8, 7), (10, 7), (4, 3), (2, 5)])
 def test_index_decides_as_brute_force_across_runs_and_merges(
     bands: int, anchor: int, run_sizes: None
 ) -> None:
