@@ -202,8 +202,9 @@ def gpu_qwen25vl_7b_wan() -> RecipeConfig:
         ),
         text=TextEmbedConfig(kind="tokens", model="google/t5-v1_1-large", max_tokens=128, device="cuda"),
         # Learned scorers run score-only until calibrated on the data (docs/curation.md): SigLIP clip
-        # embeddings and the LAION-style aesthetic head in the decode workers' GPU share, caption match in
-        # the encode workers. The head is LAION's improved aesthetic predictor, converted with save_head.
+        # embeddings and the LAION-style aesthetic head in the caption workers, before captioning, on their
+        # GPU; caption match in the encode workers. The head is LAION's improved aesthetic predictor,
+        # converted with save_head.
         filters=FiltersConfig(
             embed=EmbedConfig(kind="siglip", model=SIGLIP, device="cuda", dtype="bfloat16", batch_size=32),
             aesthetic=AestheticConfig(model=CLIP_L14, head=AESTHETIC_HEAD, device="cuda", dtype="bfloat16"),
@@ -212,9 +213,7 @@ def gpu_qwen25vl_7b_wan() -> RecipeConfig:
         shards=ShardConfig(max_samples=1000, max_bytes=4 << 30),
         pools=PoolsConfig(
             probe=PoolConfig(num_cpus=1, max_workers=8, batch_size=8),
-            decode=PoolConfig(
-                num_cpus=4, num_gpus=0.25, min_workers=4, max_workers=64, batch_size=2, memory_gb=8
-            ),  # the GPU share runs the filters' towers (SigLIP, CLIP); decode itself is ffmpeg on CPU
+            decode=PoolConfig(num_cpus=4, min_workers=4, max_workers=64, batch_size=2, memory_gb=8),
             caption=PoolConfig(num_cpus=4, num_gpus=1, max_workers=8, batch_size=64, max_in_flight=3),
             encode=PoolConfig(num_cpus=4, num_gpus=0.5, max_workers=8, batch_size=4, memory_gb=16),
         ),

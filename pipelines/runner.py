@@ -45,7 +45,7 @@ from dataengine.samples import failure_row
 from dataengine.shards import ShardWriter, cleanup_partials, read_manifest
 from dataengine.stages import DecodeStage, ProbeStage, SplitStage, Stage
 from dataengine.stages.caption import CaptionStage
-from dataengine.stages.filter import FilterStage
+from dataengine.stages.filter import FilterStage, LearnedStage
 from dataengine.stages.sample import Sample, SampleConfig, SampleStage
 from pipelines.errors import RunError
 from pipelines.pools import Done, Pool, WorkItem
@@ -62,8 +62,9 @@ def build_stages(step: StageName, recipe: RecipeConfig) -> Sequence[Stage[Any, A
         return [ProbeStage(recipe.probe), SplitStage(recipe.split)]
     if step == "decode":
         return [DecodeStage(recipe.decode), FilterStage(recipe.filters)]
-    if step == "caption":
-        return [CaptionStage(recipe.caption)]
+    if step == "caption":  # the filters' towers first, where the GPU is (none: no stage)
+        learned = [LearnedStage(recipe.filters)] if recipe.filters.learned else []
+        return [*learned, CaptionStage(recipe.caption)]
     preview = "caption" if "caption" in recipe.decode.views else recipe.encode.view
     config = SampleConfig(
         encode=recipe.encode,

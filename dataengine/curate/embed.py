@@ -80,7 +80,7 @@ class ClipEmbedder:
         key: the config key that names ``model``, for the message of a model that cannot be loaded.
     """
 
-    def __init__(self, config: EmbedConfig, key: str = "filter.embed.model") -> None:
+    def __init__(self, config: EmbedConfig, key: str = "filters.embed.model") -> None:
         self.config = config
         self.key = key
         self._tower: ImageTower | None = None

@@ -91,6 +91,13 @@ class FiltersConfig(Config):
         found = getattr(self, name, None)
         return found if isinstance(found, Bound) else None
 
+    @property
+    def learned(self) -> bool:
+        """Whether the filters have model towers (a CLIP/SigLIP embedder, the aesthetic scorer): they run in
+        the caption worker, where the GPU is (``dataengine.stages.filter.LearnedStage``)."""
+        towers = self.aesthetic is not None or (self.embed is not None and self.embed.kind != "descriptor")
+        return self.enabled and towers
+
     def thresholds(self) -> dict[str, dict[str, float | None]]:
         """Every active bound, for summaries: name -> {"min": ..., "max": ...}."""
         out: dict[str, dict[str, float | None]] = {}

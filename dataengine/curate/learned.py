@@ -72,7 +72,7 @@ class AestheticScorer:
         key: the config section, for the message of a model or head that cannot be loaded.
     """
 
-    def __init__(self, config: AestheticConfig, key: str = "filter.aesthetic") -> None:
+    def __init__(self, config: AestheticConfig, key: str = "filters.aesthetic") -> None:
         self.config = config
         self.key = key
         self._tower: ImageTower | None = None
@@ -204,7 +204,7 @@ class CaptionMatcher:
         key: the config key naming ``model``, for the message of a model that cannot be loaded.
     """
 
-    def __init__(self, config: CaptionMatchConfig, key: str = "filter.caption_match.model") -> None:
+    def __init__(self, config: CaptionMatchConfig, key: str = "filters.caption_match.model") -> None:
         self.config = config
         self.key = key
         self._model: Any = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from dataengine.curate import measure
@@ -53,23 +54,18 @@ class FilterStage(Stage[DecodedClip, DecodedClip]):
         super().__init__(config or FiltersConfig())
         self.text: TextDetector | None = None
         self.embedder: ClipEmbedder | None = None
-        self.aesthetic: AestheticScorer | None = None
 
     def setup(self) -> None:
         if self._on("text_area") or self._on("text_frames"):
             self.text = TextDetector(self.config.ocr)
             self.text.setup()
-        if self.config.embed is not None:
+        if self.config.embed is not None and self.config.embed.kind == "descriptor":  # towers: LearnedStage
             self.embedder = ClipEmbedder(self.config.embed)
             self.embedder.setup()
-        if self.config.aesthetic is not None:
-            self.aesthetic = AestheticScorer(self.config.aesthetic)
-            self.aesthetic.setup()
 
     def teardown(self) -> None:
-        for part in (self.embedder, self.aesthetic):
-            if part is not None:
-                part.teardown()
+        if self.embedder is not None:
+            self.embedder.teardown()
 
     def _on(self, name: str) -> bool:
         bound = self.config.bound(name)
@@ -83,18 +79,14 @@ class FilterStage(Stage[DecodedClip, DecodedClip]):
         ok = [i for i, m in enumerate(measured) if not isinstance(m, Failure)]
         clips = [views[i].frames_THWC for i in ok]
         embeddings = self.embedder.embed(clips) if self.embedder is not None and clips else [None] * len(ok)
-        aesthetic = self.aesthetic.score(clips) if self.aesthetic is not None and clips else None
         out: list[DecodedClip | Failure] = []
-        learned = iter(range(len(ok)))
+        kept = iter(embeddings)
         for decoded, view, result in zip(batch, views, measured, strict=True):
             if isinstance(result, Failure):
                 out.append(result)
                 continue
-            j = next(learned)
             scores, box = result
-            if aesthetic is not None:
-                scores["aesthetic"] = float(aesthetic[j])
-            out.append(self._verdict(decoded, view, scores, box, embeddings[j]))
+            out.append(self._verdict(decoded, view, scores, box, next(kept)))
         return out
 
     def _view(self, decoded: DecodedClip) -> Frames:
@@ -144,18 +136,77 @@ class FilterStage(Stage[DecodedClip, DecodedClip]):
         self, decoded: DecodedClip, view: Frames, scores: dict[str, float], box: Box, embedding: Any
     ) -> DecodedClip | Failure:
         """The clip with its curation, or its ``dropped`` row naming the first bound it breaks."""
-        for name in SCORES:
-            value = scores.get(name, math.nan)
-            bound = self.config.bound(name)
-            broken = bound.broken(value) if bound is not None else None
-            if broken is not None:
-                side, threshold = broken
-                key = "min" if side == "<" else "max"
-                key = "min_score" if name == "aesthetic" else key
-                reason = f"{name} {value:.4g} {side} {threshold:g} (filters.{name}.{key})"
-                return Failure.of(decoded.clip, "filter", reason, kind="dropped", scores=scores)
+        dropped = _first_broken(self.config, decoded, scores)
+        if dropped is not None:
+            return dropped
         frames = view.frames_THWC
         fingerprint = Fingerprint(
             frames_digest(frames), phash_frames(frames, self.config.phash_frames), scores
         )
         return DecodedClip(decoded.clip, decoded.views, Curation(scores, fingerprint, embedding, box))
+
+
+def _first_broken(config: FiltersConfig, decoded: DecodedClip, scores: dict[str, float]) -> Failure | None:
+    """The ``dropped`` row naming the first bound (in ``SCORES`` order) that ``scores`` break, else None."""
+    for name in SCORES:
+        value = scores.get(name, math.nan)
+        bound = config.bound(name)
+        broken = bound.broken(value) if bound is not None else None
+        if broken is not None:
+            side, threshold = broken
+            key = "min_score" if name in ("aesthetic", "caption_match") else "min" if side == "<" else "max"
+            reason = f"{name} {value:.4g} {side} {threshold:g} (filters.{name}.{key})"
+            return Failure.of(decoded.clip, "filter", reason, kind="dropped", scores=scores)
+    return None
+
+
+class LearnedStage(Stage[DecodedClip, DecodedClip]):
+    """The filters' model towers, where the GPU is: clip embeddings from a CLIP/SigLIP image tower and the
+    aesthetic score, for clips ``FilterStage`` passed (and the duplicate index kept). Runs in the caption
+    worker just before captioning; a clip below ``filters.aesthetic.min_score`` is dropped there, still
+    before any caption is paid for. Does nothing when the recipe has no towers (``FiltersConfig.learned``).
+    """
+
+    name = "filter"
+    input_type = DecodedClip
+    output_type = DecodedClip
+    config: FiltersConfig
+
+    def __init__(self, config: FiltersConfig | None = None) -> None:
+        super().__init__(config or FiltersConfig())
+        self.embedder: ClipEmbedder | None = None
+        self.aesthetic: AestheticScorer | None = None
+
+    def setup(self) -> None:
+        embed, aesthetic = self.config.embed, self.config.aesthetic
+        if self.config.enabled and embed is not None and embed.kind != "descriptor":
+            self.embedder = ClipEmbedder(embed, "filters.embed.model")
+            self.embedder.setup()
+        if self.config.enabled and aesthetic is not None:
+            self.aesthetic = AestheticScorer(aesthetic, "filters.aesthetic")
+            self.aesthetic.setup()
+
+    def teardown(self) -> None:
+        for part in (self.embedder, self.aesthetic):
+            if part is not None:
+                part.teardown()
+
+    def process_batch(self, batch: Sequence[DecodedClip]) -> list[DecodedClip | Failure]:
+        if (self.embedder is None and self.aesthetic is None) or not batch:
+            return list(batch)
+        clips = [d.views[self.config.view].frames_THWC for d in batch]
+        embeddings = self.embedder.embed(clips) if self.embedder is not None else [None] * len(batch)
+        aesthetic = self.aesthetic.score(clips) if self.aesthetic is not None else [math.nan] * len(batch)
+        out: list[DecodedClip | Failure] = []
+        for decoded, embedding, score in zip(batch, embeddings, aesthetic, strict=True):
+            curation = decoded.curation or Curation({})
+            scores = {**curation.scores, "aesthetic": float(score)} if self.aesthetic else curation.scores
+            dropped = _first_broken(self.config, decoded, {"aesthetic": scores.get("aesthetic", math.nan)})
+            if dropped is not None:
+                out.append(dropped.model_copy(update={"scores": scores}))
+                continue
+            if embedding is None:
+                embedding = curation.embedding
+            updated = replace(curation, scores=scores, embedding=embedding)
+            out.append(replace(decoded, curation=updated))
+        return out

@@ -230,8 +230,9 @@ def test_clip_kind_is_the_mean_of_the_image_towers_normalised_frame_embeddings(
 
 @pytest.mark.parametrize("kind", ["clip", "siglip"])
 def test_a_missing_model_is_a_model_unavailable_error(tmp_path: Path, kind: str) -> None:
-    embedder = ClipEmbedder(EmbedConfig(kind=kind, model=str(tmp_path / "nowhere")), key="filter.embed.model")
-    with pytest.raises(ModelUnavailableError, match=r"filter\.embed\.model"):
+    config = EmbedConfig(kind=kind, model=str(tmp_path / "nowhere"))
+    embedder = ClipEmbedder(config, key="filters.embed.model")
+    with pytest.raises(ModelUnavailableError, match=r"filters\.embed\.model"):
         embedder.setup()
     with pytest.raises(RuntimeError, match="setup"):
         embedder.embed([scene()])

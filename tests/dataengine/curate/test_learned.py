@@ -125,11 +125,11 @@ def test_heads_that_do_not_fit_are_config_errors(clip_dir: Path, tmp_path: Path)
 
 
 def test_a_missing_head_or_tower_is_a_model_unavailable_error(clip_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelUnavailableError, match=r"filter\.aesthetic\.head"):
+    with pytest.raises(ModelUnavailableError, match=r"filters\.aesthetic\.head"):
         AestheticScorer(AestheticConfig(model=str(clip_dir), head=str(tmp_path))).setup()
-    with pytest.raises(ModelUnavailableError, match=r"filter\.aesthetic\.model"):
+    with pytest.raises(ModelUnavailableError, match=r"filters\.aesthetic\.model"):
         AestheticScorer(AestheticConfig(model=str(tmp_path / "none"), head=str(tmp_path))).setup()
-    with pytest.raises(ModelUnavailableError, match=r"filter\.caption_match\.model"):
+    with pytest.raises(ModelUnavailableError, match=r"filters\.caption_match\.model"):
         CaptionMatcher(CaptionMatchConfig(model=str(tmp_path / "none"))).setup()
 
 
@@ -169,3 +169,38 @@ def test_captions_past_77_tokens_are_truncated(clip_dir: Path) -> None:
     assert scores[0] == pytest.approx(scores[1], abs=1e-6) and scores[0] != pytest.approx(scores[2], abs=1e-4)
     with pytest.raises(ValueError, match="2 captions"):
         matcher.score([scene()], ["one", "two"])
+
+
+def test_the_learned_stage_scores_embeds_and_drops_below_the_aesthetic_floor(
+    clip_dir: Path, bright_head: Path
+) -> None:
+    """LearnedStage (the caption worker's towers): aesthetic score and tower embedding on clips the model-free
+    stage passed; a clip below ``filters.aesthetic.min_score`` becomes a ``dropped`` filter row."""
+    from dataengine.curate.embed import EmbedConfig
+    from dataengine.curate.filters import FiltersConfig
+    from dataengine.records import Clip, Curation, DecodedClip, Frames, ProbeInfo
+    from dataengine.stages.filter import LearnedStage
+
+    probe = ProbeInfo(duration_s=4, avg_fps=2, r_fps=2, n_frames=8, n_frames_exact=True, width=48, height=40,
+                      rotation=0, codec="h264", pix_fmt="yuv420p", bit_depth=8, is_vfr=False, has_audio=False,
+                      container="mp4", size_bytes=1)  # fmt: skip
+    rng = np.random.default_rng(1)
+    decoded = []
+    for i, (low, high) in enumerate(((150, 256), (0, 100))):
+        clip = Clip(clip_id=f"{i:032x}", video_id="0" * 32, uri=f"file:///{i}.mp4", path=f"/{i}.mp4", index=0,
+                    start_s=0, end_s=4, shot=0, probe=probe)  # fmt: skip
+        frames = Frames(pictures(rng, 4, low, high), 2.0, np.arange(4) / 2.0)
+        decoded.append(DecodedClip(clip, {"caption": frames}, Curation({"motion": 0.1})))
+    config = FiltersConfig(
+        embed=EmbedConfig(kind="clip", model=str(clip_dir)),
+        aesthetic=AestheticConfig(model=str(clip_dir), head=str(bright_head), min_score=0.5),
+    )
+    assert config.learned and not FiltersConfig().learned  # the default embeds with the descriptor
+    with LearnedStage(config) as stage:
+        bright, dark = stage.process_batch(decoded)
+    assert isinstance(bright, DecodedClip) and bright.curation is not None
+    assert bright.curation.scores["motion"] == 0.1 and bright.curation.scores["aesthetic"] > 0.5
+    assert bright.curation.embedding is not None and bright.curation.embedding.shape == (16,)
+    assert not isinstance(dark, DecodedClip) and dark.kind == "dropped" and dark.stage == "filter"
+    assert dark.reason.startswith("aesthetic ") and "(filters.aesthetic.min_score)" in dark.reason
+    assert dark.scores["motion"] == 0.1 and dark.scores["aesthetic"] < 0.5
