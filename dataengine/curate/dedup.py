@@ -21,14 +21,22 @@ measures both crop and re-encode distances on real decoded clips. A flat frame (
 black, blank, one colour) gets hash 0, which no real picture can have (31 AC bits are always set); flat
 frames are neither indexed nor counted, since every flat frame would otherwise match every other.
 
-**Decision.** A clip duplicates a kept clip K when (exact) its digest equals K's, or (near) at least
-``ceil(min_match_fraction x n)`` of its n informative frame hashes each lie within ``max_distance`` bits of
-*some* frame hash of K, any position, so a clip cut from the same shot at another offset matches on the frames
-the two share. Consecutive clips of one static shot are near duplicates by this rule and the later ones are
-dropped: intended, they would teach a model the same picture twice. Among several qualifying K the one with
-the most matched frames, then the smallest summed distance, then the earliest kept wins, so decisions depend
-on the kept set and its order only, never on how the index is laid out (``from_rows`` after a crash decides as
-the uninterrupted run did).
+**Decision.** A clip duplicates a kept clip K when (exact) its digest equals K's, or (near) K is *anchored*
+(some frame hash of the clip lies within ``anchor_distance`` bits of some frame hash of K) and at least
+``ceil(min_match_fraction x n)`` of the clip's n informative frame hashes each lie within ``max_distance``
+bits of *some* frame hash of K, any position, so a clip cut from the same shot at another offset matches on
+the frames the two share. Consecutive clips of one static shot are near duplicates by this rule and the later
+ones are dropped: intended, they would teach a model the same picture twice. Among several qualifying K the
+one with the most matched frames, then the smallest summed distance, then the earliest kept wins, so
+decisions depend on the kept set and its order only, never on how the index is laid out (``from_rows`` after
+a crash decides as the uninterrupted run did).
+
+The anchor is the usual LSH trade, recall for speed: a near duplicate none of whose frames comes within
+``anchor_distance`` (default 7) of the kept clip is missed, even when all its frames lie within
+``max_distance`` (14). On the real copies one frame always comes that close: re-encode 0-2 bits, blur 0,
+the 10% crop 4 (its other frames 10-12). Finding every pair within 14 bits instead takes radius 3 in each
+16-bit band, 697 probes touching ~680k entries a check at 10^6 clips (9-16 checks/s); radius 1 takes 17
+probes and ~16k entries. Hashes of real frames are at even distances, so anchor 6 and 7 find the same.
 
 **Thresholds** (measured on ``tests/curation_cases.py``, caption view 2 fps x 8 frames, 112 px short side,
 nearest distance of each of 4 hashes to the original's): re-encode at 0.75x and 60 kbit/s 0-2 bits, blur
@@ -36,18 +44,21 @@ nearest distance of each of 4 hashes to the original's): re-encode at 0.75x and 
 Distances are always even (every non-flat hash has exactly 32 bits set), so ``max_distance=14`` sits one
 step above the crop and two below the captions' third-nearest frame; 3 of 4 frames must match.
 
-**Index.** Multi-index hashing: each 64-bit hash is split into ``bands`` sub-keys of 64/bands bits. If two
-hashes differ in at most d bits, by the pigeonhole principle some band differs in at most floor(d/bands)
-bits, so probing every key within that radius of each query band (multi-probe) finds every true neighbour:
-recall is exact, candidates are verified by popcount, and the layout changes speed, never decisions. The
-default, 4 bands of 16 bits with radius 3 (697 probes a band), touches about 4 x 697 x N/65536 random
-entries per query hash (N entries held): cheap to 10^5 clips, ~80 ms a check at 10^6 (bench numbers in
-``bench/curation_index.py``). Three bands of 21-22 bits would touch 5x fewer entries but need 9109 probes a
-band at d=14; five bands of 13 bits need 92 probes but touch more entries. Each band is an append-only
-multimap ``_Runs``: sorted runs of (key, entry) numpy arrays searched with ``np.searchsorted``, plus a short
-unsorted tail; a full tail becomes a run and runs merge when the newer one grows to a quarter of the older
-(LSM style). Memory is those arrays: 36 bytes per frame hash (8 hash, 4 owner, 4 x (2 key + 4 entry)) plus
-about 72 per clip (id, digest, two lookups), ~216 bytes per clip of 4 hashes.
+**Index.** Multi-index hashing for the anchor: each 64-bit hash is split into ``bands`` sub-keys of 64/bands
+bits. If two hashes differ in at most a bits, by the pigeonhole principle some band differs in at most
+floor(a/bands) bits, so probing every key within that radius of each query band (multi-probe) finds every
+hash within ``anchor_distance``: exact, checked by popcount. The anchored clips' frames (contiguous entries:
+entries are appended clip by clip) are then compared with the query's in full, so the layout changes speed,
+never decisions. The default, 4 bands of 16 bits with radius 1 (17 probes a band), touches about
+4 x 17 x N/65536 entries per query hash (N entries held), ~16k a check at 10^6 clips. ``_BandIndex`` holds,
+per band, the entries sorted by band key in runs (LSM style: a tail of 4096 unsorted entries
+becomes a run, runs merge when the newer one grows to a quarter of the older; the tail and runs under 16k
+entries are scanned by popcount). A run with at least two entries per possible key keeps a table of where
+each key's entries start instead of the sorted keys (no binary search, whose steps miss cache in a big run)
+and, in the keys' place, each entry's next band key, which rules out ~3/4 of the candidates before their
+full hashes are read at random. Memory is those arrays: 36 bytes per frame hash (8 hash, 4 owner, 4 x (4
+entry + 2 key or next key)), 1 MiB of tables per big run, plus about 72 per clip (id, digest, two
+lookups): ~216 bytes per clip of 4 hashes. ``bench/curation_index.py`` measures it.
 """
 
 from __future__ import annotations
@@ -317,7 +328,8 @@ class _BandIndex:
             keys_BQ: np.ndarray = ((query[None, :] >> self._shifts) & self._masks).astype(self._dtype)
             probes_BP = (keys_BQ[:, :, None] ^ self._flips[None, None, :]).reshape(len(keys_BQ), -1)
             source, rows, flipped = self._probe_layout(len(query))
-            expect = np.roll(keys_BQ, -1, axis=0)[rows, source]  # the next band's key, per probe
+            expect = keys_BQ[(rows + 1) % len(keys_BQ), source]  # the next band's key, per probe
+            slack = distance - flipped  # bits the rest of the hash may differ by, per probe
             for start, stop, keys, entries_BN, checks_BN in runs[:k]:
                 if isinstance(keys, np.ndarray):  # key -> where its entries start
                     at = probes_BP.ravel() + rows * keys.shape[1]
@@ -333,15 +345,13 @@ class _BandIndex:
                 if not total:
                     continue
                 lo += rows * (stop - start) - np.cumsum(lengths) + lengths  # into entries_BN
-                probe = np.repeat(np.arange(len(lengths)), lengths)  # of each entry found
-                at = lo[probe] + np.arange(total)
+                at, of = np.repeat(lo, lengths) + np.arange(total), np.repeat(source, lengths)
                 if checks_BN is not None:
-                    keep = (
-                        np.bitwise_count(checks_BN.ravel()[at] ^ expect[probe]) <= distance - flipped[probe]
-                    )
-                    at, probe = at[keep], probe[keep]
+                    check = checks_BN.ravel()[at] ^ np.repeat(expect, lengths)
+                    keep = np.flatnonzero(np.bitwise_count(check) <= np.repeat(slack, lengths))
+                    at, of = at[keep], of[keep]
                 entry = entries_BN.ravel()[at]
-                found.append(entry[np.bitwise_count(hashes[entry] ^ query[source[probe]]) <= distance])
+                found.append(entry[np.bitwise_count(hashes[entry] ^ query[of]) <= distance])
         return np.concatenate(found) if found else np.empty(0, np.int32)
 
     def _probe_layout(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
