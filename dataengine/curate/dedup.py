@@ -374,23 +374,28 @@ class _BandIndex:
     def _run(
         self, hashes: np.ndarray, start: int, stop: int
     ) -> tuple[int, int, list[np.ndarray] | np.ndarray, np.ndarray, np.ndarray | None]:
-        chunk, sorted_keys, bands = hashes[start:stop], [], len(self._shifts)
-        keys_BN: np.ndarray = np.empty((bands, stop - start), dtype=self._dtype)
-        for b, (shift, mask) in enumerate(zip(self._shifts[:, 0], self._masks[:, 0], strict=True)):
-            keys_BN[b] = (chunk >> shift) & mask
-        keys_space = int(self._masks.max()) + 1
-        if 2 * keys_space > stop - start:
-            order_BN = np.argsort(keys_BN, axis=1, kind="stable")
-            sorted_keys = list(np.take_along_axis(keys_BN, order_BN, axis=1))
-            return start, stop, sorted_keys, (order_BN + start).astype(np.int32), None
-        table = np.zeros((bands, keys_space + 1), np.int32)
+        chunk, bands, keys_space = hashes[start:stop], len(self._shifts), int(self._masks.max()) + 1
+
+        def band_keys(b: int) -> np.ndarray:
+            return ((chunk >> self._shifts[b, 0]) & self._masks[b, 0]).astype(self._dtype)
+
         entries_BN = np.empty((bands, stop - start), dtype=np.int32)
+        if 2 * keys_space > stop - start:
+            sorted_keys = []
+            for b in range(bands):
+                keys = band_keys(b)
+                order = np.argsort(keys, kind="stable")
+                entries_BN[b] = order + start
+                sorted_keys.append(keys[order])
+            return start, stop, sorted_keys, entries_BN, None
+        table = np.zeros((bands, keys_space + 1), np.int32)
         checks_BN: np.ndarray = np.empty((bands, stop - start), dtype=self._dtype)
         for b in range(bands):
-            order = np.argsort(keys_BN[b], kind="stable")
+            keys = band_keys(b)
+            order = np.argsort(keys, kind="stable")
             entries_BN[b] = order + start
-            checks_BN[b] = keys_BN[(b + 1) % bands][order]
-            table[b, 1:] = np.cumsum(np.bincount(keys_BN[b], minlength=keys_space))
+            table[b, 1:] = np.cumsum(np.bincount(keys, minlength=keys_space))
+            checks_BN[b] = band_keys((b + 1) % bands)[order]
         return start, stop, table, entries_BN, checks_BN
 
 
