@@ -25,7 +25,8 @@ from common import base_parser
 from rich.console import Console
 from rich.table import Table
 
-from dataengine.curate.dedup import DuplicateIndex, NearDupConfig, phash_frames
+from dataengine.curate.dedup import DuplicateIndex, NearDupConfig
+from dataengine.curate.hashes import phash_frames
 from dataengine.records import Fingerprint
 
 HASHES_PER_CLIP = 4

@@ -23,9 +23,9 @@ from dataclasses import replace
 from typing import Any
 
 from dataengine.curate import measure
-from dataengine.curate.dedup import frames_digest, phash_frames
 from dataengine.curate.embed import ClipEmbedder
 from dataengine.curate.filters import FiltersConfig
+from dataengine.curate.hashes import frames_digest, phash_frames
 from dataengine.curate.learned import AestheticScorer
 from dataengine.curate.ocr import TextDetector
 from dataengine.curate.scores import SCORES

@@ -7,16 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from dataengine.curate import dedup
-from dataengine.curate.dedup import (
-    FLAT_HASH,
-    DuplicateIndex,
-    NearDupConfig,
-    frames_digest,
-    phash_frames,
-)
+from dataengine.curate.dedup import DuplicateIndex, NearDupConfig
+from dataengine.curate.hashes import FLAT_HASH, frames_digest, phash_frames
 from dataengine.records import Clip, DecodedClip, Fingerprint, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
-from tests.curation_cases import make_cases
 from tests.media import ffmpeg
 
 CAPTION_VIEW = ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)
@@ -275,9 +269,8 @@ X264 = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Fingerprint]:
-    paths = make_cases(tmp_path_factory.mktemp("curation_cases"))
-    return {name: decode_caption_view(path) for name, path in paths.items() if path.suffix == ".mp4"}
+def cases(curation_cases: dict[str, Path]) -> dict[str, Fingerprint]:
+    return {name: decode_caption_view(path) for name, path in curation_cases.items() if path.suffix == ".mp4"}
 
 
 def test_real_copies_are_near_duplicates_with_margins(cases: dict[str, Fingerprint]) -> None:
@@ -303,13 +296,13 @@ def test_real_copies_are_near_duplicates_with_margins(cases: dict[str, Fingerpri
     assert decisions["moving"] is None  # itself
 
 
-def test_the_same_shot_inside_two_uploads(tmp_path: Path) -> None:
+def test_the_same_shot_inside_two_uploads(tmp_path: Path, curation_cases: dict[str, Path]) -> None:
     """Two uploads of one camera pan (~0.18 short sides per second), 1 s apart: clip A is seconds 0-4 of the
     shot, clip B seconds 1-5. Their caption views (2 fps, 8 frames) share 6 frames. With 4 hashes per clip
     (at 0, 1, 2.5 and 3.5 s of each clip) B's hashes at 1 and 3.5 s of the shot meet A's, the one at 2 s
     lies 0.5 s (~20 bits) from A's nearest and the one at 4.5 s is new: 2 of 4, below 3 of 4, so B is kept.
     Hashing all 8 frames (the filter's ``phash_frames=8``) finds the 6 shared frames: 6 of 8, a duplicate."""
-    paths = make_cases(tmp_path / "cases")
+    paths = curation_cases
     pan = tmp_path / "pan.mp4"
     ffmpeg("-loop", "1", "-i", str(paths["still"]), "-vf", "scale=640:480,crop=320:240:t*40:t*20",
            "-t", "6", "-r", "20", *X264, str(pan))  # fmt: skip

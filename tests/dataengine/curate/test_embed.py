@@ -15,7 +15,6 @@ from dataengine.curate.embed import DESCRIPTOR_DIM, ClipEmbedder, EmbedConfig, d
 from dataengine.model_cache import ModelUnavailableError
 from dataengine.records import Clip, DecodedClip, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
-from tests.curation_cases import make_cases
 
 # --------------------------------------------------------------------------------------------- test clips
 
@@ -84,12 +83,12 @@ def test_a_re_encoded_rescaled_copy_embeds_close_and_other_scenes_far() -> None:
 
 
 @pytest.fixture(scope="module")
-def case_embeddings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+def case_embeddings(curation_cases: dict[str, Path]) -> dict[str, np.ndarray]:
     """case -> descriptor of its caption view (2 fps, 8 frames, short side 112) from the decode stage."""
     view = ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)
     decode = DecodeStage(DecodeConfig(views={"caption": view}))
     out = {}
-    for name, path in make_cases(tmp_path_factory.mktemp("curation")).items():
+    for name, path in curation_cases.items():
         video = ProbeStage().probe(Source.from_uri(path))
         assert isinstance(video, Video), video
         decoded = decode.decode(Clip.of(video, index=0, start_s=0.0, end_s=video.probe.duration_s))

@@ -23,7 +23,7 @@ from dataengine.curate.measure import (
 from dataengine.curate.ocr import TextDetector
 from dataengine.records import Clip, DecodedClip, Frames, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
-from tests.curation_cases import LETTERBOX_ACTIVE, make_cases
+from tests.curation_cases import LETTERBOX_ACTIVE
 
 VIEWS = {
     "caption": ViewConfig(fps=2, max_frames=8, resize="short_side", size=112),
@@ -46,11 +46,11 @@ def all_scores(frames: Frames) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def views(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Frames]]:
+def views(curation_cases: dict[str, Path]) -> dict[str, dict[str, Frames]]:
     """case -> view name -> frames, each case decoded whole (one 4 s clip) the way the pipeline does."""
     decode = DecodeStage(DecodeConfig(views=VIEWS))
     out = {}
-    for name, path in make_cases(tmp_path_factory.mktemp("curation")).items():
+    for name, path in curation_cases.items():
         video = ProbeStage().probe(Source.from_uri(path))
         assert isinstance(video, Video), video
         decoded = decode.decode(Clip.of(video, index=0, start_s=0.0, end_s=video.probe.duration_s))
