@@ -11,6 +11,7 @@ same folder made.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,13 +102,14 @@ class Demo:
         self._summary()
 
     def _inputs(self, videos: Path) -> list[str]:
-        synthesize(videos, self.n, seed=0, max_shots=3)
-        inputs = [str(videos)]
+        made = synthesize(videos, self.n, seed=0, max_shots=3)
+        inputs = [str(videos), str(_reencoded(made[0], self.out / "copies"))]
         try:
             footage = sample_footage(self.out / "footage")
             inputs += [str(p) for p in footage]
             self.console.print(
-                f"{self.n} synthetic videos in {videos}; real footage: {', '.join(p.name for p in footage)}"
+                f"{self.n} synthetic videos in {videos} (and a re-encoded copy of the first); real footage: "
+                f"{', '.join(p.name for p in footage)}"
             )
         except OSError as exc:
             self.console.print(f"{self.n} synthetic videos in {videos}; no real footage ({exc})")
@@ -208,6 +210,17 @@ def _adherence_table(per_attribute: dict[str, dict[str, float | None]]) -> Table
     for name, row in per_attribute.items():
         table.add_row(name, *("" if v is None else f"{v:.2f}" for v in row.values()))
     return table
+
+
+def _reencoded(video: Path, folder: Path) -> Path:
+    """A smaller, lower-bitrate copy of ``video``, as scrapes hold them: the duplicate index drops it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / f"{video.stem}_reencoded.mp4"
+    if not copy.exists():
+        cmd = ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(video), "-vf", "scale=240:-2",
+               "-c:v", "libx264", "-b:v", "120k", "-an", str(copy)]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True)
+    return copy
 
 
 def _curated(found: Inspection) -> str:

@@ -85,8 +85,18 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert list((tmp_path / "demo" / "train" / "checkpoints").glob("step_*.pt"))
     # the summary says what the caption gate refused; on the demo's inputs only real footage is refused
     assert "clips captioned" in " ".join(done.stderr.split())
-    refused = [r["source"] for r in read_manifest(run_dir).to_pylist() if r["stage"] == "caption"]
+    rows = read_manifest(run_dir).to_pylist()
+    refused = [r["source"] for r in rows if r["stage"] == "caption"]
     assert not [source for source in refused if "/videos/video_" in source], refused
+    # curation kept every world clip, and the duplicate index dropped the re-encoded copy of the first video
+    copies = [r for r in rows if "/copies/" in (r["source"] or "") and r["clip_id"]]
+    assert copies and all(r["stage"] == "dedup" and "near duplicate of" in r["error"] for r in copies), copies
+    assert not [
+        r for r in rows if "/videos/video_" in (r["source"] or "") and r["stage"] in ("filter", "dedup")
+    ]
+    assert "curation:" in done.stderr and "dropped before captioning: near duplicate" in " ".join(
+        done.stderr.split()
+    )
 
 
 def test_demo_refuses_an_unknown_training_recipe_before_any_work(tmp_path: Path) -> None:
