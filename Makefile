@@ -32,6 +32,7 @@ bench: setup      ## every benchmark in bench/, each printing its ratio to the s
 	$(PY) bench/decode.py
 	$(PY) bench/caption.py
 	$(PY) bench/caption_gate.py --world 32
+	$(PY) bench/curation.py
 	$(PY) bench/shards.py
 	$(PY) bench/runner.py
 	$(PY) bench/training.py
