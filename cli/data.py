@@ -131,8 +131,13 @@ def run(
         bool, typer.Option(help="resume even though the recipe differs from run.json's")
     ] = False,
 ) -> None:
-    """Probe, split, decode, caption and encode the inputs on Ray actor pools; write WebDataset shards, a
-    parquet manifest (one row per clip, failures with stage and reason) and run.json.
+    """Probe, split, decode, curate, caption and encode the inputs on Ray actor pools; write WebDataset
+    shards, a parquet manifest (one row per clip, failures with stage and reason) and run.json.
+
+    Before captioning, the filters score every clip (motion, black/blank frames, fades, flashes, blur,
+    borders, text, size gates; each score a manifest column) and drop what breaks a bound, and duplicates of
+    clips already kept are dropped: --set filters.motion.min=0.01, --set filters.text_area.score_only=true,
+    --set dedup.enabled=false, --set filters.enabled=false (docs/curation.md).
 
     Rerunning the same command on the same --out resumes: finished clips are skipped, nothing is written
     twice, even after kill -9. Exit code 0 when the run completes (per-input failures are manifest rows);
