@@ -25,6 +25,9 @@ SAFE_OVERRIDES = (
     "caption.verify.min_psnr_db",
     "encode.vae.batch_size", "encode.vae.frame_rule",
     "text.max_tokens", "text.batch_size",
+    "filters.enabled", "filters.phash_frames",  # curation: every bound of every score, not its models
+    "filters.*.enabled", "filters.*.min", "filters.*.max", "filters.*.score_only",
+    "dedup.enabled", "dedup.exact", "dedup.max_distance", "dedup.min_match_fraction",
     "shards.max_samples", "shards.max_bytes",
     "pools.*.batch_size", "pools.*.max_in_flight",
 )
