@@ -32,7 +32,8 @@ _CURATION_STAGES = ("filter", "dedup")
 
 @dataclass
 class ScoreSummary:
-    """One score over a run: values of kept and of dropped clips, its bounds, and how many it dropped."""
+    """One score over a run: values of the clips curation passed on (captioned or not) and of those it
+    dropped, its bounds, and how many it dropped."""
 
     name: str
     unit: str
@@ -96,7 +97,8 @@ def inspect_curation(
     checks = Counter((r["stage"], _check(r)) for r in dropped)
     summaries = []
     for name, (unit, _) in SCORES.items():
-        kept = [v for r in scored if r["status"] == "ok" and (v := _value(r, name)) is not None]
+        passed = (r for r in scored if r["stage"] not in _CURATION_STAGES)
+        kept = [v for r in passed if (v := _value(r, name)) is not None]
         gone = [v for r in dropped if (v := _value(r, name)) is not None]
         if kept or gone:
             by = sum(n for (stage, check), n in checks.items() if stage == "filter" and check == name)
