@@ -17,12 +17,16 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dataengine.records import Clip, DecodedClip, Source, Video
+from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
+
 WIDTH, HEIGHT, SECONDS = 320, 240, 4.0
 FPS = 20
 FLASH_FPS = 24  # the strobe's period (8 frames) is a whole number of frames at this rate
 LETTERBOX_ACTIVE = 0.6  # share of the frame the letterboxed picture covers
 CAPTIONS = ("BREAKING NEWS", "Live from the city", "Tonight at nine")
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+CAPTION_VIEW = ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)  # as the demo decodes captions
 
 
 def make_cases(directory: Path) -> dict[str, Path]:
@@ -148,3 +152,16 @@ def _captioned(frames_THWC: np.ndarray) -> np.ndarray:
             draw.text((12, y), text, font=font, fill=(255, 255, 255))
         out[i] = np.asarray(image)
     return out
+
+
+def decode_span(
+    path: Path, views: dict[str, ViewConfig] | None = None, start_s: float = 0.0, end_s: float | None = None
+) -> DecodedClip:
+    """One clip of ``path`` (the whole file by default) through the real probe and decode stages, with
+    ``views`` (default: the demo's caption view alone)."""
+    video = ProbeStage().probe(Source.from_uri(path))
+    assert isinstance(video, Video), video
+    decode = DecodeStage(DecodeConfig(views=views or {"caption": CAPTION_VIEW}))
+    decoded = decode.decode(Clip.of(video, 0, start_s, video.probe.duration_s if end_s is None else end_s))
+    assert isinstance(decoded, DecodedClip), decoded
+    return decoded

@@ -9,8 +9,9 @@ from pydantic import ValidationError
 from dataengine.curate import dedup
 from dataengine.curate.dedup import DuplicateIndex, NearDupConfig
 from dataengine.curate.hashes import FLAT_HASH, frames_digest, phash_frames
-from dataengine.records import Clip, DecodedClip, Fingerprint, Source, Video
-from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
+from dataengine.records import Fingerprint
+from dataengine.stages import ViewConfig
+from tests.curation_cases import decode_span
 from tests.media import ffmpeg
 
 CAPTION_VIEW = ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)
@@ -258,11 +259,7 @@ def test_from_rows_and_resume_decide_as_one_uninterrupted_pass(run_sizes: None) 
 
 
 def decode_caption_view(path: Path, n: int = 4, start_s: float = 0.0, end_s: float = 4.0) -> Fingerprint:
-    video = ProbeStage().probe(Source.from_uri(path))
-    assert isinstance(video, Video), video
-    out = DecodeStage(DecodeConfig(views={"caption": CAPTION_VIEW})).decode(Clip.of(video, 0, start_s, end_s))
-    assert isinstance(out, DecodedClip), out
-    return fingerprint(out.views["caption"].frames_THWC, n)
+    return fingerprint(decode_span(path, start_s=start_s, end_s=end_s).views["caption"].frames_THWC, n)
 
 
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p"]

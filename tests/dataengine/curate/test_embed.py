@@ -13,8 +13,7 @@ from pydantic import ValidationError
 from dataengine.config import ConfigError
 from dataengine.curate.embed import DESCRIPTOR_DIM, ClipEmbedder, EmbedConfig, describe
 from dataengine.model_cache import ModelUnavailableError
-from dataengine.records import Clip, DecodedClip, Source, Video
-from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
+from tests.curation_cases import decode_span
 
 # --------------------------------------------------------------------------------------------- test clips
 
@@ -85,16 +84,10 @@ def test_a_re_encoded_rescaled_copy_embeds_close_and_other_scenes_far() -> None:
 @pytest.fixture(scope="module")
 def case_embeddings(curation_cases: dict[str, Path]) -> dict[str, np.ndarray]:
     """case -> descriptor of its caption view (2 fps, 8 frames, short side 112) from the decode stage."""
-    view = ViewConfig(fps=2, max_frames=8, resize="short_side", size=112)
-    decode = DecodeStage(DecodeConfig(views={"caption": view}))
-    out = {}
-    for name, path in curation_cases.items():
-        video = ProbeStage().probe(Source.from_uri(path))
-        assert isinstance(video, Video), video
-        decoded = decode.decode(Clip.of(video, index=0, start_s=0.0, end_s=video.probe.duration_s))
-        assert isinstance(decoded, DecodedClip), decoded
-        out[name] = describe(decoded.views["caption"].frames_THWC)
-    return out
+    return {
+        name: describe(decode_span(path).views["caption"].frames_THWC)
+        for name, path in curation_cases.items()
+    }
 
 
 def test_curation_cases_copies_embed_close_other_footage_far(case_embeddings: dict[str, np.ndarray]) -> None:

@@ -21,9 +21,9 @@ from dataengine.curate.measure import (
     text_scores,
 )
 from dataengine.curate.ocr import TextDetector
-from dataengine.records import Clip, DecodedClip, Frames, Source, Video
-from dataengine.stages import DecodeConfig, DecodeStage, ProbeStage, ViewConfig
-from tests.curation_cases import LETTERBOX_ACTIVE
+from dataengine.records import Frames
+from dataengine.stages import ViewConfig
+from tests.curation_cases import LETTERBOX_ACTIVE, decode_span
 
 VIEWS = {
     "caption": ViewConfig(fps=2, max_frames=8, resize="short_side", size=112),
@@ -48,15 +48,7 @@ def all_scores(frames: Frames) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def views(curation_cases: dict[str, Path]) -> dict[str, dict[str, Frames]]:
     """case -> view name -> frames, each case decoded whole (one 4 s clip) the way the pipeline does."""
-    decode = DecodeStage(DecodeConfig(views=VIEWS))
-    out = {}
-    for name, path in curation_cases.items():
-        video = ProbeStage().probe(Source.from_uri(path))
-        assert isinstance(video, Video), video
-        decoded = decode.decode(Clip.of(video, index=0, start_s=0.0, end_s=video.probe.duration_s))
-        assert isinstance(decoded, DecodedClip), decoded
-        out[name] = decoded.views
-    return out
+    return {name: decode_span(path, VIEWS).views for name, path in curation_cases.items()}
 
 
 @pytest.fixture(scope="module")
