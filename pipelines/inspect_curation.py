@@ -171,23 +171,26 @@ def _plot(path: Path, summaries: list[ScoreSummary]) -> Path:
 
 
 def _dropped_sheet(path: Path, dropped: list[dict[str, Any]]) -> Path | None:
-    """Re-decode each dropped clip from its source (local files only) and lay them out with their reasons."""
+    """Re-decode the dropped clips from their sources (local files only; each probed once, the clips of one
+    video in one decode pass) and lay them out with their reasons."""
     probe = ProbeStage(ProbeConfig())
     decode = DecodeStage(DecodeConfig(views={"sheet": ViewConfig(fps=2, max_frames=6, size=96)}))
-    clips: list[DecodedClip] = []
+    videos: dict[str, Video | None] = {}
+    clips: list[Clip] = []
     labels: list[str] = []
-    for row in dropped:
+    for row in sorted(dropped, key=lambda r: (r["source"], r["start_s"])):
         source = Source.from_uri(row["source"])
-        if not source.is_local or not source.local_path.exists():
-            continue
-        video = probe.process_batch([source])[0]
-        if not isinstance(video, Video):
-            continue
-        clip = Clip.of(video, 0, row["start_s"], row["end_s"])
-        decoded = decode.decode(clip)
-        if isinstance(decoded, DecodedClip):
-            clips.append(decoded)
+        if source.uri not in videos:
+            found = (
+                probe.process_batch([source])[0] if source.is_local and source.local_path.exists() else None
+            )
+            videos[source.uri] = found if isinstance(found, Video) else None
+        video = videos[source.uri]
+        if video is not None:
+            clips.append(Clip.of(video, 0, row["start_s"], row["end_s"]))
             labels.append(f"{row['stage']}: {row['error']}")
-    if not clips:
+    decoded = decode.process_batch(clips) if clips else []
+    shown = [(d, label) for d, label in zip(decoded, labels, strict=True) if isinstance(d, DecodedClip)]
+    if not shown:
         return None
-    return contact_sheet(clips, "sheet", path, captions=labels)
+    return contact_sheet([d for d, _ in shown], "sheet", path, captions=[label for _, label in shown])
