@@ -112,7 +112,7 @@ class DedupReport:
 # --- reading -----------------------------------------------------------------------------------------------
 
 
-def read_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
+def ok_clip_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
     """The ok clips' ids and ``(n, D)`` float32 embeddings, and the ok clips that have none.
 
     Raises:
@@ -172,9 +172,9 @@ def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
     """SemDeDup over ``run_dir``'s ok clips (the rule is in the module docstring).
 
     Raises:
-        FileNotFoundError: no manifest. RunError: no embeddings (see ``read_embeddings``).
+        FileNotFoundError: no manifest. RunError: no embeddings (see ``ok_clip_embeddings``).
     """
-    ids, emb_ND, missing = read_embeddings(run_dir)
+    ids, emb_ND, missing = ok_clip_embeddings(run_dir)
     n = len(ids)
     k = min(n, config.clusters or math.ceil(math.sqrt(n / 2)))
     labels_N = cluster(emb_ND, k, config)
