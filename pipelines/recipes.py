@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dataengine.caption.engines import SamplingConfig, VLLMEngineConfig
 from dataengine.caption.quality import QualityConfig
@@ -72,6 +72,15 @@ class RecipeConfig(Config):
     shards: ShardConfig = Field(default_factory=ShardConfig)
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    @model_validator(mode="after")
+    def _filters_see_a_decoded_view(self) -> RecipeConfig:
+        if self.filters.enabled and self.filters.view not in self.decode.views:
+            raise ValueError(
+                f"filters.view={self.filters.view!r} is not a decoded view; use one of "
+                f"{sorted(self.decode.views)} (decode.views)"
+            )
+        return self
 
 
 def demo() -> RecipeConfig:

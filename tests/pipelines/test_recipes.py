@@ -91,3 +91,9 @@ def test_only_the_world_captioner_gets_the_world_calibrated_gate(name: str) -> N
     world = caption.engine.model == "builtin:world-captioner"
     assert (caption.verify is not None) == world
     assert (caption.quality.min_mean_logprob is not None) == world
+
+
+def test_filters_on_a_view_the_recipe_does_not_decode_is_refused_up_front() -> None:
+    with pytest.raises(OverrideError, match=r"filters.view='nope' is not a decoded view; use one of"):
+        apply_overrides(get_recipe("demo"), ["filters.view=nope"])
+    assert apply_overrides(get_recipe("demo"), ["filters.view=latents"]).filters.view == "latents"
