@@ -19,7 +19,6 @@ becomes ``Failure(stage="input")`` and is never opened; ``fetch`` checks again a
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -36,12 +35,12 @@ import aiohttp
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-from botocore.exceptions import BotoCoreError
 from fsspec.spec import AbstractFileSystem
 from pydantic import Field, field_validator
 
 from dataengine.config import Config
 from dataengine.records import Failure, Source, normalize_uri
+from dataengine.storage import transport_errors
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -140,7 +139,7 @@ def iter_sources(specs: Iterable[str], config: InputsConfig) -> Iterator[Source 
         elif local:
             yield from _confined(_expand_local(path, config), config)
         else:
-            with _transport_errors(spec):
+            with transport_errors(spec):
                 yield from _confined(_expand_remote(spec, config), config)
 
 
@@ -174,7 +173,7 @@ def fetch(source: Source, config: InputsConfig) -> Path:
     partial = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
     fs, path = _filesystem_for(source.uri, config)
     try:
-        with _transport_errors(source.uri):
+        with transport_errors(source.uri):
             fs.get_file(path, str(partial))
         partial.replace(target)
     finally:
@@ -243,17 +242,6 @@ def _filesystem_for(uri: str, config: InputsConfig) -> tuple[AbstractFileSystem,
     aiohttp_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
     options["client_kwargs"] = {"timeout": aiohttp_timeout, **options.get("client_kwargs", {})}
     return fsspec.filesystem(scheme, **options), uri
-
-
-@contextlib.contextmanager
-def _transport_errors(uri: str) -> Iterator[None]:
-    """Re-raise aiohttp and botocore errors (not all are OSErrors) as OSError, the family callers handle."""
-    try:
-        yield
-    except (aiohttp.ClientError, BotoCoreError) as err:
-        if isinstance(err, OSError):
-            raise
-        raise OSError(f"{uri}: {err}") from err
 
 
 def _list_local(directory: str) -> list[tuple[str, bool]]:
