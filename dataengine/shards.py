@@ -1,16 +1,17 @@
 """WebDataset shards plus a parquet manifest, written so a crash never leaves a torn file under a final name.
 
-Layout under ``out_dir``::
+Layout under the output root, a local folder or an fsspec URL like ``s3://bucket/run`` (``storage.Store``)::
 
     shards/{prefix}-{run_part}-{index:06d}.tar          one sample per clip, key = clip id
     manifest/{prefix}-{run_part}-{index:06d}.parquet    one row per clip of that shard, failures included
     embeddings/{prefix}-{run_part}-{index:06d}.parquet  clip_id + clip_emb of that shard's samples (when
                                                         rows carry ``clip_emb``), for search and dedup
 
-A shard is written to ``shards/.{stem}.tar.partial``, fsync'ed and renamed when complete; its embeddings
-part, then its manifest are written the same way *after* the rename, so the manifest is the commit mark: a
-final ``.tar`` without a manifest (a crash between the two renames) is treated as never written and removed by
-``cleanup_partials``.
+Every file is written through ``Store.writing``: locally as ``.{name}.partial``, fsync'ed and renamed; on
+object storage as an upload that completes (the object appears) only when the file is whole. A shard's tar is
+streamed first, then its embeddings part, then its manifest part, so the manifest is the commit mark: a final
+``.tar`` without a manifest (a crash between the two) is treated as never written and removed by
+``cleanup_partials``, which also aborts the multipart uploads a killed writer left on S3.
 A manifest may exist without a shard: it then holds only failures. Failures recorded while a shard is open go
 into that shard's manifest; failures recorded with no shard open wait for the next shard, or are flushed as a
 failures-only part on ``close()``.
@@ -18,11 +19,13 @@ failures-only part on ``close()``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -34,6 +37,7 @@ from webdataset.writer import default_handlers, encode_based_on_extension
 
 from dataengine.config import Config
 from dataengine.curate.scores import SCORES
+from dataengine.storage import Store, transport_errors
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -47,6 +51,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("n_frames", pa.int32()),
         ("latent_shape", pa.list_(pa.int32())),
+        # The shard bucket the sample was grouped into ("video-5x30x40", "image-1x32x32"): samples of one
+        # latent shape share shards, so a trainer batch comes from homogeneous shards. Null for failures.
+        ("bucket", pa.string()),
         ("shard", pa.string()),
         ("caption", pa.string()),
         ("short_caption", pa.string()),
@@ -72,6 +79,7 @@ EMBEDDINGS_SCHEMA = pa.schema([("clip_id", pa.string()), ("clip_emb", pa.list_(p
 _JSON_COLUMNS = ("model_ids", "timings")
 _KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,80}")  # no dots: webdataset splits key and extension at the first dot
 _PARTIAL = ".partial"
+_DIRS = ("shards", "manifest", "embeddings")
 _BLOCK, _RECORD = tarfile.BLOCKSIZE, tarfile.RECORDSIZE
 _MTIME = 0  # a fixed integer mtime: identical shards for identical samples, and no per-member PAX header
 _COPY_CHUNK = 1 << 20  # bytes handed to the file per write when copying a member
@@ -139,23 +147,6 @@ class _Pieces:
         return out[0] if len(out) == 1 else b"".join(out)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(tmp: Path, final: Path, f: IO[bytes]) -> None:
-    """Flush ``f`` (the open temp file) to disk, close it and atomically give it its final name."""
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    tmp.replace(final)
-    _fsync_dir(final.parent)
-
-
 def _manifest_row(row: dict[str, Any]) -> dict[str, Any]:
     unknown = set(row) - set(MANIFEST_SCHEMA.names)
     if unknown:
@@ -167,45 +158,51 @@ def _manifest_row(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _AbortedError(Exception):
+    """Thrown into an open ``Store.writing`` block to discard what it wrote."""
+
+
 class ShardWriter:
     """Writes samples into size-bounded WebDataset shards with one manifest part per shard.
 
     Names are deterministic: a writer continues after the highest index already final for its
     ``prefix``/``run_part``, so a resumed run (after ``cleanup_partials``) names shards as an uninterrupted
-    run would. Concurrent writers into one ``out_dir`` must use distinct ``run_part`` values. Leaving the
+    run would. Concurrent writers into one output must use distinct ``run_part`` values. Leaving the
     ``with`` block by an exception aborts the open shard (its clips are redone on resume) instead of
     committing it.
     """
 
-    def __init__(self, out_dir: Path, config: ShardConfig, run_part: str = "00000") -> None:
+    def __init__(
+        self, out: Store | str | os.PathLike[str], config: ShardConfig, run_part: str = "00000"
+    ) -> None:
         if not _KEY_RE.fullmatch(config.prefix) or not _KEY_RE.fullmatch(run_part):
             raise ValueError(
                 f"prefix {config.prefix!r} and run_part {run_part!r} must match {_KEY_RE.pattern}"
             )
         self.config = config
-        self.shard_dir, self.manifest_dir = Path(out_dir) / "shards", Path(out_dir) / "manifest"
-        self.embedding_dir = Path(out_dir) / "embeddings"
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        self.manifest_dir.mkdir(parents=True, exist_ok=True)
+        self.store = _as_store(out)
+        if self.store.local:  # an empty run still shows its layout
+            for d in ("shards", "manifest"):
+                Path(self.store.path(d)).mkdir(parents=True, exist_ok=True)
         self._base = f"{config.prefix}-{run_part}-"
         own = re.compile(rf"(\.?){re.escape(self._base)}(\d{{6}})\.(?:tar|parquet)({re.escape(_PARTIAL)})?")
-        names = [p.name for d in (self.shard_dir, self.manifest_dir) for p in d.iterdir()]
-        found = [m for name in names if (m := own.fullmatch(name))]
-        if any(m[3] for m in found):
+        found = [m for d in _DIRS for name in self.store.listdir(d) if (m := own.fullmatch(name))]
+        pending = [key for d in _DIRS for key in self.store.pending_uploads(f"{d}/{self._base}")]
+        if pending or any(m[3] for m in found):
             raise FileExistsError(
-                f"temporary files of an unfinished writer for {self._base}* in {out_dir}: another writer "
-                "uses this run_part, or a crashed run was not cleaned: call cleanup_partials(out_dir) first"
+                f"unfinished files of a writer for {self._base}* in {self.store}: another writer uses this "
+                "run_part, or a crashed run was not cleaned: call cleanup_partials(out) first"
             )
         self._next_index = max((int(m[2]) for m in found), default=-1) + 1
         self._seen: set[str] = set()
         self._rows: list[dict[str, Any]] = []  # manifest rows of the open shard, or failures waiting for one
         self._embeddings: list[dict[str, Any]] = []  # clip embeddings of the open shard
-        self._file: IO[bytes] | None = None
+        self._writing: contextlib.AbstractContextManager[IO[bytes]] | None = None
         self._tar: tarfile.TarFile | None = None
         self._stem = ""
         self._n_samples = 0
         self._payload_bytes = 0
-        self.written: list[Path] = []  # final shard paths, in order
+        self.written: list[str] = []  # final shard URIs (local paths for a local store), in order
 
     # --- public API -----------------------------------------------------------------------------------------
 
@@ -272,11 +269,10 @@ class ShardWriter:
             self._write_manifest(self._take_index())
 
     def abort(self) -> None:
-        """Drop the open shard and the rows not yet committed; nothing is renamed to a final name."""
-        if self._file is not None:
-            self._file.close()
-            (self.shard_dir / f".{self._stem}.tar{_PARTIAL}").unlink(missing_ok=True)
-        self._file, self._tar, self._rows, self._embeddings = None, None, [], []
+        """Drop the open shard and the rows not yet committed: nothing appears under a final name."""
+        writing, self._writing, self._tar, self._rows, self._embeddings = self._writing, None, None, [], []
+        if writing is not None:
+            writing.__exit__(_AbortedError, _AbortedError(), None)  # discards the partial file or upload
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -298,85 +294,129 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         self._stem = self._take_index()
-        self._file = (self.shard_dir / f".{self._stem}.tar{_PARTIAL}").open("xb")
-        self._tar = tarfile.TarFile(fileobj=self._file, mode="w", copybufsize=_COPY_CHUNK)
+        self._writing = self.store.writing("shards", f"{self._stem}.tar")
+        fileobj = self._writing.__enter__()
+        self._tar = tarfile.TarFile(fileobj=fileobj, mode="w", copybufsize=_COPY_CHUNK)
         self._n_samples, self._payload_bytes = 0, 0
 
     def _finish_shard(self) -> None:
-        assert self._tar is not None and self._file is not None
+        assert self._tar is not None and self._writing is not None
         self._tar.close()  # writes the end-of-archive blocks and record padding; the file object stays open
-        final = self.shard_dir / f"{self._stem}.tar"
-        _commit(self.shard_dir / f".{self._stem}.tar{_PARTIAL}", final, self._file)
-        self.written.append(final)
-        self._file, self._tar = None, None
+        writing, self._writing, self._tar = self._writing, None, None
+        writing.__exit__(None, None, None)  # the tar appears under its final name
+        self.written.append(self.store.uri("shards", f"{self._stem}.tar"))
         if self._embeddings:
-            self._write_parquet(self.embedding_dir, self._stem, self._embeddings, EMBEDDINGS_SCHEMA)
+            self._write_parquet("embeddings", self._stem, self._embeddings, EMBEDDINGS_SCHEMA)
             self._embeddings = []
         self._write_manifest(self._stem)
 
     def _write_manifest(self, stem: str) -> None:
-        self._write_parquet(self.manifest_dir, stem, self._rows, MANIFEST_SCHEMA)
+        self._write_parquet("manifest", stem, self._rows, MANIFEST_SCHEMA)
         self._rows = []
 
-    @staticmethod
-    def _write_parquet(directory: Path, stem: str, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
-        directory.mkdir(exist_ok=True)
+    def _write_parquet(
+        self, directory: str, stem: str, rows: list[dict[str, Any]], schema: pa.Schema
+    ) -> None:
         table = pa.Table.from_pylist(rows, schema=schema)
-        tmp = directory / f".{stem}.parquet{_PARTIAL}"
-        with tmp.open("xb") as f:
+        with self.store.writing(directory, f"{stem}.parquet") as f:
             pq.write_table(table, f)
-            _commit(tmp, directory / f"{stem}.parquet", f)
 
 
-def cleanup_partials(out_dir: Path) -> list[Path]:
-    """Remove what a crashed writer left: temporary files, and final shards that never got their manifest.
+def cleanup_partials(out: Store | str | os.PathLike[str], stem_prefix: str = "") -> list[str]:
+    """Remove what crashed writers left: temporary files, final shards and embeddings parts that never got
+    their manifest, and (S3) unfinished multipart uploads.
 
-    Call it once at the start of a resuming run, before any writer opens. Returns the removed paths.
+    Only names starting with ``stem_prefix`` are touched (after the leading ``.`` of a temporary file), so
+    drivers sharing one output (``stem_prefix="shard-p01of04-"``) each clean their own. Call it at the start
+    of a resuming run, before any writer of those names opens. Returns the removed URIs (local paths), sorted.
     """
-    shard_dir, manifest_dir = Path(out_dir) / "shards", Path(out_dir) / "manifest"
-    embedding_dir = Path(out_dir) / "embeddings"
-    dirs = (shard_dir, manifest_dir, embedding_dir)
-    removed = [p for d in dirs if d.is_dir() for p in d.glob(f".*{_PARTIAL}")]
-    for d, pattern in ((shard_dir, "*.tar"), (embedding_dir, "*.parquet")):
-        if d.is_dir():
-            removed += [p for p in d.glob(pattern) if not (manifest_dir / f"{p.stem}.parquet").exists()]
-    for p in removed:
-        p.unlink()
-    return sorted(removed)
-
-
-def read_manifest(out_dir: Path) -> pa.Table:
-    """All committed manifest parts of a run, concatenated in file-name order (empty table if none).
-
-    Parts written before a column existed read as nulls in it, so older runs stay readable.
-    """
-    parts = sorted((Path(out_dir) / "manifest").glob("*.parquet"))
-    tables = [_with_schema(pq.read_table(p)) for p in parts]
-    return pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
-
-
-def read_embeddings(out_dir: Path) -> pa.Table:
-    """The clip embeddings of a run's committed shards (``clip_id``, ``clip_emb``); empty if none."""
-    manifest_dir = Path(out_dir) / "manifest"
-    parts = [
-        p for p in sorted((Path(out_dir) / "embeddings").glob("*.parquet"))
-        if (manifest_dir / p.name).exists()  # committed: its manifest part exists
+    store = _as_store(out)
+    removed = [
+        f"{d}/{name}" for d in _DIRS for name in store.listdir(d)
+        if name.startswith(f".{stem_prefix}") and name.endswith(_PARTIAL)
     ]  # fmt: skip
-    tables = [pq.read_table(p, schema=EMBEDDINGS_SCHEMA) for p in parts]
+    committed = set(_parts(store, "manifest"))
+    for d, suffix in (("shards", ".tar"), ("embeddings", ".parquet")):
+        removed += [
+            f"{d}/{name}" for name in store.listdir(d)
+            if name.startswith(stem_prefix) and not name.startswith(".") and name.endswith(suffix)
+            and f"{name.removesuffix(suffix)}.parquet" not in committed
+        ]  # fmt: skip
+    store.remove(*removed)
+    root_key = store.path().partition("/")[2] if not store.local else ""
+    aborted = [
+        key.removeprefix(f"{root_key}/") for d in _DIRS for key in store.abort_uploads(f"{d}/{stem_prefix}")
+    ]
+    return sorted(store.uri(rel) for rel in removed + aborted)
+
+
+def iter_manifest_parts(
+    out: Store | str | os.PathLike[str], columns: Sequence[str] | None = None
+) -> Iterator[tuple[str, pa.Table]]:
+    """Each committed manifest part of a run as (part name, table), in name order, one in memory at a time.
+
+    Tables have MANIFEST_SCHEMA's types, restricted to ``columns`` (in that order) when given; parts written
+    before a column existed read as nulls in it, so older runs stay readable.
+
+    Raises:
+        ValueError: a column that is not in MANIFEST_SCHEMA.
+    """
+    names = list(MANIFEST_SCHEMA.names if columns is None else columns)
+    unknown = set(names) - set(MANIFEST_SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown manifest columns {sorted(unknown)}; known: {MANIFEST_SCHEMA.names}")
+    schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in names])
+    store = _as_store(out)
+    for part in _parts(store, "manifest"):
+        with transport_errors(store.uri("manifest", part)), store.fs.open(store.path("manifest", part)) as f:
+            parquet = pq.ParquetFile(f)
+            present = [n for n in names if n in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+        yield part, _with_schema(table, schema, parquet.metadata.num_rows)
+
+
+def read_manifest(out: Store | str | os.PathLike[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """All committed manifest parts of a run, concatenated in part-name order (empty table if none);
+    ``columns`` as in ``iter_manifest_parts``."""
+    tables = [table for _, table in iter_manifest_parts(out, columns)]
+    if tables:
+        return pa.concat_tables(tables)
+    return pa.schema([MANIFEST_SCHEMA.field(n) for n in columns or MANIFEST_SCHEMA.names]).empty_table()
+
+
+def read_embeddings(out: Store | str | os.PathLike[str]) -> pa.Table:
+    """The clip embeddings of a run's committed shards (``clip_id``, ``clip_emb``); empty if none."""
+    store = _as_store(out)
+    committed = set(_parts(store, "manifest"))
+    tables = []
+    for part in _parts(store, "embeddings"):
+        if part in committed:
+            uri = store.uri("embeddings", part)
+            with transport_errors(uri), store.fs.open(store.path("embeddings", part)) as f:
+                tables.append(pq.read_table(f, schema=EMBEDDINGS_SCHEMA))
     return pa.concat_tables(tables) if tables else EMBEDDINGS_SCHEMA.empty_table()
 
 
-def _with_schema(table: pa.Table) -> pa.Table:
-    """``table`` in MANIFEST_SCHEMA's column order and types, columns it lacks filled with nulls."""
-    columns = [
-        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
-        for f in MANIFEST_SCHEMA
-    ]
-    return pa.Table.from_arrays(columns, schema=MANIFEST_SCHEMA)
-
-
-def completed_keys(out_dir: Path, include_failed: bool = True) -> set[str]:
+def completed_keys(out: Store | str | os.PathLike[str], include_failed: bool = True) -> set[str]:
     """Clip ids a resumed run can skip: a committed sample or (by default) a recorded failure."""
-    table = read_manifest(out_dir)
+    table = read_manifest(out, columns=("clip_id", "status"))
     ids, statuses = table.column("clip_id").to_pylist(), table.column("status").to_pylist()
     return {c for c, s in zip(ids, statuses, strict=True) if c is not None and (include_failed or s == "ok")}
+
+
+def _as_store(out: Store | str | os.PathLike[str]) -> Store:
+    return out if isinstance(out, Store) else Store(out)
+
+
+def _parts(store: Store, directory: str) -> list[str]:
+    """Committed parquet parts of ``directory`` (temporary ``.partial`` files excluded), sorted."""
+    return [n for n in store.listdir(directory) if n.endswith(".parquet") and not n.startswith(".")]
+
+
+def _with_schema(table: pa.Table, schema: pa.Schema, num_rows: int) -> pa.Table:
+    """``table`` in ``schema``'s column order and types, columns it lacks filled with ``num_rows`` nulls."""
+    columns = [
+        table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)

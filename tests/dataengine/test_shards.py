@@ -140,7 +140,7 @@ def test_max_bytes_rolls_over(tmp_path: Path) -> None:
     sample_tar = (one / "shards" / "shard-00000-000000.tar").stat().st_size  # 1 sample + padding
     limit = 3 * sample_tar  # fits 5 of these samples, not 6: 10 blocks each, 2 end blocks, 20-block records
     writer = write_all(tmp_path / "many", range(20), ShardConfig(max_bytes=limit))
-    assert all(p.stat().st_size <= limit for p in writer.written)
+    assert all(Path(p).stat().st_size <= limit for p in writer.written)
     members = []
     for p in writer.written:
         with tarfile.open(p) as tar:
@@ -237,7 +237,7 @@ def test_killed_writer_leaves_no_torn_shard_and_resume_completes(tmp_path: Path)
     with pytest.raises(FileExistsError, match="cleanup_partials"):
         ShardWriter(tmp_path, ShardConfig(max_samples=10))
 
-    assert cleanup_partials(tmp_path) == [partial]
+    assert cleanup_partials(tmp_path) == [str(partial)]
     done = completed_keys(tmp_path)
     assert done == {make_sample(i)[0] for i in range(10)}
     with ShardWriter(tmp_path, ShardConfig(max_samples=10)) as writer:
@@ -256,5 +256,5 @@ def test_killed_writer_leaves_no_torn_shard_and_resume_completes(tmp_path: Path)
 def test_cleanup_removes_a_shard_that_never_got_its_manifest(tmp_path: Path) -> None:
     write_all(tmp_path, range(3), ShardConfig())
     (tmp_path / "manifest" / "shard-00000-000000.parquet").unlink()  # crash between the two renames
-    assert cleanup_partials(tmp_path) == [tmp_path / "shards" / "shard-00000-000000.tar"]
+    assert cleanup_partials(tmp_path) == [str(tmp_path / "shards" / "shard-00000-000000.tar")]
     assert cleanup_partials(tmp_path) == []
