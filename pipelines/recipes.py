@@ -33,6 +33,7 @@ from dataengine.stages import DecodeConfig, EncodeConfig, ProbeConfig, SplitConf
 from dataengine.stages.caption import CaptionConfig
 from dataengine.world.verify import WorldRedrawConfig
 from pipelines.pools import PoolConfig
+from pipelines.writers import OutputConfig
 
 
 class PoolsConfig(Config):
@@ -70,6 +71,7 @@ class RecipeConfig(Config):
     encode: EncodeConfig
     text: TextEmbedConfig | None = Field(default_factory=TextEmbedConfig, description="None: no text_emb.npy")
     shards: ShardConfig = Field(default_factory=ShardConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig, description="writers, buckets, --out options")
     pools: PoolsConfig = Field(default_factory=PoolsConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
@@ -220,6 +222,8 @@ def gpu_qwen25vl_7b_wan() -> RecipeConfig:
             caption_match=CaptionMatchConfig(model=CLIP_L14, device="cuda", dtype="bfloat16"),
         ),
         shards=ShardConfig(max_samples=1000, max_bytes=4 << 30),
+        # ~4 MB of latents a sample: four writers, each streaming its shards to object storage (--out s3://).
+        output=OutputConfig(writers=4, num_cpus=1),
         pools=PoolsConfig(
             probe=PoolConfig(num_cpus=1, max_workers=8, batch_size=8),
             decode=PoolConfig(num_cpus=4, min_workers=4, max_workers=64, batch_size=2, memory_gb=8),

@@ -374,14 +374,23 @@ class DuplicateIndex:
     ) -> DuplicateIndex:
         """An index of kept clips rebuilt in one go from manifest columns, in their order; decides exactly as
         adding them one by one would (a repeated clip id keeps its first row)."""
+        index = cls(config)
+        index.extend(clip_ids, digests, phashes)
+        return index
+
+    def extend(
+        self, clip_ids: Sequence[str], digests: Sequence[str], phashes: Sequence[Sequence[int]]
+    ) -> None:
+        """Add kept clips in bulk (one manifest part's columns, in order), as ``add`` one by one would, except
+        that an id already held from an earlier call is not looked up (a run's manifest holds a clip once)."""
         if not len(clip_ids) == len(digests) == len(phashes):
             raise ValueError(f"columns differ in length: {len(clip_ids)}, {len(digests)}, {len(phashes)}")
-        index = cls(config)
-        ids = np.array([c.encode() for c in clip_ids], dtype=bytes) if clip_ids else np.empty(0, "S1")
+        if not len(clip_ids):
+            return
+        ids = np.array([c.encode() for c in clip_ids], dtype=bytes)
         first = np.sort(np.unique(ids, return_index=True)[1])
         rows = [int(i) for i in first]
-        index._append(ids[first], [digests[i] for i in rows], [phashes[i] for i in rows])
-        return index
+        self._append(ids[first], [digests[i] for i in rows], [phashes[i] for i in rows])
 
     def __len__(self) -> int:
         return len(self._ids.values)
