@@ -8,8 +8,10 @@ reason, when its tool is missing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import typer
@@ -287,6 +290,115 @@ def test_parse_rejects_what_the_cli_rejects() -> None:
         parse(["dataengine", "run", "in", "--out", "o", "--recipes", "demo"])
     with pytest.raises(typer.BadParameter):
         parse(["dataengine", "train", "--shards", "s", "--out", "o", "--ray-workers", "-1"])
+
+
+# --- object storage and secrets ----------------------------------------------------------------------
+
+S3_SECRET = "dataengine-s3"
+# AWS_* variable -> whether the Secret may lack it (the region and an S3-compatible endpoint are optional)
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": False,
+    "AWS_SECRET_ACCESS_KEY": False,
+    "AWS_DEFAULT_REGION": True,
+    "AWS_ENDPOINT_URL": True,
+}
+SECRET_WORDS = ("KEY", "SECRET", "PASSWORD", "TOKEN", "CREDENTIAL", "DATABASE_URL")
+
+
+def option(argv: list[str], name: str) -> list[str]:
+    """Every value given to option ``name`` in ``argv`` (``--name V`` and ``--name=V``), as written."""
+    found = [v for a, v in itertools.pairwise(argv) if a == name]
+    return found + [a.partition("=")[2] for a in argv if a.startswith(f"{name}=")]
+
+
+def entrypoint(objects: list[dict[str, Any]], job: str) -> list[str]:
+    return shlex.split(by_kind(objects, "RayJob")[job]["spec"]["entrypoint"])
+
+
+def test_prod_runs_write_to_object_storage() -> None:
+    """The run's --out is an s3:// URL, the trainer reads the same URL, and no ReadWriteMany volume holds
+    run output: each one a prod pod mounts is there for the model cache or the trainer's checkpoints."""
+    objects = render("prod-gpu")
+    (out,) = option(entrypoint(objects, "dataengine-run"), "--out")
+    url = urlsplit(out)
+    assert url.scheme == "s3" and url.netloc and url.path.strip("/"), f"--out {out}: s3://BUCKET/RUN"
+    assert "@" not in url.netloc, f"--out {out}: credentials belong in the Secret {S3_SECRET}"
+    train = entrypoint(objects, "dataengine-train")
+    assert option(train, "--shards") == [out], "the trainer reads the shards the run wrote"
+    rendered_text = yaml.safe_dump_all(objects)
+    assert "/mnt/shared/runs" not in rendered_text
+
+    rwx = {
+        name
+        for name, claim in by_kind(objects, "PersistentVolumeClaim").items()
+        if "ReadWriteMany" in claim["spec"]["accessModes"]
+    }
+    uses = option(train, "--out")  # checkpoints: rank 0 writes, every rank resumes
+    caches = ("_HOME", "_CACHE", "_ROOT")  # XDG_CACHE_HOME, HF_HOME, DATAENGINE_CACHE, VLLM_CACHE_ROOT
+    for _, _, c in containers(objects):
+        uses += [e.get("value", "") for e in c.get("env", []) if e["name"].endswith(caches)]
+    for where, pod, c in containers(objects):
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod.get("volumes", [])
+            if "persistentVolumeClaim" in v
+        }
+        for mount in c.get("volumeMounts", []):
+            if claims.get(mount["name"]) not in rwx:
+                continue
+            root = mount["mountPath"].rstrip("/") + "/"
+            assert any(u.startswith(root) for u in uses if u), (
+                f"{where}: ReadWriteMany {claims[mount['name']]} at {root} holds no cache or checkpoints"
+            )
+
+
+def test_dev_keeps_runs_on_its_volume() -> None:
+    objects = render("dev-cpu")
+    (out,) = option(entrypoint(objects, "dataengine-run"), "--out")
+    assert out.startswith("/mnt/shared/"), out
+    assert option(entrypoint(objects, "dataengine-train"), "--shards") == [out]
+
+
+def test_prod_s3_credentials_come_from_the_secret() -> None:
+    """AWS_* on the Ray head and every worker group (drivers on the head; writers and the trainer's Ray
+    Train workers on the workers) and on the API, each a secretKeyRef into dataengine-s3."""
+    objects = render("prod-gpu")
+    (cluster,) = by_kind(objects, "RayCluster").values()
+    ray_pods = {w: pod for w, pod in pod_specs(cluster)}
+    assert len(ray_pods) >= 3, ray_pods.keys()  # head, cpu, gpu
+    # the trainer (and the run) are RayJobs on that cluster: their code runs in those pods
+    for name, job in by_kind(objects, "RayJob").items():
+        assert "rayClusterSpec" not in job["spec"], f"{name}: an own cluster would need the credentials too"
+        assert job["spec"]["clusterSelector"]["ray.io/cluster"] == cluster["metadata"]["name"], name
+    api = by_kind(objects, "Deployment")["dataengine-api"]["spec"]["template"]["spec"]
+    for where, pod in [*ray_pods.items(), ("Deployment/dataengine-api", api)]:
+        for c in pod["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            for name, optional in S3_ENV.items():
+                assert name in env, f"{where}/{c['name']}: {name} missing"
+                ref = env[name].get("valueFrom", {}).get("secretKeyRef")
+                assert ref and "value" not in env[name], f"{where}/{c['name']}: {name} not from a Secret"
+                assert ref["name"] == S3_SECRET and ref["key"] == name, f"{where}/{c['name']}: {ref}"
+                assert bool(ref.get("optional")) == optional, f"{where}/{c['name']}: {name} optional"
+
+
+def test_no_literal_secrets(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, objects = rendered
+    for where, _, c in containers(objects):
+        for e in c.get("env", []):
+            if any(w in e["name"].upper() for w in SECRET_WORDS):
+                assert "value" not in e, f"{where}: {e['name']} is literal; use a secretKeyRef"
+    for name, cm in by_kind(objects, "ConfigMap").items():
+        for key in cm.get("data", {}):
+            assert not any(w in key.upper() for w in SECRET_WORDS), f"ConfigMap/{name}: {key}"
+    text = yaml.safe_dump_all(objects)
+    assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), "an AWS access key id in the manifests"
+    assert not re.search(r"AWS_SECRET_ACCESS_KEY\s*[=:]\s*[A-Za-z0-9/+]{20,}", text)
+    assert not re.search(r"s3://[^/\s]*@", text), "credentials in an s3:// URL"
+    for where, argv in command_lines(objects):
+        assert not any("AWS_" in a for a in argv), f"{where}: credentials on a command line"
+    if overlay == "prod-gpu":  # dev-cpu generates a placeholder API key; prod creates every Secret by hand
+        assert not by_kind(objects, "Secret"), "prod-gpu must not carry a Secret: create it with kubectl"
 
 
 # --- scanner -----------------------------------------------------------------------------------------
