@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,7 +15,10 @@ from pipelines.semdedup import DedupReport, SemDeDupConfig, rewrite_shards, semd
 
 @app.command()
 def dedup(
-    run_dir: Annotated[Path, typer.Argument(help="the --out folder of dataengine run (with embeddings/)")],
+    run_dir: Annotated[
+        str,
+        typer.Argument(help="the --out of dataengine run (with embeddings/): a folder or a URL (s3://...)"),
+    ],
     eps: Annotated[
         float,
         typer.Option(
@@ -28,9 +30,9 @@ def dedup(
     ] = None,
     seed: Annotated[int, typer.Option(help="k-means seed: same seed, same result")] = 0,
     rewrite: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="also write a new run folder here holding only the kept samples (shards, manifest)"
+            help="also write a new run here (a folder or a URL) holding only the kept samples"
         ),
     ] = None,
 ) -> None:
@@ -42,6 +44,7 @@ def dedup(
     every kept ok clip: give it to the trainer with --set data.keep_list=RUN_DIR), removed.parquet
     (clip_id, duplicate_of, similarity, cluster), report.json (config, counts, the eps sweep) and
     similarity.png (each clip's highest similarity inside its cluster, the eps thresholds marked).
+    RUN_DIR may be a URL (s3://bucket/run): dedup/ is written there.
 
     dataengine dedup out/run --eps 0.05 --rewrite out/run-dedup
 
@@ -58,7 +61,7 @@ def dedup(
         stdout.print(f"rewrote {written} kept samples to [bold]{rewrite}[/]")
 
 
-def print_dedup(report: DedupReport, folder: Path) -> None:
+def print_dedup(report: DedupReport, folder: str) -> None:
     total = report.n + len(report.not_embedded)
     table = Table("eps", "similarity >", "removed", "kept %", title=f"SemDeDup eps sweep ({total} ok clips)")
     for eps, removed in sorted(report.sweep.items()):

@@ -9,22 +9,28 @@ floors. Cheap at any size, and it works on runs written before the gate or the c
 have none: they are judged on their text). It reports what it would refuse and why, and the clip ids it
 keeps, which ``write_keep_list`` writes one per line for a loader to filter on (``__key__`` in the list).
 The redraw verifier (``caption.verify``) needs the frames and is not re-applied here.
+
+A run is read through its ``Store`` (a folder or a URL such as ``s3://bucket/run``): ``committed_shards``
+and ``shard_samples`` are how the readers of a finished run (inspect, regate, dedup) see its shards.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from dataengine.caption.quality import QualityConfig, judge_caption, judge_text
 from dataengine.caption.schema import StructuredCaption
 from dataengine.caption.signals import Confidence
+from dataengine.storage import Store, transport_errors
 
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -72,19 +78,18 @@ def suspicious(rows: list[dict[str, Any]], config: QualityConfig) -> list[tuple[
     return found
 
 
-def regate_run(out_dir: Path, config: QualityConfig) -> Regate:
-    """The full gate on every sample in ``out_dir/shards`` (their json members only are parsed).
+def regate_run(run: Store | str | Path, config: QualityConfig) -> Regate:
+    """The full gate on every sample in the run's committed shards (their json members only are parsed).
 
     Raises:
-        FileNotFoundError: no shards in ``out_dir``.
+        FileNotFoundError: no shards in ``run``.
     """
-    shards = sorted((out_dir / "shards").glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"{out_dir} has no shards/*.tar: is it the --out of dataengine run?")
+    store = Store(run)
+    if not committed_shards(store):
+        raise FileNotFoundError(f"{store.url} has no shards/*.tar: is it the --out of dataengine run?")
     result = Regate()
-    urls = [str(p) for p in shards]
     only_json = lambda name: name.endswith(".json")  # noqa: E731 - latents stay unread
-    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False, select_files=only_json):
+    for sample in shard_samples(store, only_json):
         meta = json.loads(sample["json"])
         result.checked += 1
         verdict = judge_caption(
@@ -95,6 +100,29 @@ def regate_run(out_dir: Path, config: QualityConfig) -> Regate:
         else:
             result.refused.append((sample["__key__"], verdict.reason or "refused"))
     return result
+
+
+def committed_shards(store: Store) -> dict[str, int]:
+    """The run's shards that have their manifest part (a crash may leave a ``.tar`` without one), name ->
+    bytes, in name order; empty when there are none."""
+    committed = set(store.listdir("manifest"))
+    names = [n for n in store.listdir("shards") if n.endswith(".tar") and not n.startswith(".")]
+    names = [n for n in names if f"{n.removesuffix('.tar')}.parquet" in committed]
+    if not names:
+        return {}
+    with transport_errors(store.uri("shards")):
+        entries = store.fs.ls(store.path("shards"), detail=True)
+    sizes = {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries}
+    return {n: sizes[n] for n in names}
+
+
+def shard_samples(store: Store, select: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
+    """Every sample of the run's committed shards, as webdataset groups them (``{"__key__", "json": bytes,
+    ...}``), shard by shard in name order; ``select`` picks the members read (by file name)."""
+    for name in committed_shards(store):
+        uri = store.uri("shards", name)
+        with transport_errors(uri), store.fs.open(store.path("shards", name), "rb") as stream:
+            yield from group_by_keys(tar_file_expander([{"url": uri, "stream": stream}], select_files=select))
 
 
 def write_keep_list(regate: Regate, path: Path) -> Path:

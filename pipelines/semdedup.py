@@ -1,11 +1,13 @@
 """Semantic deduplication of a finished run (SemDeDup, Abbas et al. 2023, arXiv:2303.09540).
 
-    report = semdedup(Path("out/run"), SemDeDupConfig(eps=0.05))
-    write_report(Path("out/run"), report)           # out/run/dedup/{keep,removed}.parquet, report.json, png
-    rewrite_shards(Path("out/run"), Path("out/run-dedup"))  # optional: new shards with the kept samples only
+    report = semdedup("out/run", SemDeDupConfig(eps=0.05))
+    write_report("out/run", report)           # out/run/dedup/{keep,removed}.parquet, report.json, png
+    rewrite_shards("out/run", "out/run-dedup")  # optional: new shards with the kept samples only
 
-Input: the ``clip_emb`` vectors of the run's ok samples, read from ``embeddings/{stem}.parquet`` (one part per
-manifest part: ``clip_id``, ``clip_emb`` L2-normalised, one length per run). Nothing else of the run is read.
+A run is a folder or a URL (``s3://bucket/run``), or a ``Store`` carrying storage options; it is read and
+written through that store. Input: the ``clip_emb`` vectors of the run's ok samples, read from
+``embeddings/{stem}.parquet`` (one part per manifest part: ``clip_id``, ``clip_emb`` L2-normalised, one
+length per run). Nothing else of the run is read.
 
 The rule, as the paper's reference code applies it:
 
@@ -27,12 +29,12 @@ similarity matrix of a big cluster is computed in column blocks of at most ``_BL
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,12 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from dataengine.config import Config, ConfigError
-from dataengine.shards import ShardConfig, ShardWriter, read_manifest
+from dataengine.shards import ShardConfig, ShardWriter, iter_manifest_parts, read_manifest
+from dataengine.storage import Store, transport_errors
 from pipelines.errors import RunError
+from pipelines.regate import shard_samples
+
+Run = Store | str | Path  # a run folder, a URL (s3://bucket/run) or a Store
 
 _BLOCK_ELEMENTS = 1 << 24  # entries of one block of a cluster's similarity matrix (64 MiB of float32)
 _HISTOGRAM_BINS = 200  # over [lowest similarity or 1 - largest eps, rounded down to 0.1; 1]
@@ -112,54 +118,59 @@ class DedupReport:
 # --- reading -----------------------------------------------------------------------------------------------
 
 
-def ok_clip_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray, list[str]]:
+def ok_clip_embeddings(run: Run) -> tuple[list[str], np.ndarray, list[str]]:
     """The ok clips' ids and ``(n, D)`` float32 embeddings, and the ok clips that have none.
 
     Raises:
-        FileNotFoundError: ``run_dir`` has no manifest.
+        FileNotFoundError: the run has no manifest.
         RunError: no embeddings at all, or vectors of different lengths.
     """
-    parts = sorted((run_dir / "manifest").glob("*.parquet"))
-    if not parts:
-        raise FileNotFoundError(f"{run_dir} has no manifest/*.parquet: is it the --out of dataengine run?")
+    store = Store(run)
+    if not store.listdir("manifest"):
+        raise FileNotFoundError(f"{store.url} has no manifest/*.parquet: is it the --out of dataengine run?")
+    embedded = set(store.listdir("embeddings"))
     ids: list[str] = []
     vectors: list[np.ndarray] = []
     missing: list[str] = []
-    for part in parts:
-        rows = pq.read_table(part, columns=["clip_id", "status"])
+    for part, rows in iter_manifest_parts(store, columns=["clip_id", "status"]):
         ok = set(rows.filter(pc.equal(rows["status"], "ok"))["clip_id"].to_pylist())
-        found = run_dir / "embeddings" / part.name
         part_ids: list[str] = []
-        if found.exists() and ok:
-            part_ids, part_vectors = _read_part(found, ok)
+        if part in embedded and ok:
+            part_ids, part_vectors = _read_part(store, part, ok)
             if part_ids:
                 ids += part_ids
                 vectors.append(part_vectors)
         missing += sorted(ok - set(part_ids))
     if not ids:
         raise RunError(
-            f"{run_dir} has no clip embeddings (embeddings/*.parquet) for its ok clips: it was written "
+            f"{store.url} has no clip embeddings (embeddings/*.parquet) for its ok clips: it was written "
             "without an embedder. Run its inputs again into a new --out with one enabled, e.g. dataengine "
             "run INPUTS --out NEW --set filters.embed.kind=descriptor (a rerun on the same --out skips the "
             "clips it has)"
         )
     dims = {v.shape[1] for v in vectors}
     if len(dims) > 1:
-        raise RunError(f"{run_dir}: clip embeddings of different lengths {sorted(dims)}")
+        raise RunError(f"{store.url}: clip embeddings of different lengths {sorted(dims)}")
     emb_ND = np.concatenate(vectors)
     emb_ND /= np.maximum(np.linalg.norm(emb_ND, axis=1, keepdims=True), 1e-12)  # cosine needs unit vectors
     return ids, emb_ND, missing
 
 
-def _read_part(path: Path, ok: set[str]) -> tuple[list[str], np.ndarray]:
-    table = pq.read_table(path, columns=["clip_id", "clip_emb"])
+def _read_parquet(store: Store, *parts: str, columns: list[str] | None = None) -> pa.Table:
+    with transport_errors(store.uri(*parts)), store.fs.open(store.path(*parts), "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def _read_part(store: Store, part: str, ok: set[str]) -> tuple[list[str], np.ndarray]:
+    table = _read_parquet(store, "embeddings", part, columns=["clip_id", "clip_emb"])
     wanted = pc.and_(
         pc.is_in(table["clip_id"], pa.array(sorted(ok), pa.string())), pc.is_valid(table["clip_emb"])
     )
     table = table.filter(wanted)
     lengths = pc.list_value_length(table["clip_emb"]).to_numpy(zero_copy_only=False)
     if len(set(lengths.tolist())) > 1:
-        raise RunError(f"{path}: clip_emb vectors of different lengths {sorted(set(lengths.tolist()))}")
+        found = sorted(set(lengths.tolist()))
+        raise RunError(f"{store.uri('embeddings', part)}: clip_emb vectors of different lengths {found}")
     flat = pc.list_flatten(table["clip_emb"]).to_numpy(zero_copy_only=False).astype(np.float32)
     dim = int(lengths[0]) if len(lengths) else 0
     return table["clip_id"].to_pylist(), flat.reshape(len(table), dim)
@@ -168,13 +179,13 @@ def _read_part(path: Path, ok: set[str]) -> tuple[list[str], np.ndarray]:
 # --- SemDeDup ----------------------------------------------------------------------------------------------
 
 
-def semdedup(run_dir: Path, config: SemDeDupConfig) -> DedupReport:
-    """SemDeDup over ``run_dir``'s ok clips (the rule is in the module docstring).
+def semdedup(run: Run, config: SemDeDupConfig) -> DedupReport:
+    """SemDeDup over the run's ok clips (the rule is in the module docstring).
 
     Raises:
         FileNotFoundError: no manifest. RunError: no embeddings (see ``ok_clip_embeddings``).
     """
-    ids, emb_ND, missing = ok_clip_embeddings(run_dir)
+    ids, emb_ND, missing = ok_clip_embeddings(run)
     n = len(ids)
     k = min(n, config.clusters or math.ceil(math.sqrt(n / 2)))
     labels_N = cluster(emb_ND, k, config)
@@ -260,12 +271,11 @@ def cluster_similarities(emb_MD: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 # --- writing -----------------------------------------------------------------------------------------------
 
 
-def write_report(run_dir: Path, report: DedupReport) -> Path:
-    """Write ``run_dir/dedup/``: ``keep.parquet`` (``clip_id``), ``removed.parquet`` (``clip_id``,
+def write_report(run: Run, report: DedupReport) -> str:
+    """Write the run's ``dedup/``: ``keep.parquet`` (``clip_id``), ``removed.parquet`` (``clip_id``,
     ``duplicate_of``, ``similarity``, ``cluster``), ``report.json`` and ``similarity.png``, each atomically.
-    Returns the folder."""
-    out = run_dir / "dedup"
-    out.mkdir(parents=True, exist_ok=True)
+    Returns the folder's path or URL."""
+    store = Store(run)
     keep = pa.table({"clip_id": pa.array(report.keep, pa.string())})
     removed = pa.table(
         {
@@ -275,23 +285,21 @@ def write_report(run_dir: Path, report: DedupReport) -> Path:
             "cluster": pa.array([d.cluster for d in report.removed], pa.int32()),
         }
     )
-    _atomically(out / "keep.parquet", lambda p: pq.write_table(keep, p))
-    _atomically(out / "removed.parquet", lambda p: pq.write_table(removed, p))
-    _atomically(out / "report.json", lambda p: p.write_text(json.dumps(report.as_json(), indent=2) + "\n"))
-    _atomically(out / "similarity.png", lambda p: _plot(p, report))
-    return out
+    _write_parquet(store, keep, "dedup", "keep.parquet")
+    _write_parquet(store, removed, "dedup", "removed.parquet")
+    store.write_bytes("dedup", "report.json", data=(json.dumps(report.as_json(), indent=2) + "\n").encode())
+    figure = io.BytesIO()
+    _plot(figure, report)
+    store.write_bytes("dedup", "similarity.png", data=figure.getvalue())
+    return store.uri("dedup")
 
 
-def _atomically(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _write_parquet(store: Store, table: pa.Table, *parts: str) -> None:
+    with store.writing(*parts) as f:
+        pq.write_table(table, f)
 
 
-def _plot(path: Path, report: DedupReport) -> None:
+def _plot(path: io.BytesIO, report: DedupReport) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -316,45 +324,46 @@ def _plot(path: Path, report: DedupReport) -> None:
     plt.close(fig)
 
 
-def rewrite_shards(run_dir: Path, out_dir: Path, keep: list[str] | None = None) -> int:
-    """A new run folder at ``out_dir`` holding only the ok samples whose id is in ``keep`` (default:
-    ``run_dir/dedup/keep.parquet``): shards, a manifest (their rows as ``run_dir`` recorded them) and their
-    embeddings. Returns the samples written.
+def rewrite_shards(run: Run, out: Run, keep: list[str] | None = None) -> int:
+    """A new run at ``out`` (a folder or a URL) holding only the ok samples whose id is in ``keep``
+    (default: the run's ``dedup/keep.parquet``): shards (one stream per bucket, as the run had them), a
+    manifest (their rows as the run recorded them) and their embeddings. Returns the samples written.
 
     Raises:
-        ConfigError: ``out_dir`` already holds shards, or is ``run_dir``.
+        ConfigError: ``out`` already holds shards, or is the run itself.
     """
-    from webdataset.tariterators import group_by_keys, tar_file_expander
-
-    if out_dir.resolve() == run_dir.resolve() or any((out_dir / "shards").glob("*.tar")):
-        raise ConfigError(f"--rewrite {out_dir}: give a new folder (it must not hold shards already)")
+    source, target = Store(run), Store(out)
+    if target.url == source.url or target.listdir("shards"):
+        raise ConfigError(f"--rewrite {target.url}: give a new folder (it must not hold shards already)")
     if keep is None:
-        keep = pq.read_table(run_dir / "dedup" / "keep.parquet", columns=["clip_id"])["clip_id"].to_pylist()
+        keep = _read_parquet(source, "dedup", "keep.parquet", columns=["clip_id"])["clip_id"].to_pylist()
     wanted = set(keep)
-    rows = {r["clip_id"]: r for r in read_manifest(run_dir).to_pylist() if r["clip_id"] in wanted}
+    rows = {r["clip_id"]: r for r in read_manifest(source).to_pylist() if r["clip_id"] in wanted}
     written = 0
-    with ShardWriter(out_dir, ShardConfig()) as writer:
-        for shard in sorted((run_dir / "shards").glob("*.tar")):
-            with shard.open("rb") as stream:
-                for raw in group_by_keys(tar_file_expander([{"url": str(shard), "stream": stream}])):
-                    key = raw["__key__"]
-                    if key in rows:
-                        sample = {k: v for k, v in raw.items() if not k.startswith("__")}
-                        row = {k: v for k, v in rows[key].items() if k not in ("shard", "status")}
-                        writer.write(key, sample, row)
-                        written += 1
-    _copy_embeddings(run_dir, out_dir)
+    with contextlib.ExitStack() as stack:
+        writers: dict[str | None, ShardWriter] = {}  # one per bucket: shards stay of one latent shape
+        for raw in shard_samples(source):
+            key = raw["__key__"]
+            if key in rows:
+                sample = {k: v for k, v in raw.items() if not k.startswith("__")}
+                row = {k: v for k, v in rows[key].items() if k not in ("shard", "status")}
+                bucket = row["bucket"]
+                if bucket not in writers:
+                    part = "00000" if bucket is None else f"00000-{bucket}"
+                    writers[bucket] = stack.enter_context(ShardWriter(target, ShardConfig(), part))
+                writers[bucket].write(key, sample, row)
+                written += 1
+    _copy_embeddings(source, target)
     return written
 
 
-def _copy_embeddings(run_dir: Path, out_dir: Path) -> None:
+def _copy_embeddings(source: Store, target: Store) -> None:
     """``embeddings/{stem}.parquet`` of the new run: the kept clips' vectors, part by new manifest part."""
-    found = sorted((run_dir / "embeddings").glob("*.parquet"))
+    found = [n for n in source.listdir("embeddings") if n.endswith(".parquet")]
     if not found:
         return
-    vectors = pa.concat_tables([pq.read_table(p, columns=["clip_id", "clip_emb"]) for p in found])
-    (out_dir / "embeddings").mkdir(exist_ok=True)
-    for part in sorted((out_dir / "manifest").glob("*.parquet")):
-        ids = pq.read_table(part, columns=["clip_id"])["clip_id"]
-        mine = vectors.filter(pc.is_in(vectors["clip_id"], ids))
-        _atomically(out_dir / "embeddings" / part.name, partial(pq.write_table, mine))
+    columns = ["clip_id", "clip_emb"]
+    vectors = pa.concat_tables([_read_parquet(source, "embeddings", n, columns=columns) for n in found])
+    for part, ids in iter_manifest_parts(target, columns=["clip_id"]):
+        mine = vectors.filter(pc.is_in(vectors["clip_id"], ids["clip_id"]))
+        _write_parquet(target, mine, "embeddings", part)

@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from cli.main import main
+from dataengine.shards import read_manifest
+from dataengine.storage import Store
 from tests.pipelines.test_semdedup import planted, write_run
 
 
@@ -39,6 +41,20 @@ def test_dedup_prints_the_sweep_and_writes_the_report(
     assert len(pq.read_table(folder / "keep.parquet")) == len(ids) - 3
     assert json.loads((folder / "report.json").read_text())["removed"] == 3
     assert f"rewrote 12 kept samples to {tmp_path / 'deduped'}" in out
+
+
+def test_dedup_takes_run_urls(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run on S3 (moto; the credentials and endpoint come from the environment, as in production)."""
+    emb, _ = planted([3, 2], distinct=10)
+    write_run(Store(f"{s3_bucket}/run"), emb)
+    code, out = dedup(monkeypatch, capsys, f"{s3_bucket}/run", "--rewrite", f"{s3_bucket}/deduped")
+    assert code == 0, out
+    assert (
+        f"report: {s3_bucket}/run/dedup" in out and f"rewrote 12 kept samples to {s3_bucket}/deduped" in out
+    )
+    assert len(read_manifest(f"{s3_bucket}/deduped", columns=["clip_id"])) == 12
 
 
 def test_a_run_without_embeddings_exits_1_and_says_what_to_do(

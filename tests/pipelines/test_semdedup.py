@@ -5,16 +5,20 @@ clips)."""
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataengine.shards import ShardConfig, ShardWriter, read_manifest
+from dataengine.config import ConfigError
+from dataengine.shards import ShardConfig, ShardWriter, iter_manifest_parts, read_manifest
+from dataengine.storage import Store
 from pipelines.errors import RunError
 from pipelines.semdedup import SemDeDupConfig, cluster_similarities, rewrite_shards, semdedup, write_report
 
@@ -39,9 +43,12 @@ def planted(groups: list[int], distinct: int, seed: int = 0) -> tuple[np.ndarray
     return emb[order] / np.linalg.norm(emb[order], axis=1, keepdims=True), [group_of[i] for i in order]
 
 
-def write_run(out: Path, emb_ND: np.ndarray | None, failed: int = 2, per_shard: int = 16) -> list[str]:
-    """A run folder: one tiny sample per vector (with its ``clip_emb.npy``), ``failed`` failure rows, and
-    ``embeddings/{stem}.parquet`` per manifest part unless ``emb_ND`` is None. Returns the ok clip ids."""
+def write_run(
+    out: Path | Store, emb_ND: np.ndarray | None, failed: int = 2, per_shard: int = 16
+) -> list[str]:
+    """A run (a folder, or a Store of any URL): one tiny sample per vector (with its ``clip_emb.npy``),
+    ``failed`` failure rows, and ``embeddings/{stem}.parquet`` per manifest part unless ``emb_ND`` is None.
+    Returns the ok clip ids."""
     n = 20 if emb_ND is None else len(emb_ND)
     ids = [f"{i:032x}" for i in range(n)]
     with ShardWriter(out, ShardConfig(max_samples=per_shard)) as writer:
@@ -57,19 +64,19 @@ def write_run(out: Path, emb_ND: np.ndarray | None, failed: int = 2, per_shard: 
     return ids
 
 
-def write_embeddings(out: Path, vectors: dict[str, np.ndarray]) -> None:
+def write_embeddings(out: Path | Store, vectors: dict[str, np.ndarray]) -> None:
     """``embeddings/{stem}.parquet`` next to each manifest part, for the ok clips of that part."""
-    (out / "embeddings").mkdir(exist_ok=True)
-    for part in sorted((out / "manifest").glob("*.parquet")):
-        rows = pq.read_table(part).to_pylist()
-        ids = [r["clip_id"] for r in rows if r["status"] == "ok" and r["clip_id"] in vectors]
+    store = Store(out)
+    for part, rows in iter_manifest_parts(store, columns=["clip_id", "status"]):
+        ids = [r["clip_id"] for r in rows.to_pylist() if r["status"] == "ok" and r["clip_id"] in vectors]
         table = pa.table(
             {
                 "clip_id": pa.array(ids, pa.string()),
                 "clip_emb": pa.array([vectors[i].tolist() for i in ids], pa.list_(pa.float32())),
             }
         )
-        pq.write_table(table, out / "embeddings" / part.name)
+        with store.writing("embeddings", part) as f:
+            pq.write_table(table, f)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +187,7 @@ def test_the_report_files_and_a_rewritten_run_hold_the_kept_clips(
     for sub in ("shards", "manifest", "embeddings"):
         (src / sub).symlink_to(out / sub)
     report = semdedup(src, SemDeDupConfig())
-    folder = write_report(src, report)
+    folder = Path(write_report(src, report))
     assert pq.read_table(folder / "keep.parquet")["clip_id"].to_pylist() == report.keep
     removed = pq.read_table(folder / "removed.parquet")
     assert removed.column_names == ["clip_id", "duplicate_of", "similarity", "cluster"]
@@ -198,11 +205,31 @@ def test_the_report_files_and_a_rewritten_run_hold_the_kept_clips(
     assert members(tmp_path / "deduped") == {k: v for k, v in members(out).items() if k[0] in report.keep}
 
 
-def members(run_dir: Path) -> dict[tuple[str, str], bytes]:
+def test_dedup_reads_and_writes_a_run_on_object_storage(s3_bucket: str, s3_options: dict[str, Any]) -> None:
+    """The same run on S3 (moto): the same report, dedup/ written beside it, a rewrite to another URL."""
+    emb, _ = planted([3, 2], distinct=10)
+    run = Store(f"{s3_bucket}/run", s3_options)
+    ids = write_run(run, emb, per_shard=4)
+    report = semdedup(run, SemDeDupConfig())
+    assert len(report.removed) == 3 and report.n == len(ids)
+    assert write_report(run, report) == f"{s3_bucket}/run/dedup"
+    assert run.listdir("dedup") == ["keep.parquet", "removed.parquet", "report.json", "similarity.png"]
+    assert json.loads(run.read_bytes("dedup", "report.json"))["removed"] == 3
+    deduped = Store(f"{s3_bucket}/deduped", s3_options)
+    assert rewrite_shards(run, deduped) == len(report.keep)  # the keep-list read back from the run
+    assert sorted(read_manifest(deduped, columns=["clip_id"])["clip_id"].to_pylist()) == report.keep
+    assert members(deduped) == {k: v for k, v in members(run).items() if k[0] in report.keep}
+    assert not semdedup(deduped, SemDeDupConfig()).removed  # its embeddings were copied too
+    with pytest.raises(ConfigError, match="give a new folder"):
+        rewrite_shards(run, deduped)
+
+
+def members(run: Path | Store) -> dict[tuple[str, str], bytes]:
     """Every sample member of a run's shards: (key, member) -> bytes."""
+    store = Store(run)
     found = {}
-    for shard in (run_dir / "shards").glob("*.tar"):
-        with tarfile.open(shard) as tar:
+    for name in store.listdir("shards"):
+        with tarfile.open(fileobj=io.BytesIO(store.read_bytes("shards", name))) as tar:
             for info in tar:
                 key, _, member = info.name.partition(".")
                 found[key, member] = tar.extractfile(info).read()  # type: ignore[union-attr]
