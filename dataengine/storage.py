@@ -33,10 +33,25 @@ def transport_errors(uri: str) -> Iterator[None]:
     callers handle."""
     try:
         yield
-    except (aiohttp.ClientError, BotoCoreError) as err:
-        if isinstance(err, OSError):
+    except OSError as err:
+        if uri in str(err):
             raise
+        raise _renamed(err, uri) from err
+    except (aiohttp.ClientError, BotoCoreError) as err:
         raise OSError(f"{uri}: {err}") from err
+
+
+def _renamed(err: OSError, uri: str) -> OSError:
+    """``err`` with ``uri`` in its message (s3fs's "The specified bucket does not exist" names nothing), of
+    the same type so callers' ``except FileNotFoundError`` still holds; ``err`` itself if that type cannot be
+    built so."""
+    try:
+        if err.errno is not None and err.strerror:
+            where = f" ({err.filename})" if err.filename and err.filename != uri else ""
+            return type(err)(err.errno, f"{uri}: {err.strerror}{where}")
+        return type(err)(f"{uri}: {err}")
+    except TypeError:
+        return err
 
 
 class Store:
@@ -141,11 +156,11 @@ class Store:
         or a crash not cleaned), fsync'ed and renamed. Object storage: an upload (multipart for big files)
         completed on exit; on an exception it is aborted and nothing appears.
         """
+        uri = self.uri(*parts)
         if self.local:
-            with self._writing_local(Path(self.path(*parts))) as f:
+            with self._writing_local(Path(self.path(*parts)), uri) as f:
                 yield f
             return
-        uri = self.uri(*parts)
         with transport_errors(uri):
             f = self.fs.open(self.path(*parts), "wb")
         try:
@@ -160,10 +175,11 @@ class Store:
 
     @staticmethod
     @contextlib.contextmanager
-    def _writing_local(final: Path) -> Iterator[IO[bytes]]:
-        final.parent.mkdir(parents=True, exist_ok=True)
+    def _writing_local(final: Path, uri: str) -> Iterator[IO[bytes]]:
         tmp = final.with_name(f".{final.name}{_PARTIAL}")
-        f = tmp.open("xb")
+        with transport_errors(uri):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            f = tmp.open("xb")
         try:
             yield f
             f.flush()

@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 
 from dataengine.caption.engines import CaptionEngine, build_engine
@@ -89,7 +91,11 @@ def caption_clips(tmp_path_factory: pytest.TempPathFactory) -> list[DecodedClip]
     recipe = demo()
     videos = synthesize(tmp_path_factory.mktemp("caption_videos"), 3, seed=5, max_shots=1)
     sources = [Source.from_uri(v) for v in videos]
-    stages = [ProbeStage(recipe.probe), SplitStage(recipe.split), DecodeStage(recipe.decode)]
+    stages: list[Stage[Any, Any]] = [
+        ProbeStage(recipe.probe),
+        SplitStage(recipe.split),
+        DecodeStage(recipe.decode),
+    ]
     clips = [r for r in run_chain(stages, sources) if isinstance(r, DecodedClip)]
     assert len(clips) >= 3
     return clips
@@ -174,3 +180,56 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s:
             pass
         time.sleep(0.5)
     raise RuntimeError(f"vLLM server not healthy after {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+# --- object storage: one moto S3 server per session on 127.0.0.1 -------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[dict[str, str]]:
+    """A moto S3 server; yields ``endpoint_url``, ``key`` and ``secret``.
+
+    For the rest of the session the environment points AWS clients at it (credentials, region and
+    ``AWS_ENDPOINT_URL``, which botocore, so s3fs, honours), so code given a bare ``s3://`` URL, subprocesses
+    included, reaches it without storage options.
+    """
+    from moto.server import ThreadedMotoServer
+
+    with pytest.MonkeyPatch.context() as env:
+        for name in (
+            "AWS_PROFILE",
+            "AWS_SESSION_TOKEN",
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        try:
+            yield {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_options(s3_server: dict[str, str]) -> dict[str, Any]:
+    """s3fs storage options for the session's moto server."""
+    return {**s3_server, "client_kwargs": {"region_name": "us-east-1"}}
+
+
+@pytest.fixture
+def s3_bucket(s3_server: dict[str, str]) -> str:
+    """A new, empty bucket on the moto server: ``s3://<unique name>``."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_server["endpoint_url"], region_name="us-east-1").create_bucket(
+        Bucket=name
+    )
+    return f"s3://{name}"

@@ -343,48 +343,24 @@ def test_confinement_config(tmp_path: Path) -> None:
     assert config.allowed_roots == ((tmp_path / "real").resolve(),)
     assert InputsConfig().allowed_roots is None and InputsConfig().allowed_schemes is None  # unconfined
     with pytest.raises(ValueError, match="allowed_schemes"):
-        InputsConfig(allowed_schemes=("ftp",))  # type: ignore[arg-type]
+        InputsConfig(allowed_schemes=("ftp",))
 
 
 # ---------------------------------------------------------------------------------------------------- s3
 
 
 @pytest.fixture(scope="session")
-def s3_options() -> Iterator[dict[str, Any]]:
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as env:
-        for name in (
-            "AWS_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "http_proxy",
-            "https_proxy",
-        ):
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        options = {
-            "endpoint_url": f"http://{host}:{port}",
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"region_name": "us-east-1"},
-        }
-        client = boto3.client("s3", endpoint_url=options["endpoint_url"], region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        for key in ("videos/a.mp4", "videos/b.txt", "videos/sub/c.MOV", "videos/sub/d.json", "other/e.mp4"):
-            client.put_object(Bucket=BUCKET, Key=key, Body=key.encode() * 100)
-        yield options
-        server.stop()
+def inputs_bucket(s3_options: dict[str, Any]) -> str:
+    """BUCKET on the session's moto server (tests/conftest.py), filled with a few objects."""
+    client = boto3.client("s3", endpoint_url=s3_options["endpoint_url"], region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    for key in ("videos/a.mp4", "videos/b.txt", "videos/sub/c.MOV", "videos/sub/d.json", "other/e.mp4"):
+        client.put_object(Bucket=BUCKET, Key=key, Body=key.encode() * 100)
+    return BUCKET
 
 
 @pytest.fixture
-def s3_config(tmp_path: Path, s3_options: dict[str, Any]) -> InputsConfig:
+def s3_config(tmp_path: Path, s3_options: dict[str, Any], inputs_bucket: str) -> InputsConfig:
     return InputsConfig(cache_dir=tmp_path / "cache", storage_options={"s3": s3_options})
 
 
@@ -427,7 +403,9 @@ def test_s3_parquet_list(s3_config: InputsConfig, s3_options: dict[str, Any], tm
     assert got == [f"s3://{BUCKET}/lists/videos/a.mp4", "s3://elsewhere/x.mp4"]
 
 
-def test_s3_jsonl_list_and_endpoint_in_client_kwargs(s3_options: dict[str, Any], tmp_path: Path) -> None:
+def test_s3_jsonl_list_and_endpoint_in_client_kwargs(
+    s3_options: dict[str, Any], inputs_bucket: str, tmp_path: Path
+) -> None:
     options = {k: v for k, v in s3_options.items() if k != "endpoint_url"}
     options["client_kwargs"] = {**options["client_kwargs"], "endpoint_url": s3_options["endpoint_url"]}
     config = InputsConfig(cache_dir=tmp_path, storage_options={"s3": options})
