@@ -83,11 +83,11 @@ class Store:
             self.fs: AbstractFileSystem = fsspec.filesystem("file")
             self._root = self.url
         else:
-            self.url = text.rstrip("/")
-            self.fs = fsspec.filesystem(protocol, **options)
-            self._root = fsspec.core.strip_protocol(self.url).rstrip("/")
+            self._root = fsspec.core.strip_protocol(text).rstrip("/")
             if not self._root:
                 raise ValueError(f"{text!r}: an object-storage output needs a bucket (s3://bucket/run)")
+            self.url = text.rstrip("/")
+            self.fs = fsspec.filesystem(protocol, **options)
         self._protocol = protocol or "file"
 
     def __reduce__(self) -> tuple[type[Store], tuple[str, dict[str, Any]]]:
@@ -224,9 +224,8 @@ class Store:
         if self._protocol not in ("s3", "s3a"):
             return []
         bucket, _, root_key = self._root.partition("/")
-        key_prefix = posixpath.join(root_key, prefix) if root_key else prefix
-        if not prefix and root_key:
-            key_prefix += "/"  # the run's own keys, not a sibling run's "run2/..."
+        # with no prefix, the run's own keys "run/...", not a sibling run's "run2/..."
+        key_prefix = f"{root_key}/{prefix}" if root_key else prefix
         out: list[tuple[str, str]] = []
         page: dict[str, str] = {}
         with transport_errors(f"{self.url}/{prefix}"):
