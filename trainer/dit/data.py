@@ -1,11 +1,13 @@
 """Streaming shard loader: shard list -> split by node -> by worker -> shuffle -> decode -> bucket -> batch.
 
 Each step is a small function below, in that order. Shards are local paths, globs, brace patterns
-(``shards-{000000..000099}.tar``), run folders (their ``shards/*.tar``), ``http(s)://`` or ``s3://`` URLs
-(through fsspec) or ``pipe:`` commands. Every epoch shuffles the shard list with ``seed + epoch`` (the same
-order on every rank), gives rank r every world-th shard and worker w of that every n-th, shuffles samples
-in a seeded buffer, normalises latents with the stats their VAE recorded, and groups samples of one latent
-shape into a batch (no padding of latents; text tokens are padded, with a mask).
+(``shards-{000000..000099}.tar``), runs (a ``dataengine run --out`` folder or URL such as ``s3://bucket/run``:
+its ``shards/*.tar``), ``http(s)://`` or ``s3://`` URLs of tars (through fsspec) or ``pipe:`` commands.
+``data.buckets`` keeps only the shards of some shard buckets (latent shapes, ``video-5x30x40``), as the runs'
+manifests record them; it needs runs, not tar patterns. Every epoch shuffles the shard list with ``seed +
+epoch`` (the same order on every rank), gives rank r every world-th shard and worker w of that every n-th,
+shuffles samples in a seeded buffer, normalises latents with the stats their VAE recorded, and groups
+samples of one latent shape into a batch (no padding of latents; text tokens are padded, with a mask).
 
 A keep-list (``data.keep_list``: a ``keep.parquet`` with a ``clip_id`` column, a text file of one id per
 line, or a run folder whose ``dedup/keep.parquet`` is used) drops, right after reading, every sample whose
@@ -44,6 +46,8 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from dataengine.config import Config, ConfigError
 from dataengine.encode.vae import normalization
+from dataengine.shards import read_manifest
+from dataengine.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,11 @@ class DataConfig(Config):
     shuffle_buffer: int = Field(256, ge=1)
     seed: int = 0
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for URLs")
+    buckets: list[str] | None = Field(
+        None,
+        description="train only on these shard buckets (e.g. video-5x30x40, image-1x32x32: the manifest's "
+        "bucket column; dataengine inspect lists them); needs runs as shards; None: every bucket",
+    )
     keep_list: str | None = Field(
         None,
         description="train only on these clip ids: a keep.parquet (clip_id column), a text file of one id "
@@ -78,23 +87,69 @@ class DataConfig(Config):
 # --- shard list --------------------------------------------------------------------------------------------
 
 
-def expand_shards(specs: list[str], storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Every shard URL the specs name, sorted and without duplicates.
+def expand_shards(
+    specs: list[str], storage_options: dict[str, Any] | None = None, buckets: list[str] | None = None
+) -> list[str]:
+    """Every shard URL the specs name, sorted and without duplicates; with ``buckets``, only the shards of
+    runs whose manifest rows are of those buckets.
 
     Raises:
-        ConfigError: a spec that names no shard.
+        ConfigError: a spec that names no shard; ``buckets`` with a spec that is not a run.
     """
     urls: list[str] = []
     for spec in specs:
-        found = [
-            u for pattern in braceexpand.braceexpand(spec) for u in _expand_one(pattern, storage_options)
-        ]
+        found = []
+        for pattern in braceexpand.braceexpand(spec):
+            run = _run(pattern, storage_options)
+            if run is not None:
+                found += _run_shards(run, buckets)
+            elif buckets is not None:
+                raise ConfigError(
+                    "data.buckets needs runs (a dataengine run --out folder or URL) to read the buckets from "
+                    f"their manifests; {spec!r} names tar files. Give the run instead, or unset data.buckets"
+                )
+            else:
+                found += _expand_one(pattern, storage_options)
         if not found:
+            wanted = f" of buckets {buckets}" if buckets is not None else ""
             raise ConfigError(
-                f"no shards found for {spec!r}: give .tar files, a glob, or a run's --out folder"
+                f"no shards{wanted} found for {spec!r}: give .tar files, a glob, or a run's --out folder"
             )
         urls += found
     return sorted(set(urls))
+
+
+def _run(pattern: str, storage_options: dict[str, Any] | None) -> Store | None:
+    """The run (or folder of tars) ``pattern`` names, as a Store; None for tars, globs and ``pipe:``."""
+    if pattern.startswith("pipe:") or any(c in pattern for c in "*?[") or pattern.endswith(".tar"):
+        return None
+    if "://" not in pattern or pattern.startswith("file://"):
+        path = Path(pattern.removeprefix("file://"))
+        return Store(path) if path.is_dir() else None
+    if pattern.split("://", 1)[0] in ("http", "https"):
+        return None  # no listing over http: name the tars
+    store = Store(pattern, storage_options)
+    return store if store.listdir("shards") or store.listdir() else None
+
+
+def _run_shards(run: Store, buckets: list[str] | None) -> list[str]:
+    """A run's shards (``shards/*.tar``; a folder of tars: its own), those of ``buckets`` only when given."""
+    inner = ("shards",) if run.listdir("shards") else ()
+    names = [n for n in run.listdir(*inner) if n.endswith(".tar") and not n.startswith(".")]
+    if buckets is None:
+        return [run.uri(*inner, n) for n in names]
+    if not inner or not run.listdir("manifest"):
+        raise ConfigError(
+            f"data.buckets: {run.url} is not a run (no shards/ and manifest/ to read buckets from)"
+        )
+    table = read_manifest(run, columns=["shard", "bucket"])
+    found = dict(zip(table["shard"].to_pylist(), table["bucket"].to_pylist(), strict=True))
+    present = sorted({b for b in found.values() if b is not None})
+    if not set(buckets) & set(present):
+        raise ConfigError(
+            f"data.buckets={buckets}: {run.url} has none of them; its buckets: {present or 'none'}"
+        )
+    return [run.uri("shards", n) for n in names if found.get(n) in buckets]
 
 
 def _expand_one(pattern: str, storage_options: dict[str, Any] | None) -> list[str]:
@@ -106,11 +161,7 @@ def _expand_one(pattern: str, storage_options: dict[str, Any] | None) -> list[st
         fs, _, paths = fsspec.get_fs_token_paths(pattern, storage_options=storage_options or {})
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         return [f"{protocol}://{p}" for p in paths]
-    path = Path(pattern.removeprefix("file://"))
-    if path.is_dir():
-        inner = path / "shards" if (path / "shards").is_dir() else path
-        return [str(p) for p in sorted(inner.glob("*.tar"))]
-    return sorted(glob.glob(str(path), recursive=True))  # noqa: PTH207  # patterns with ** and []
+    return sorted(glob.glob(pattern.removeprefix("file://"), recursive=True))  # noqa: PTH207  # ** and []
 
 
 def split_shards(
@@ -342,7 +393,7 @@ def build_loader(
     config: DataConfig, rank: int, world: int, start_batch: int = 0, batches_per_step: int = 1
 ) -> DataLoader[dict[str, Any]]:
     """The DataLoader of one rank, starting at batch ``start_batch`` of its stream."""
-    urls = expand_shards(config.shards, config.storage_options)
+    urls = expand_shards(config.shards, config.storage_options, config.buckets)
     check_enough_shards(len(urls), world, config.num_workers)
     stream = ShardStream(urls, config, rank, world, start_batch, batches_per_step, _keep(config))
     extra: dict[str, Any] = {"prefetch_factor": config.prefetch_factor} if config.num_workers else {}
@@ -367,7 +418,7 @@ def _keep(config: DataConfig) -> frozenset[str] | None:
 def peek(config: DataConfig) -> dict[str, Any]:
     """What the model and the sampler need to know about the data, read from the first sample: latent
     channels, text dims, the VAE info and the text encoder config."""
-    urls = expand_shards(config.shards, config.storage_options)
+    urls = expand_shards(config.shards, config.storage_options, config.buckets)
     raw = next(raw_samples(urls[:1], config.storage_options))
     meta = json.loads(raw["json"])
     sample = decode(raw)
