@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from cli import render
 from cli.app import Inputs, app
@@ -19,6 +20,7 @@ from dataengine.media import require_ffmpeg
 from dataengine.records import Failure
 from dataengine.stages import DecodeConfig, ProbeStage, SplitConfig
 from dataengine.stages.caption import CaptionConfig
+from dataengine.storage import Store
 from dataengine.world.generate import synthesize
 from pipelines.captioning import caption_video, with_engine
 from pipelines.clips import ClipsReport, extract_clips
@@ -116,7 +118,13 @@ def caption(
 @app.command()
 def run(
     inputs: Inputs,
-    out: Annotated[Path, typer.Option(help="run folder: shards/, manifest/, run.json; rerun to resume")],
+    out: Annotated[
+        str,
+        typer.Option(
+            help="where the run goes: a folder or a URL (s3://bucket/run, gs://...): shards/, manifest/, "
+            "run.json; rerun to resume"
+        ),
+    ],
     recipe: Annotated[
         str, typer.Option(help="named configuration: demo (this machine), cpu-small, gpu-qwen25vl-7b-wan")
     ] = "demo",
@@ -128,8 +136,17 @@ def run(
         str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS, else a local instance)")
     ] = None,
     force: Annotated[
-        bool, typer.Option(help="resume even though the recipe differs from run.json's")
+        bool, typer.Option(help="resume even though the recipe or partition count differs from run.json's")
     ] = False,
+    partition: Annotated[
+        str | None,
+        typer.Option(
+            metavar="I/N",
+            callback=lambda value: parse_partition(value) and value,  # a usage error before any work
+            help="take the I-th of N slices of the inputs (0 <= I < N); N drivers, one per I, write one run "
+            "into the same --out",
+        ),
+    ] = None,
 ) -> None:
     """Probe, split, decode, curate, caption and encode the inputs on Ray actor pools; write WebDataset
     shards, a parquet manifest (one row per clip, failures with stage and reason) and run.json.
@@ -139,21 +156,41 @@ def run(
     clips already kept are dropped: --set filters.motion.min=0.01, --set filters.text_area.score_only=true,
     --set dedup.enabled=false, --set filters.enabled=false (docs/curation.md).
 
-    Rerunning the same command on the same --out resumes: finished clips are skipped, nothing is written
-    twice, even after kill -9. Exit code 0 when the run completes (per-input failures are manifest rows);
-    1 for run-level errors (no inputs, unwritable --out, workers that cannot start); 2 for bad configuration.
+    --out is a folder or an object-storage URL (s3://bucket/run; credentials as fsspec finds them). Rerunning
+    the same command on the same --out resumes: finished clips are skipped, nothing is written twice, even
+    after kill -9. --partition I/N splits the inputs between N drivers writing one run (run one command per
+    I; each keeps its attempts in runs/pIIofNN.json). Exit code 0 when the run completes (per-input failures
+    are manifest rows); 1 for run-level errors (no inputs, unwritable --out, workers that cannot start); 2
+    for bad configuration.
     """
     from pipelines.launch import launch_run
 
     require_ffmpeg()
     config = apply_overrides(get_recipe(recipe), overrides or [])
-    if not launch_run(config, inputs, out, address, force, console):
+    if not launch_run(config, inputs, out, address, force, console, parse_partition(partition)):
         raise typer.Exit(1)  # launch_run has printed why
+
+
+def parse_partition(value: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` as ``(I, N)``; None for None.
+
+    Raises:
+        typer.BadParameter: not two integers with 0 <= I < N (a usage error: exit code 2).
+    """
+    if value is None:
+        return None
+    index, _, count = value.partition("/")
+    if not (index.strip().isdigit() and count.strip().isdigit()) or int(index) >= int(count):
+        raise typer.BadParameter(
+            f"{value!r} is not I/N with 0 <= I < N (e.g. 0/4 for the first of four drivers)",
+            param_hint="'--partition'",
+        )
+    return int(index), int(count)
 
 
 @app.command()
 def inspect(
-    run_dir: Annotated[Path, typer.Argument(help="the --out folder of dataengine run")],
+    run_dir: Annotated[str, typer.Argument(help="the --out of dataengine run: a folder or a URL (s3://...)")],
     samples: Annotated[int, typer.Option(min=1, help="samples on the HTML contact sheet")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print the numbers as one JSON document")] = False,
     regate: Annotated[
@@ -177,9 +214,10 @@ def inspect(
         ),
     ] = None,
 ) -> None:
-    """Counts by status, failure reasons, caption length and clip duration distributions of a run, the
-    gate's scores (mean token log-prob, zlib ratio), the ok captions today's gate would refuse, and an HTML
-    contact sheet (RUN_DIR/contact_sheet.html) of preview frames with their captions.
+    """Counts by status and by shard bucket (latent shape), failure reasons, caption length and clip
+    duration distributions of a run, the gate's scores (mean token log-prob, zlib ratio), the ok captions
+    today's gate would refuse, and an HTML contact sheet (RUN_DIR/contact_sheet.html) of preview frames with
+    their captions. RUN_DIR may be a URL (s3://bucket/run): the pictures are written there too.
 
     dataengine inspect out/run --regate --keep-list keep.txt   # the full gate again; keep.txt for loaders
     """  # fmt: skip
@@ -188,9 +226,10 @@ def inspect(
 
     if keep_list is not None and not regate:
         raise ConfigError("--keep-list needs --regate")
-    gate = _run_gate(run_dir, recipe, overrides or [])
-    found = inspect_run(run_dir, samples, gate)
-    again = regate_run(run_dir, gate) if regate else None
+    store = Store(run_dir)
+    gate = _run_gate(store, recipe, overrides or [])
+    found = inspect_run(store, samples, gate)
+    again = regate_run(store, gate) if regate else None
     if again is not None and keep_list is not None:
         write_keep_list(again, keep_list)
     if as_json:
@@ -198,18 +237,29 @@ def inspect(
         print(json.dumps(doc, indent=2))
         return
     render.print_inspection(found)
+    _print_layout(found.buckets, found.partitions)
     if again is not None:
         render.print_regate(again, keep_list)
 
 
-def _run_gate(run_dir: Path, recipe: str | None, overrides: list[str]) -> Any:
-    """The caption gate of ``recipe``, else of the recipe named in ``run_dir/run.json``, as the code has it
+def _print_layout(buckets: dict[str, int], partitions: dict[str, str]) -> None:
+    """Samples per shard bucket (latent shape) and each partition's last status, when the run has them."""
+    if buckets:
+        table = Table("bucket", "samples", title="samples per shard bucket")
+        for bucket, n in buckets.items():
+            table.add_row(bucket, str(n))
+        render.stdout.print(table)
+    if partitions:
+        render.stdout.print("partitions: " + ", ".join(f"{p} {s}" for p, s in partitions.items()))
+
+
+def _run_gate(store: Store, recipe: str | None, overrides: list[str]) -> Any:
+    """The caption gate of ``recipe``, else of the recipe named in the run's ``run.json``, as the code has it
     today, with ``overrides``; the default gate when neither names one."""
     from dataengine.caption.quality import QualityConfig
 
-    run_json = run_dir / "run.json"
-    if recipe is None and run_json.exists():
-        recipe = json.loads(run_json.read_text()).get("recipe")
+    if recipe is None and store.exists("run.json"):
+        recipe = json.loads(store.read_bytes("run.json")).get("recipe")
     if recipe is None:
         return QualityConfig()
     return apply_overrides(get_recipe(recipe), overrides).caption.quality

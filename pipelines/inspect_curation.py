@@ -1,6 +1,7 @@
 """What curation did to a run: each score's distribution (kept vs dropped), drops per check, and pictures.
 
-Read from the manifest alone (every clip that reached the filters has its scores there, kept or dropped):
+Read from the manifest alone (every clip that reached the filters has its scores there, kept or dropped),
+and written into the run through its ``Store`` (a folder, or a URL such as ``s3://bucket/run``):
 
 ``RUN_DIR/curation.png``            one histogram per score, kept and dropped stacked, thresholds marked
 ``RUN_DIR/dropped_sheet.jpg``       dropped clips (filters and duplicates), re-decoded from their local
@@ -9,9 +10,11 @@ Read from the manifest alone (every clip that reached the filters has its scores
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from dataengine.curate.scores import SCORES
 from dataengine.preview import contact_sheet
 from dataengine.records import Clip, DecodedClip, Source, Video
 from dataengine.stages import DecodeConfig, DecodeStage, ProbeConfig, ProbeStage, ViewConfig
+from dataengine.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,8 @@ class CurationInspection:
     drops: list[tuple[str, str, int]]  # (stage, check, clips), most first
     reached: int  # clips that reached the filters
     kept: int  # of those, clips the filters and the duplicate index passed on to captioning
-    histograms: Path | None = None
-    dropped_sheet: Path | None = None
+    histograms: str | None = None  # where the pictures went: paths, or URLs beside a remote run
+    dropped_sheet: str | None = None
     thresholds: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -67,8 +71,8 @@ class CurationInspection:
             "drops": self.drops,
             "thresholds": self.thresholds,
             "scores": {s.name: _score_json(s) for s in self.scores},
-            "histograms": str(self.histograms) if self.histograms else None,
-            "dropped_sheet": str(self.dropped_sheet) if self.dropped_sheet else None,
+            "histograms": self.histograms,
+            "dropped_sheet": self.dropped_sheet,
         }
 
 
@@ -84,15 +88,16 @@ def _score_json(s: ScoreSummary) -> dict[str, Any]:
 
 
 def inspect_curation(
-    out_dir: Path, rows: Sequence[dict[str, Any]], pictures: bool = True, max_dropped: int = 24
+    run: Store | str | Path, rows: Sequence[dict[str, Any]], pictures: bool = True, max_dropped: int = 24
 ) -> CurationInspection | None:
     """Summarise the curation of ``rows`` (the run's manifest rows); None when no clip has scores (a run
     made before the filters existed, or with ``filters.enabled=false``). ``pictures`` writes the histogram
-    figure and the dropped clips' contact sheet into ``out_dir``."""
+    figure and the dropped clips' contact sheet into the run."""
+    store = Store(run)
     scored = [r for r in rows if any(_value(r, name) is not None for name in SCORES)]
     if not scored:
         return None
-    thresholds = _thresholds(out_dir)
+    thresholds = _thresholds(store)
     dropped = [r for r in scored if r["status"] == "dropped" and r["stage"] in _CURATION_STAGES]
     checks = Counter((r["stage"], _check(r)) for r in dropped)
     summaries = []
@@ -111,8 +116,8 @@ def inspect_curation(
         thresholds=thresholds,
     )
     if pictures:
-        found.histograms = _plot(out_dir / HISTOGRAMS, summaries)
-        found.dropped_sheet = _dropped_sheet(out_dir / DROPPED_SHEET, dropped[:max_dropped])
+        found.histograms = _plot(store, summaries)
+        found.dropped_sheet = _dropped_sheet(store, dropped[:max_dropped])
     return found
 
 
@@ -129,10 +134,9 @@ def _check(row: dict[str, Any]) -> str:
     return words[0] if words else "?"
 
 
-def _thresholds(out_dir: Path) -> dict[str, dict[str, float | None]]:
+def _thresholds(store: Store) -> dict[str, dict[str, float | None]]:
     """The filters' bounds from ``run.json`` (what the run used), else the defaults."""
-    path = out_dir / "run.json"
-    config = json.loads(path.read_text()).get("config", {}) if path.exists() else {}
+    config = json.loads(store.read_bytes("run.json")).get("config", {}) if store.exists("run.json") else {}
     try:
         return FiltersConfig.model_validate(config.get("filters", {})).thresholds()
     except ValueError as exc:  # a run.json from another version: say so, show no thresholds
@@ -140,7 +144,7 @@ def _thresholds(out_dir: Path) -> dict[str, dict[str, float | None]]:
         return {}
 
 
-def _plot(path: Path, summaries: list[ScoreSummary]) -> Path:
+def _plot(store: Store, summaries: list[ScoreSummary]) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,12 +169,14 @@ def _plot(path: Path, summaries: list[ScoreSummary]) -> Path:
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("curation scores: kept (green) and dropped (red); dashed: thresholds", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    figure = io.BytesIO()
+    fig.savefig(figure, format="png", dpi=90)
     plt.close(fig)
-    return path
+    store.write_bytes(HISTOGRAMS, data=figure.getvalue())
+    return store.uri(HISTOGRAMS)
 
 
-def _dropped_sheet(path: Path, dropped: list[dict[str, Any]]) -> Path | None:
+def _dropped_sheet(store: Store, dropped: list[dict[str, Any]]) -> str | None:
     """Re-decode the dropped clips from their sources (local files only; each probed once, the clips of one
     video in one decode pass) and lay them out with their reasons."""
     probe = ProbeStage(ProbeConfig())
@@ -193,4 +199,8 @@ def _dropped_sheet(path: Path, dropped: list[dict[str, Any]]) -> Path | None:
     shown = [(d, label) for d, label in zip(decoded, labels, strict=True) if isinstance(d, DecodedClip)]
     if not shown:
         return None
-    return contact_sheet([d for d, _ in shown], "sheet", path, captions=[label for _, label in shown])
+    with tempfile.TemporaryDirectory() as tmp:  # contact_sheet writes a file; the run may be remote
+        captions = [label for _, label in shown]
+        sheet = contact_sheet([d for d, _ in shown], "sheet", Path(tmp) / DROPPED_SHEET, captions=captions)
+        store.write_bytes(DROPPED_SHEET, data=sheet.read_bytes())
+    return store.uri(DROPPED_SHEET)

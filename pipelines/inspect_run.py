@@ -1,8 +1,10 @@
-"""``dataengine inspect DIR``: what a run produced, in numbers and in pictures.
+"""``dataengine inspect OUT``: what a run produced, in numbers and in pictures.
 
-Counts by status, failure reasons by stage, distributions of caption length (words) and clip duration from
-the manifest, and ``DIR/contact_sheet.html``: each sample's preview frame beside its caption, read from the
-shards with plain webdataset. What curation kept and dropped: ``pipelines.inspect_curation``.
+Counts by status and by shard bucket (latent shape), failure reasons by stage, distributions of caption
+length (words) and clip duration from the manifest, and ``OUT/contact_sheet.html``: each sample's preview
+frame beside its caption, read from the shards with webdataset's tar reader. What curation kept and dropped:
+``pipelines.inspect_curation``. ``OUT`` is a folder or a URL (``s3://bucket/run``), read and written through
+its ``Store``; a run written by several drivers (``--partition``) reads as one, with each partition's status.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import webdataset as wds
 
 from dataengine.caption.quality import QualityConfig
 from dataengine.shards import read_manifest
+from dataengine.storage import Store
 from pipelines.inspect_curation import CurationInspection, inspect_curation
-from pipelines.regate import check_of, suspicious
+from pipelines.regate import check_of, committed_shards, shard_samples, suspicious
 
 SHEET = "contact_sheet.html"
+PARTITIONS_DIR = "runs"  # runs/p01of04.json: one partition's attempts (written by pipelines.report)
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Distribution:
 
 @dataclass
 class Inspection:
-    out_dir: Path
+    out_dir: str  # the run's folder or URL
     by_status: dict[str, int]
     reasons: list[tuple[str, str, int]]  # (stage, reason, count), most frequent first
     caption_words: Distribution | None
@@ -59,8 +62,10 @@ class Inspection:
     suspicious: list[tuple[str, str]]  # ok captions today's gate would refuse: (clip id, reason)
     shards: int
     shard_bytes: int
-    sheet: Path | None
+    sheet: str | None  # where the contact sheet went (a path, or a URL beside a remote run)
     curation: CurationInspection | None = None
+    buckets: dict[str, int] = field(default_factory=dict)  # ok samples per shard bucket, most first
+    partitions: dict[str, str] = field(default_factory=dict)  # p01of04 -> its latest attempt's status
 
     def as_json(self) -> dict[str, Any]:
         skip = ("out_dir", "sheet", "curation")
@@ -69,25 +74,28 @@ class Inspection:
         for key in ("caption_words", "clip_seconds", "caption_mean_logprob", "caption_compression"):
             value = getattr(self, key)
             doc[key] = value.__dict__ if value is not None else None
-        return {"out_dir": str(self.out_dir), "sheet": str(self.sheet) if self.sheet else None, **doc}
+        return {"out_dir": self.out_dir, "sheet": self.sheet, **doc}
 
 
-def inspect_run(out_dir: Path, max_samples: int = 64, gate: QualityConfig | None = None) -> Inspection:
-    """Read ``out_dir``'s manifest and shards; write the HTML contact sheet of up to ``max_samples`` samples;
-    flag the ok captions that ``gate`` (default: today's default gate) would refuse on their text and
+def inspect_run(
+    run: Store | str | Path, max_samples: int = 64, gate: QualityConfig | None = None
+) -> Inspection:
+    """Read the run's manifest and shards; write the HTML contact sheet of up to ``max_samples`` samples
+    into it; flag the ok captions that ``gate`` (default: today's default gate) would refuse on their text and
     recorded confidence.
 
     Raises:
-        FileNotFoundError: ``out_dir`` holds no manifest (not a run folder, or a run that committed nothing).
+        FileNotFoundError: ``run`` holds no manifest (not a run, or a run that committed nothing).
     """
-    if not any((out_dir / "manifest").glob("*.parquet")):
-        raise FileNotFoundError(f"{out_dir} has no manifest/*.parquet: is it the --out of dataengine run?")
-    rows = read_manifest(out_dir).to_pylist()
+    store = Store(run)
+    if not any(n.endswith(".parquet") for n in store.listdir("manifest")):
+        raise FileNotFoundError(f"{store.url} has no manifest/*.parquet: is it the --out of dataengine run?")
+    rows = read_manifest(store).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
     reasons = Counter((r["stage"] or "", _reason(r)) for r in rows if r["status"] != "ok")
-    shards = sorted((out_dir / "shards").glob("*.tar"))
+    shards = committed_shards(store)
     return Inspection(
-        out_dir=out_dir,
+        out_dir=store.url,
         by_status=dict(Counter(r["status"] for r in rows)),
         reasons=[(stage, reason, n) for (stage, reason), n in reasons.most_common()],
         caption_words=Distribution.of([len((r["caption"] or "").split()) for r in ok]),
@@ -96,10 +104,21 @@ def inspect_run(out_dir: Path, max_samples: int = 64, gate: QualityConfig | None
         caption_compression=Distribution.of(_present(ok, "caption_compression_ratio")),
         suspicious=suspicious(rows, gate or QualityConfig()),
         shards=len(shards),
-        shard_bytes=sum(p.stat().st_size for p in shards),
-        sheet=_write_sheet(out_dir, shards, max_samples) if shards else None,
-        curation=inspect_curation(out_dir, rows),
+        shard_bytes=sum(shards.values()),
+        sheet=_write_sheet(store, max_samples) if shards else None,
+        curation=inspect_curation(store, rows),
+        buckets=dict(Counter(r["bucket"] for r in ok if r["bucket"] is not None).most_common()),
+        partitions=_partitions(store),
     )
+
+
+def _partitions(store: Store) -> dict[str, str]:
+    """Each partition's latest status (``runs/p01of04.json``); empty for a run of one driver."""
+    found = {}
+    for name in store.listdir(PARTITIONS_DIR):
+        if name.endswith(".json") and not name.startswith("."):
+            found[name.removesuffix(".json")] = json.loads(store.read_bytes(PARTITIONS_DIR, name))["status"]
+    return found
 
 
 def _present(rows: list[dict[str, Any]], column: str) -> list[float]:
@@ -115,10 +134,9 @@ def _reason(row: dict[str, Any]) -> str:
     return error.split(" | ")[0].split(": /")[0][:160]
 
 
-def _write_sheet(out_dir: Path, shards: list[Path], max_samples: int) -> Path:
+def _write_sheet(store: Store, max_samples: int) -> str:
     cards: list[str] = []
-    dataset = wds.WebDataset([str(p) for p in shards], shardshuffle=False)
-    for sample in dataset:
+    for sample in shard_samples(store):
         if len(cards) >= max_samples:
             break
         meta = json.loads(sample["json"])
@@ -131,9 +149,9 @@ def _write_sheet(out_dir: Path, shards: list[Path], max_samples: int) -> Path:
             f"<p class=short>{html.escape(meta.get('short_caption') or '')}</p>"
             f"<p>{html.escape(sample['txt'].decode())}</p></div>"
         )
-    path = out_dir / SHEET
-    path.write_text(_PAGE.format(title=html.escape(str(out_dir)), n=len(cards), cards="\n".join(cards)))
-    return path
+    page = _PAGE.format(title=html.escape(store.url), n=len(cards), cards="\n".join(cards))
+    store.write_bytes(SHEET, data=page.encode())
+    return store.uri(SHEET)
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>

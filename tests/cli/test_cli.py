@@ -167,6 +167,29 @@ def test_usage_mistakes_exit_2_and_a_missing_run_exits_1(tmp_path: Path) -> None
     assert "Traceback" not in missing.stderr
 
 
+@pytest.mark.parametrize("bad", ["2/2", "3/2", "-1/2", "1", "a/b", "0/0", "1/2/3"])
+def test_a_partition_that_is_not_i_of_n_is_a_usage_error_before_any_work(
+    bad: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli.main import main
+
+    monkeypatch.setattr(
+        sys, "argv", ["dataengine", "run", "in.mp4", "--out", str(tmp_path), "--partition", bad]
+    )
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exited.value.code == 2 and "'--partition'" in err and "0 <= I < N" in err, err
+    assert not list(tmp_path.iterdir())  # nothing was started
+
+
+def test_a_partition_parses_as_i_of_n() -> None:
+    from cli.data import parse_partition
+
+    assert parse_partition("0/4") == (0, 4) and parse_partition("3/4") == (3, 4)
+    assert parse_partition(None) is None
+
+
 def test_every_mapped_failure_has_its_documented_code() -> None:
     from cli.main import EXIT_CODES, exit_code
     from dataengine.config import ConfigError
