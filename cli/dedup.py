@@ -31,9 +31,7 @@ def dedup(
     seed: Annotated[int, typer.Option(help="k-means seed: same seed, same result")] = 0,
     rewrite: Annotated[
         str | None,
-        typer.Option(
-            help="also write a new run here (a folder or a URL) holding only the kept samples"
-        ),
+        typer.Option(help="also write a new run here (a folder or a URL) holding only the kept samples"),
     ] = None,
 ) -> None:
     """Semantic deduplication (SemDeDup) of a run's ok clips, by their clip embeddings.

@@ -126,7 +126,7 @@ def ok_clip_embeddings(run: Run) -> tuple[list[str], np.ndarray, list[str]]:
         RunError: no embeddings at all, or vectors of different lengths.
     """
     store = Store(run)
-    if not store.listdir("manifest"):
+    if not any(n.endswith(".parquet") for n in store.listdir("manifest")):
         raise FileNotFoundError(f"{store.url} has no manifest/*.parquet: is it the --out of dataengine run?")
     embedded = set(store.listdir("embeddings"))
     ids: list[str] = []
