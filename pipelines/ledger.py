@@ -113,7 +113,7 @@ class Ledger:
 class SplitLog:
     """Commits finished splits to ``splits/`` in parts (every ``every`` videos or ``every_s`` seconds)."""
 
-    def __init__(self, store: Store, tag: str, every: int = 256, every_s: float = 30.0) -> None:
+    def __init__(self, store: Store, tag: str, every: int = 256, every_s: float = 10.0) -> None:
         self.store, self.tag, self.every, self.every_s = store, tag, every, every_s
         own = re.compile(rf"{re.escape(tag)}(\d{{6}})\.parquet")
         found = [int(m[1]) for name in store.listdir(SPLITS) if (m := own.fullmatch(name))]
@@ -123,7 +123,7 @@ class SplitLog:
 
     def add(self, source: str, records: Sequence[Clip | Failure]) -> None:
         self._rows.append({"source": source, "records": [r.model_dump_json() for r in records]})
-        if len(self._rows) >= self.every or time.monotonic() - self._last > self.every_s:
+        if len(self._rows) >= self.every or time.monotonic() - self._last >= self.every_s:
             self.commit()
 
     def commit(self) -> None:

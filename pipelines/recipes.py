@@ -53,6 +53,11 @@ class RunnerConfig(Config):
         64, ge=1, description="items waiting for (or in) a pool before the step upstream pauses: backpressure"
     )
     ray_num_cpus: float | None = Field(None, gt=0, description="local Ray instance size; None: this machine")
+    splits_commit_s: float = Field(
+        10.0,
+        ge=0,
+        description="finished splits are committed to splits/ at least this often (resume skips them)",
+    )
 
 
 class RecipeConfig(Config):

@@ -147,7 +147,7 @@ class Runner:
             cleanup_splits(store, self.tag)
             ledger, self.duplicates = Ledger.read(store, self.recipe.dedup)
             failures = ShardWriter(store, self.recipe.shards, f"{self.tag}failures")
-            self.splits = SplitLog(store, self.tag)
+            self.splits = SplitLog(store, self.tag, every_s=self.recipe.runner.splits_commit_s)
         except OSError as exc:
             raise RunError(f"cannot write the run to {self.out}: {exc}; choose a writable --out") from exc
         self.ledger = ledger

@@ -9,16 +9,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
 from dataengine.config import apply_overrides
 from dataengine.shards import read_embeddings, read_manifest
+from dataengine.storage import Store
 from dataengine.world.generate import synthesize
 from pipelines.recipes import get_recipe
 from pipelines.runner import Counts, Runner
@@ -30,7 +33,8 @@ pytestmark = pytest.mark.slow
 # Small shards so that a run commits several of them, and the kill test can stop it between two commits.
 # One decode worker: clips reach the duplicate index in input order, so which of two duplicates is kept is the
 # same in every run of these tests (with several workers it may vary; that one of them is kept does not).
-OVERRIDES = ["shards.max_samples=2", "pools.decode.max_workers=1"]
+# Finished splits are committed after every probe batch, so the kill test finds some to replay.
+OVERRIDES = ["shards.max_samples=2", "pools.decode.max_workers=1", "runner.splits_commit_s=0"]
 # Curation cases (tests/curation_cases.py) in the run: three the demo's filters drop, and a clip with a
 # re-encoded and a cropped copy, which the duplicate index drops before captioning.
 # Copied as 0_moving.mp4, 1_reencoded.mp4, ...: a folder is read in name order, so moving comes first.
@@ -56,7 +60,7 @@ def inputs(
     return [str(root / "videos"), *(str(broken[name]) for name in BROKEN), *crafted, str(root / "curation")]
 
 
-def cli_run(inputs: list[str], out: Path, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
+def cli_run(inputs: list[str], out: Path | str, *extra: str, wait: bool = True) -> subprocess.Popen[str]:
     """``dataengine run`` in its own process group (so a test can kill the whole group)."""
     cmd = [sys.executable, "-m", "cli", "run", *inputs, "--out", str(out)]
     cmd += [arg for override in OVERRIDES for arg in ("--set", override)] + list(extra)
@@ -77,19 +81,42 @@ def reference(inputs: list[str], tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
-def outcome(out: Path) -> set[tuple[Any, ...]]:
+def outcome(out: Path | str) -> set[tuple[Any, ...]]:
     """What a run produced, order aside: one entry per manifest row."""
     rows = read_manifest(out).to_pylist()
     return {(r["clip_id"], r["source"], r["status"], r["stage"]) for r in rows}
 
 
-def shard_keys(out: Path) -> list[str]:
-    urls = [str(p) for p in sorted((out / "shards").glob("*.tar"))]
-    return [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False)]
+def shard_keys(out: Path | str) -> list[str]:
+    """Every sample key in the run's shards, read through fsspec (a folder or an s3:// run)."""
+    store = Store(out)
+    keys: list[str] = []
+    for name in store.listdir("shards"):
+        with store.fs.open(store.path("shards", name), "rb") as f, tarfile.open(fileobj=f) as tar:
+            keys += sorted({m.name.split(".", 1)[0] for m in tar})  # a key once per shard it is in
+    return keys
 
 
-def leftovers(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".partial")]
+def leftovers(out: Path | str) -> list[str]:
+    """Partial files, shards without their manifest part, unfinished uploads: what a crash may leave."""
+    store = Store(out)
+    names = {d: store.listdir(d) for d in ("shards", "manifest", "embeddings", "splits")}
+    hidden = [
+        f"{d}/{n}" for d, listed in names.items() for n in listed if n.startswith(".") or "partial" in n
+    ]
+    manifests = {n.rsplit(".", 1)[0] for n in names["manifest"]}
+    orphans = [f"shards/{n}" for n in names["shards"] if n.rsplit(".", 1)[0] not in manifests]
+    return hidden + orphans + store.abort_uploads()
+
+
+def split_sources(out: Path | str) -> list[str]:
+    """The sources of every row of the run's committed split parts (a video split twice shows twice)."""
+    store = Store(out)
+    sources: list[str] = []
+    for name in store.listdir("splits"):
+        with store.fs.open(store.path("splits", name), "rb") as f:
+            sources += pq.read_table(f).column("source").to_pylist()
+    return sources
 
 
 def test_a_run_accounts_for_every_input_and_writes_readable_shards(
@@ -113,8 +140,18 @@ def test_a_run_accounts_for_every_input_and_writes_readable_shards(
     assert sample["latents.npy"].ndim == 4 and sample["text_emb.npy"].shape == (256, 384)  # MiniLM per token
     assert sample["text_mask.npy"].shape == (256,) and 0 < sample["text_mask.npy"].sum() < 256
     assert sample["json"]["vae"]["model"] == "builtin:world-vae" and sample["txt"]
-    assert len(urls) == -(-len(ok) // 2)  # shards.max_samples=2
+    # Shards hold at most 2 samples (shards.max_samples=2), all of one latent shape: their bucket.
+    by_shard: dict[str, set[tuple[str, tuple[int, ...]]]] = {}
+    for row in ok:
+        by_shard.setdefault(row["shard"], set()).add((row["bucket"], tuple(row["latent_shape"])))
+    assert sorted(by_shard) == sorted(Path(u).name for u in urls)
+    for shard, shapes in by_shard.items():
+        (bucket, shape), *others = shapes
+        assert not others and bucket in shard and bucket.endswith("x".join(map(str, shape[1:])))
+    assert all(sum(r["shard"] == s for r in ok) <= 2 for s in by_shard)
     assert not leftovers(reference)
+    split = split_sources(reference)  # one row per video the probe step finished, none twice
+    assert len(split) == len(set(split)) and {r["source"] for r in rows if r["clip_id"]} <= set(split)
 
     run = json.loads((reference / "run.json").read_text())
     assert run["status"] == "completed" and run["recipe"] == "demo"
@@ -171,28 +208,39 @@ def test_inputs_that_point_elsewhere_are_probe_failures_and_what_they_name_is_ne
     assert reference_trap.untouched()
 
 
+@pytest.mark.parametrize("where", ["folder", "s3"])
 def test_kill_9_of_the_whole_run_then_rerun_gives_the_uninterrupted_result(
-    inputs: list[str], reference: Path, tmp_path: Path
+    inputs: list[str], reference: Path, tmp_path: Path, where: str, request: pytest.FixtureRequest
 ) -> None:
-    out = tmp_path / "run"
+    """The same after ``kill -9`` of the driver and every worker, for a local --out and an s3:// one (moto on
+    loopback, reached through AWS_ENDPOINT_URL like any S3-compatible store): the rerun skips the committed
+    clips and the videos whose split was committed, and ends with the uninterrupted run's rows."""
+    out = str(tmp_path / "run") if where == "folder" else f"{request.getfixturevalue('s3_bucket')}/runs/r1"
+    store = Store(out)
     proc = cli_run(inputs, out, wait=False)
     deadline = time.monotonic() + 300
-    while not list((out / "manifest").glob("*.parquet")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "the run committed nothing in 300 s"
+    while not [n for n in store.listdir("shards") if n.endswith(".tar")] and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run committed no shard in 300 s"
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     first = outcome(out)
     assert first and first < outcome(reference)  # part-way: something committed, not everything
+    split_before = split_sources(out)
 
     rerun = cli_run(inputs, out)
     assert rerun.returncode == 0, rerun.stdout.read() if rerun.stdout else ""
     assert outcome(out) == outcome(reference)
     keys = shard_keys(out)
     assert len(keys) == len(set(keys))  # nothing written twice
+    assert sorted(keys) == sorted(r[0] for r in outcome(out) if r[2] == "ok")  # nothing lost
     assert not leftovers(out)
-    assert len(json.loads((out / "run.json").read_text())["attempts"]) == 1  # the killed one wrote none
+    assert len(json.loads(store.read_bytes("run.json"))["attempts"]) == 1  # the killed one wrote none
+    split_after = split_sources(out)  # a video whose split was committed is not split again
+    assert (
+        split_before and len(split_after) == len(set(split_after)) and set(split_before) <= set(split_after)
+    )
 
 
 @pytest.fixture
@@ -208,33 +256,43 @@ def ray_local() -> Iterator[None]:
         ray.shutdown()
 
 
-def test_a_caption_worker_killed_mid_batch_is_replaced_and_its_items_retried(
+def test_a_caption_worker_and_a_writer_killed_mid_run_are_replaced_and_their_items_made_again(
     inputs: list[str], reference: Path, tmp_path: Path, ray_local: None
 ) -> None:
+    import ray
+
     recipe = apply_overrides(get_recipe("demo"), OVERRIDES)
-    killed: list[int] = []
+    killed: list[str] = []
     peak_queue = 0
 
     def kill_once(counts: Counts, pools: dict[str, Any]) -> None:
         nonlocal peak_queue
         peak_queue = max([peak_queue, *(len(p.queue) for p in pools.values())])
         caption = pools["caption"]
-        if killed or not caption.batches:
-            return
-        import ray
-
-        pid = ray.get(caption.workers[0].ready_ref)
-        os.kill(pid, signal.SIGKILL)  # what the OOM killer or a crashing engine does
-        killed.append(pid)
+        if not killed and caption.batches:
+            pid = ray.get(caption.workers[0].ready_ref)
+            os.kill(pid, signal.SIGKILL)  # what the OOM killer or a crashing engine does
+            killed.append("caption")
+        writers = runner.writers
+        holding = [s for s in writers.slots if s.pending] if writers is not None and len(killed) == 1 else []
+        if holding:  # a writer with samples in its open shard, not committed yet
+            pid = ray.get(holding[0].actor.__ray_call__.remote(lambda self: os.getpid()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append("writer")
 
     runner = Runner(recipe, inputs[:1], tmp_path / "run", on_progress=kill_once)
     counts = runner.run()
-    assert killed and runner.pools["caption"].deaths == 1
-    # The killed worker's clips were captioned again: the same outcome as the uninterrupted reference run on
-    # these videos, samples and any refusals of the caption gate alike.
+    assert killed == ["caption", "writer"] and runner.pools["caption"].deaths == 1
+    assert runner.writers is not None and runner.writers.deaths == 1
+    # The killed workers' clips were made again: the same outcome as the uninterrupted reference run on these
+    # videos, samples and any refusals of the caption gate alike, each sample once.
     expected = {row for row in outcome(reference) if row[1] is not None and inputs[0] in row[1]}
     assert outcome(tmp_path / "run") == expected
-    assert counts.samples > 0
+    keys = shard_keys(tmp_path / "run")
+    assert sorted(keys) == sorted(row[0] for row in expected if row[2] == "ok") and not leftovers(
+        tmp_path / "run"
+    )
+    assert counts.samples == len(keys) > 0
     assert {row[3] for row in expected if row[2] != "ok"} <= {"caption"}
     assert peak_queue <= recipe.runner.max_queued + recipe.pools.probe.batch_size * 8
 
