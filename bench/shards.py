@@ -63,7 +63,7 @@ def _write_ours(out: Path, samples: list[tuple[str, dict[str, Any], dict[str, An
     with ShardWriter(out, ShardConfig(max_samples=100)) as writer:
         for key, sample, row in samples:
             writer.write(key, sample, row)
-    return writer.written
+    return [Path(p) for p in writer.written]
 
 
 def _write_raw(out: Path, blobs: list[bytes]) -> None:

@@ -103,7 +103,7 @@ def _write_shards(out: Path, n: int, shape: tuple[int, ...]) -> tuple[Path, floa
                 "json": {"clip_id": key, "fps": 16.0, "vae": vae, "text_encoder": None},
             }
             writer.write(key, sample, {"clip_id": key, "caption": caption, "latent_shape": list(shape)})
-    return out, sum(p.stat().st_size for p in writer.written) / n
+    return out, sum(Path(p).stat().st_size for p in writer.written) / n
 
 
 def _config(shards: Path, preset: str, batch_size: int, workers: int, *extra: str) -> TrainConfig:

