@@ -297,6 +297,31 @@ def test_a_caption_worker_and_a_writer_killed_mid_run_are_replaced_and_their_ite
     assert peak_queue <= recipe.runner.max_queued + recipe.pools.probe.batch_size * 8
 
 
+def test_two_partitions_write_one_run_that_every_reader_sees_whole(
+    inputs: list[str], reference: Path, tmp_path: Path
+) -> None:
+    """``--partition 0/2`` and ``1/2`` over the same inputs into one --out: each driver takes the videos its
+    URIs hash to, names its files apart, and together they make the run one driver makes."""
+    out = tmp_path / "run"
+    for i in range(2):
+        proc = cli_run(inputs[:1], out, "--partition", f"{i}/2")
+        assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+    expected = {row for row in outcome(reference) if row[1] is not None and inputs[0] in row[1]}
+    assert outcome(out) == expected
+    parts = {name.split("-")[1] for name in Store(out).listdir("manifest")}
+    assert parts == {"p00of02", "p01of02"}  # both drivers wrote, each under its own names
+    keys = shard_keys(out)
+    assert sorted(keys) == sorted(row[0] for row in expected if row[2] == "ok") and not leftovers(out)
+    inspect = subprocess.run(
+        [sys.executable, "-m", "cli", "inspect", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert sum(json.loads(inspect.stdout)["buckets"].values()) == len(keys)
+
+
 def test_run_level_errors_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     bad_key = cli_run(["nowhere"], tmp_path / "a", "--set", "pools.caption.gpus=1")
     text = bad_key.stdout.read() if bad_key.stdout else ""
