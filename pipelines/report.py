@@ -75,8 +75,8 @@ class LiveProgress:
                 (counts.sources if counts.sources_done else None) if step == "probe" else counts.clips_found
             )
             note = f"{len(pool.workers)} workers" + (f", {failed[step]} failed" if failed.get(step) else "")
-            if step == "encode":
-                note += f", {counts.shards} shards"
+            if step == "encode":  # handed to the writers; committed once their shard's manifest part is
+                note += f", {counts.samples} committed in {counts.shards} shards"
             self.progress.update(self.tasks[step], completed=done, total=total, note=note)
 
 
