@@ -68,7 +68,7 @@ class Ledger:
             )
             ledger._insert(videos.column("source").to_pylist())
             passed = table.filter(pc.is_valid(table.column("phash")))
-            if len(passed):
+            if len(passed) and index.config.enabled:  # dedup off: no index to seed (~200 bytes a clip)
                 index.extend(*(passed.column(c).to_pylist() for c in columns if c != "source"))
         for name in store.listdir(SPLITS):
             if name.endswith(".parquet") and not name.startswith("."):

@@ -332,7 +332,8 @@ class Runner:
         and its row, ok or failed, will carry its fingerprint so that a resume knows it)."""
         found = self.duplicates.check(item.key, fingerprint) if self.recipe.dedup.enabled else None
         if found is None:
-            self.duplicates.add(item.key, fingerprint)
+            if self.recipe.dedup.enabled:
+                self.duplicates.add(item.key, fingerprint)
             self._fingerprints[item.key] = fingerprint
             return None
         assert isinstance(item.origin, Clip)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dataengine.curate.dedup import NearDupConfig
 from dataengine.records import Clip, Failure, ProbeInfo
 from dataengine.shards import ShardConfig, ShardWriter, read_manifest
 from dataengine.stages.sample import Sample
@@ -81,6 +82,20 @@ def test_the_ledger_knows_committed_clips_and_videos_and_replays_finished_splits
         ledger.close()
     assert store.listdir("splits") == ["000000.parquet"]
     assert SplitLog(store, tag="")._next == 1  # continues the numbering
+
+
+def test_the_duplicate_index_is_seeded_from_rows_with_fingerprints_only_when_dedup_is_on(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "run")
+    fingerprint = {"frames_digest": "ab" * 16, "phash": [1, 2**40, 3, 2**63]}
+    with ShardWriter(store, ShardConfig(), "w00") as writer:
+        writer.write("a-0", {"txt": "a"}, {"source": "/data/a.mp4", **fingerprint})
+        writer.write("b-0", {"txt": "b"}, {"source": "/data/b.mp4"})
+    for enabled, held in ((True, 1), (False, 0)):
+        ledger, index = Ledger.read(store, NearDupConfig(enabled=enabled))
+        assert len(index) == held and ledger.resumed_clips == 2
+        ledger.close()
 
 
 def test_a_killed_drivers_partial_split_part_is_removed_and_only_its_own(tmp_path: Path) -> None:
