@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 import ray
 from pydantic import Field
 from ray.exceptions import RayError
@@ -46,6 +48,12 @@ class OutputConfig(Config):
     writers: int = Field(2, ge=1, description="writer actors; each owns its shard parts")
     num_cpus: float = Field(0.1, ge=0, description="Ray CPUs per writer (tar writing and uploads)")
     buckets: bool = Field(True, description="one shard stream per latent shape, so shards are homogeneous")
+    max_shard_age_s: float = Field(
+        600.0,
+        gt=0,
+        description="a shard open this long is committed at the writer's next batch, even if not full: "
+        "bounds the work a killed writer loses on a slow run",
+    )
     storage_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description='fsspec options per protocol for --out, e.g. {"s3": {"endpoint_url": ...}}; '
@@ -65,21 +73,24 @@ def bucket_of(row: dict[str, Any], buckets: bool = True) -> str:
 class ShardSink:
     """The body of one writer actor: a ``ShardWriter`` per bucket under the names ``{prefix}-{part}-...``."""
 
-    def __init__(self, store: Store, config: ShardConfig, part: str, buckets: bool) -> None:
-        self.store, self.config, self.part, self.buckets = store, config, part, buckets
+    def __init__(self, store: Store, config: ShardConfig, part: str, output: OutputConfig) -> None:
+        self.store, self.config, self.part, self.output = store, config, part, output
         cleanup_partials(store, f"{config.prefix}-{part}-")  # what an earlier writer of this part left
+        pa.Table.from_pylist([{"warm": 1}])  # its first call imports pandas (~0.3 s): now, not at a commit
         self._writers: dict[str, ShardWriter] = {}
         self._open: dict[str, list[str]] = {}  # bucket -> keys in its open shard
+        self._opened: dict[str, float] = {}  # bucket -> when its open shard got its first sample
 
     def ready(self) -> str:
         return self.part
 
     def write(self, *samples: Sample) -> tuple[list[str], int]:
-        """Append ``samples``; returns the keys and the number of shards this call committed (full ones)."""
+        """Append ``samples``; returns the keys and the number of shards this call committed (full ones, and
+        those open longer than ``max_shard_age_s``)."""
         committed: list[str] = []
         shards = 0
         for sample in samples:
-            bucket = bucket_of(sample.row, self.buckets)
+            bucket = bucket_of(sample.row, self.output.buckets)
             writer = self._writers.get(bucket)
             if writer is None:
                 writer = self._writers[bucket] = ShardWriter(self.store, self.config, f"{self.part}-{bucket}")
@@ -90,19 +101,23 @@ class ShardSink:
                 committed += self._open[bucket]
                 shards += 1
                 self._open[bucket] = []
+            if not self._open[bucket]:
+                self._opened[bucket] = time.monotonic()
             self._open[bucket].append(sample.key)
-        return committed, shards
+        old = time.monotonic() - self.output.max_shard_age_s
+        keys, n = self.flush([b for b, keys in self._open.items() if keys and self._opened[b] < old])
+        return committed + keys, shards + n
 
-    def flush(self) -> tuple[list[str], int]:
-        """Commit every open shard; returns their keys and how many shards that was."""
+    def flush(self, buckets: Sequence[str] | None = None) -> tuple[list[str], int]:
+        """Commit the open shards (of ``buckets``, default all); returns their keys and how many shards."""
         committed: list[str] = []
         shards = 0
-        for bucket, writer in self._writers.items():
+        for bucket in self._writers if buckets is None else buckets:
             if self._open[bucket]:
                 committed += self._open[bucket]
                 shards += 1
                 self._open[bucket] = []
-            writer.close()
+            self._writers[bucket].close()
         return committed, shards
 
 
@@ -139,7 +154,7 @@ class Writers:
             self._start(slot)
 
     def _start(self, slot: _Slot) -> None:
-        slot.actor = self._remote.remote(self.store, self.shards, slot.part, self.config.buckets)
+        slot.actor = self._remote.remote(self.store, self.shards, slot.part, self.config)
         slot.ready_ref = slot.actor.ready.remote()
         slot.generation += 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def test_buckets_group_samples_by_latent_shape() -> None:
 
 def test_a_sink_keeps_one_shard_stream_per_bucket_and_reports_what_it_committed(tmp_path: Path) -> None:
     store = Store(tmp_path / "run")
-    sink = ShardSink(store, ShardConfig(max_samples=2), "w00", buckets=True)
+    sink = ShardSink(store, ShardConfig(max_samples=2), "w00", OutputConfig())
     assert sink.write(sample("v1"), sample("i1", frames=1), sample("v2")) == ([], 0)
     assert sink.write(sample("v3")) == (["v1", "v2"], 1)  # the video shard filled up
     committed, shards = sink.flush()
@@ -133,6 +134,14 @@ def test_a_sink_keeps_one_shard_stream_per_bucket_and_reports_what_it_committed(
     }
     for row in rows:  # one shape a shard, and the shard's name says which
         assert row["bucket"] in row["shard"] and row["shard"].startswith("shard-w00-")
+
+
+def test_a_shard_open_longer_than_max_shard_age_s_is_committed_at_the_next_batch(tmp_path: Path) -> None:
+    sink = ShardSink(Store(tmp_path / "run"), ShardConfig(), "w00", OutputConfig(max_shard_age_s=0.2))
+    assert sink.write(sample("v1")) == ([], 0)
+    time.sleep(0.3)
+    assert sink.write(sample("v2")) == (["v1", "v2"], 1)  # not full (1000), but old: a kill loses less
+    assert sink.write(sample("v3")) == ([], 0) and sink.flush() == (["v3"], 1)
 
 
 @pytest.fixture(scope="module")
