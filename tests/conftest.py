@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -186,37 +187,54 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[dict[str, str]]:
-    """A moto S3 server; yields ``endpoint_url``, ``key`` and ``secret``.
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A moto S3 server, a process of its own on 127.0.0.1; yields ``endpoint_url``, ``key`` and ``secret``.
 
-    For the rest of the session the environment points AWS clients at it (credentials, region and
+    Not moto's in-process ``ThreadedMotoServer``: that imports flask into the test session, and vLLM's engine
+    start-up then trips over werkzeug's context-local proxies (it probes every module's globals). For the
+    rest of the session the environment points AWS clients at the server (credentials, region and
     ``AWS_ENDPOINT_URL``, which botocore, so s3fs, honours), so code given a bare ``s3://`` URL, subprocesses
     included, reaches it without storage options.
     """
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as env:
-        for name in (
-            "AWS_PROFILE",
-            "AWS_SESSION_TOKEN",
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "http_proxy",
-            "https_proxy",
-        ):
-            env.delenv(name, raising=False)
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        env.setenv("AWS_ENDPOINT_URL", endpoint)
-        try:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/", timeout=2).close()  # ListBuckets
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server did not start:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.2)
+        with pytest.MonkeyPatch.context() as env:
+            for name in (
+                "AWS_PROFILE",
+                "AWS_SESSION_TOKEN",
+                "HTTP_PROXY",
+                "HTTPS_PROXY",
+                "http_proxy",
+                "https_proxy",
+            ):
+                env.delenv(name, raising=False)
+            env.setenv("AWS_ACCESS_KEY_ID", "testing")
+            env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+            env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            env.setenv("AWS_ENDPOINT_URL", endpoint)
             yield {"endpoint_url": endpoint, "key": "testing", "secret": "testing"}
-        finally:
-            server.stop()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
