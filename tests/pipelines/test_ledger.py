@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from dataengine.curate.dedup import NearDupConfig
 from dataengine.records import Clip, Failure, ProbeInfo
@@ -142,19 +140,6 @@ def test_a_shard_open_longer_than_max_shard_age_s_is_committed_at_the_next_batch
     time.sleep(0.3)
     assert sink.write(sample("v2")) == (["v1", "v2"], 1)  # not full (1000), but old: a kill loses less
     assert sink.write(sample("v3")) == ([], 0) and sink.flush() == (["v3"], 1)
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield
-        ray.shutdown()
 
 
 def test_a_killed_writer_loses_only_uncommitted_samples_and_they_come_back_to_be_made_again(

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,19 +240,6 @@ def test_kill_9_of_the_whole_run_then_rerun_gives_the_uninterrupted_result(
     assert (
         split_before and len(split_after) == len(set(split_after)) and set(split_before) <= set(split_after)
     )
-
-
-@pytest.fixture
-def ray_local() -> Iterator[None]:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        yield
-        ray.shutdown()
 
 
 def test_a_caption_worker_and_a_writer_killed_mid_run_are_replaced_and_their_items_made_again(
