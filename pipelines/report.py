@@ -241,6 +241,9 @@ def _counts(counts: Counts) -> dict[str, Any]:
         "failed": {f"{stage}:{status}": n for (stage, status), n in sorted(counts.failed.items())},
         "samples_written": counts.samples,
         "shards": counts.shards,
+        "videos_replayed": counts.replayed,
+        "writers": counts.writers,
+        "writer_deaths": counts.writer_deaths,
     }
 
 
@@ -277,6 +280,8 @@ def summary(store: Store, counts: Counts, pools: dict[str, Pool], wall_s: float)
             step, str(counts.ok[step]), str(failed), str(dropped), str(pool.peak_workers), str(pool.deaths),
             f"{pool.busy_s:.1f}", f"{pool.busy_fraction():.0%}", f"{rate:.2f}",
         )  # fmt: skip
+    committed = f"{counts.samples} in {counts.shards} shards"  # the writer actors: what they committed
+    table.add_row("write", committed, "", "", str(counts.writers), str(counts.writer_deaths), "", "", "")
     statuses = read_manifest(store, columns=["status"]).column("status").to_pylist()
     table.caption = f"{store.url}: " + ", ".join(
         f"{statuses.count(s)} {s}" for s in ("ok", "failed", "dropped")

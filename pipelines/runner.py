@@ -98,8 +98,11 @@ class Counts:
     clips_found: int = 0
     ok: Counter[str] = field(default_factory=Counter)
     failed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (stage, status) -> n
-    samples: int = 0
+    samples: int = 0  # committed: their shard's manifest part is written
     shards: int = 0
+    replayed: int = 0  # videos whose committed split was read back instead of probing them again
+    writers: int = 0
+    writer_deaths: int = 0
 
     @property
     def failures(self) -> int:
@@ -171,6 +174,7 @@ class Runner:
         self._start_pools()
         try:
             self.writers = Writers(store, self.recipe.shards, self.recipe.output, self.tag)
+            self.counts.writers = len(self.writers.slots)
             with failures:
                 self._loop(sources, failures)
                 self.splits.commit()
@@ -235,6 +239,7 @@ class Runner:
                     self._record(failures, item)
                 elif isinstance(item, list):
                     self.counts.sources += 1
+                    self.counts.replayed += 1
                     self._fan_out(failures, item)
                 else:
                     self.counts.sources += 1
@@ -280,6 +285,7 @@ class Runner:
             self._fingerprints.pop(key, None)
         self.counts.samples += len(committed)
         self.counts.shards += shards
+        self.counts.writer_deaths = self.writers.deaths
         retries = self.recipe.runner.max_retries
         for item in redo:  # a writer died before committing them: made again from their clip
             if item.attempts > retries:

@@ -86,7 +86,7 @@ class ShardSink:
 
     def write(self, *samples: Sample) -> tuple[list[str], int]:
         """Append ``samples``; returns the keys and the number of shards this call committed (full ones, and
-        those open longer than ``max_shard_age_s``)."""
+        those open longer than ``output.max_shard_age_s``)."""
         committed: list[str] = []
         shards = 0
         for sample in samples:
@@ -105,7 +105,9 @@ class ShardSink:
                 self._opened[bucket] = time.monotonic()
             self._open[bucket].append(sample.key)
         old = time.monotonic() - self.output.max_shard_age_s
-        keys, n = self.flush([b for b, keys in self._open.items() if keys and self._opened[b] < old])
+        full = [b for b, keys in self._open.items() if len(keys) >= self.config.max_samples]
+        due = [b for b, keys in self._open.items() if keys and (b in full or self._opened[b] < old)]
+        keys, n = self.flush(due)  # a full shard is committed now, not when the next sample comes
         return committed + keys, shards + n
 
     def flush(self, buckets: Sequence[str] | None = None) -> tuple[list[str], int]:

@@ -119,8 +119,8 @@ def test_buckets_group_samples_by_latent_shape() -> None:
 def test_a_sink_keeps_one_shard_stream_per_bucket_and_reports_what_it_committed(tmp_path: Path) -> None:
     store = Store(tmp_path / "run")
     sink = ShardSink(store, ShardConfig(max_samples=2), "w00", OutputConfig())
-    assert sink.write(sample("v1"), sample("i1", frames=1), sample("v2")) == ([], 0)
-    assert sink.write(sample("v3")) == (["v1", "v2"], 1)  # the video shard filled up
+    assert sink.write(sample("v1"), sample("i1", frames=1), sample("v2")) == (["v1", "v2"], 1)  # full: now
+    assert sink.write(sample("v3")) == ([], 0)
     committed, shards = sink.flush()
     assert sorted(committed) == ["i1", "v3"] and shards == 2
     rows = read_manifest(store).to_pylist()

@@ -32,8 +32,14 @@ pytestmark = pytest.mark.slow
 # Small shards so that a run commits several of them, and the kill test can stop it between two commits.
 # One decode worker: clips reach the duplicate index in input order, so which of two duplicates is kept is the
 # same in every run of these tests (with several workers it may vary; that one of them is kept does not).
-# Finished splits are committed after every probe batch, so the kill test finds some to replay.
-OVERRIDES = ["shards.max_samples=2", "pools.decode.max_workers=1", "runner.splits_commit_s=0"]
+# Finished splits are committed after every probe batch, so the kill test finds some to replay. Captions in
+# batches of 2: samples reach the writers a few at a time, so the kill lands between two shard commits.
+OVERRIDES = [
+    "shards.max_samples=2",
+    "pools.decode.max_workers=1",
+    "pools.caption.batch_size=2",
+    "runner.splits_commit_s=0",
+]
 # Curation cases (tests/curation_cases.py) in the run: three the demo's filters drop, and a clip with a
 # re-encoded and a cropped copy, which the duplicate index drops before captioning.
 # Copied as 0_moving.mp4, 1_reencoded.mp4, ...: a folder is read in name order, so moving comes first.
@@ -235,7 +241,9 @@ def test_kill_9_of_the_whole_run_then_rerun_gives_the_uninterrupted_result(
     assert len(keys) == len(set(keys))  # nothing written twice
     assert sorted(keys) == sorted(r[0] for r in outcome(out) if r[2] == "ok")  # nothing lost
     assert not leftovers(out)
-    assert len(json.loads(store.read_bytes("run.json"))["attempts"]) == 1  # the killed one wrote none
+    run = json.loads(store.read_bytes("run.json"))
+    assert len(run["attempts"]) == 1  # the killed one wrote none
+    assert run["counts"]["videos_replayed"] > 0 and run["counts"]["writers"] == 2
     split_after = split_sources(out)  # a video whose split was committed is not split again
     assert (
         split_before and len(split_after) == len(set(split_after)) and set(split_before) <= set(split_after)
