@@ -48,7 +48,14 @@ def launch_run(
             another partition count.
     """
     store = output_store(recipe, out)
-    check_resume(store, recipe, force, partition)
+    try:
+        check_resume(store, recipe, force, partition)
+    except OSError as exc:  # an unreachable endpoint, a missing bucket, no permission
+        console.print(
+            f"[bold red]run failed[/]: cannot read the run at {store.url}: {exc}; check --out, its "
+            "credentials and, for an S3-compatible store, AWS_ENDPOINT_URL"
+        )
+        return False
     init_ray(address, recipe.runner.ray_num_cpus)
     started = time.time()
     runner = Runner(recipe, specs, store, partition=partition)

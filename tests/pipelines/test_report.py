@@ -91,3 +91,21 @@ def test_what_a_killed_driver_left_of_its_own_records_is_removed_and_a_stuck_hea
     assert clear_own_partials(store, None) == [".progress.json.partial", ".run.json.partial"]
     attempt(store, "completed")  # its temporary name is free again
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "runs"]
+
+
+def test_an_output_that_cannot_be_reached_stops_the_run_with_a_message_before_ray_starts() -> None:
+    from rich.console import Console
+
+    from pipelines.launch import launch_run
+
+    recipe = apply_overrides(
+        demo(), ['output.storage_options={"s3": {"config_kwargs": {"retries": {"max_attempts": 1}}}}']
+    )
+    console = Console(record=True, width=200)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+        env.setenv("AWS_ACCESS_KEY_ID", "x")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "y")
+        assert not launch_run(recipe, ["nowhere"], "s3://no-bucket/run", None, False, console)
+    text = console.export_text()
+    assert "cannot read the run at s3://no-bucket/run" in text and "AWS_ENDPOINT_URL" in text
