@@ -73,9 +73,12 @@ def bucket_of(row: dict[str, Any], buckets: bool = True) -> str:
 class ShardSink:
     """The body of one writer actor: a ``ShardWriter`` per bucket under the names ``{prefix}-{part}-...``."""
 
-    def __init__(self, store: Store, config: ShardConfig, part: str, output: OutputConfig) -> None:
+    def __init__(
+        self, store: Store, config: ShardConfig, part: str, output: OutputConfig, replacing: bool = False
+    ) -> None:
         self.store, self.config, self.part, self.output = store, config, part, output
-        cleanup_partials(store, f"{config.prefix}-{part}-")  # what an earlier writer of this part left
+        if replacing:  # what the dead writer of this part left (the runner cleaned up before the first)
+            cleanup_partials(store, f"{config.prefix}-{part}-")
         pa.Table.from_pylist([{"warm": 1}])  # its first call imports pandas (~0.3 s): now, not at a commit
         self._writers: dict[str, ShardWriter] = {}
         self._open: dict[str, list[str]] = {}  # bucket -> keys in its open shard
@@ -156,7 +159,8 @@ class Writers:
             self._start(slot)
 
     def _start(self, slot: _Slot) -> None:
-        slot.actor = self._remote.remote(self.store, self.shards, slot.part, self.config)
+        replacing = slot.generation > 0
+        slot.actor = self._remote.remote(self.store, self.shards, slot.part, self.config, replacing)
         slot.ready_ref = slot.actor.ready.remote()
         slot.generation += 1
 
@@ -231,11 +235,10 @@ class Writers:
         stem = f"{self.shards.prefix}-{slot.part}-"
         committed: list[str] = []
         shards = 0
-        for name, table in iter_manifest_parts(self.store, columns=["clip_id"]):
-            if name.startswith(stem):
-                found = [k for k in table.column("clip_id").to_pylist() if k in slot.pending]
-                committed += found
-                shards += bool(found)
+        for _, table in iter_manifest_parts(self.store, columns=["clip_id"], stem_prefix=stem):
+            found = [k for k in table.column("clip_id").to_pylist() if k in slot.pending]
+            committed += found
+            shards += bool(found)
         for key in committed:
             slot.pending.pop(key)
         redo = list(slot.pending.values())
