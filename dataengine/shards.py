@@ -331,23 +331,17 @@ def cleanup_partials(out: Store | str | os.PathLike[str], stem_prefix: str = "")
     of a resuming run, before any writer of those names opens. Returns the removed URIs (local paths), sorted.
     """
     store = _as_store(out)
-    removed = [
-        f"{d}/{name}" for d in _DIRS for name in store.listdir(d)
-        if name.startswith(f".{stem_prefix}") and name.endswith(_PARTIAL)
-    ]  # fmt: skip
+    cleared = [rel for d in _DIRS for rel in store.clear_partials(d, stem_prefix)]
     committed = set(_parts(store, "manifest"))
+    orphans: list[str] = []
     for d, suffix in (("shards", ".tar"), ("embeddings", ".parquet")):
-        removed += [
+        orphans += [
             f"{d}/{name}" for name in store.listdir(d)
             if name.startswith(stem_prefix) and not name.startswith(".") and name.endswith(suffix)
             and f"{name.removesuffix(suffix)}.parquet" not in committed
         ]  # fmt: skip
-    store.remove(*removed)
-    root_key = store.path().partition("/")[2] if not store.local else ""
-    aborted = [
-        key.removeprefix(f"{root_key}/") for d in _DIRS for key in store.abort_uploads(f"{d}/{stem_prefix}")
-    ]
-    return sorted(store.uri(rel) for rel in removed + aborted)
+    store.remove(*orphans)
+    return sorted(store.uri(rel) for rel in cleared + orphans)
 
 
 def iter_manifest_parts(

@@ -200,6 +200,18 @@ class Store:
                 self.fs.rm_file(path)
             self.fs.invalidate_cache(path)
 
+    def clear_partials(self, directory: str = "", prefix: str = "") -> list[str]:
+        """Remove what killed writers left of the files in ``directory`` whose names start with ``prefix``:
+        local ``.NAME.partial`` files and (S3) unfinished multipart uploads. Returns their paths relative to
+        the root, sorted. Call it only when no writer of those names is running."""
+        base = f"{directory}/" if directory else ""
+        listed = self.listdir(directory) if directory else self.listdir()
+        partials = [f"{base}{n}" for n in listed if n.startswith(f".{prefix}") and n.endswith(_PARTIAL)]
+        self.remove(*partials)
+        root_key = "" if self.local else self._root.partition("/")[2]
+        aborted = [key.removeprefix(f"{root_key}/") for key in self.abort_uploads(f"{base}{prefix}")]
+        return sorted(partials + aborted)
+
     # --- unfinished uploads ---------------------------------------------------------------------------------
 
     def pending_uploads(self, prefix: str = "") -> list[str]:

@@ -139,6 +139,4 @@ class SplitLog:
 
 def cleanup_splits(store: Store, tag: str) -> list[str]:
     """Remove what a killed driver left of its split parts (local partial files, unfinished uploads)."""
-    partials = [f"{SPLITS}/{n}" for n in store.listdir(SPLITS) if n.startswith(f".{tag}") and "partial" in n]
-    store.remove(*partials)
-    return partials + store.abort_uploads(f"{SPLITS}/{tag}")
+    return store.clear_partials(SPLITS, tag)

@@ -173,12 +173,10 @@ def write_run_header(store: Store, recipe: RecipeConfig, partition: Partition, w
 def clear_own_partials(store: Store, partition: Partition | None) -> list[str]:
     """Remove the temporary files a killed driver left of the records only this driver writes (a local run's
     ``.progress.json.partial``, ...): one would stop every later write of that name. Returns them."""
-    own = {progress_name(partition)} | ({RUN_JSON} if partition is None else set())
-    found = [n for n in store.listdir() if n in {f".{name}.partial" for name in own}]
+    own = sorted({progress_name(partition)} | ({RUN_JSON} if partition is None else set()))
+    found = [rel for name in own for rel in store.clear_partials("", f"{name}.")]
     if partition is not None:
-        name = f".{partition_name(partition)}.json.partial"
-        found += [f"{PARTITIONS_DIR}/{n}" for n in store.listdir(PARTITIONS_DIR) if n == name]
-    store.remove(*found)
+        found += store.clear_partials(PARTITIONS_DIR, f"{partition_name(partition)}.json.")
     return found
 
 
