@@ -141,7 +141,7 @@ class _Slot:
 class _Call:
     slot: _Slot
     generation: int
-    keys: list[str]
+    flush: bool  # a flush call (else a batch of samples)
 
 
 class Writers:
@@ -179,17 +179,17 @@ class Writers:
         turn = next(self._turn) % len(self.slots)
         slot = min(self.slots, key=lambda s: (s.calls, (s.index - turn) % len(self.slots)))
         ref = slot.actor.write.remote(*sample_refs)
-        self._calls[ref] = _Call(slot, slot.generation, [i.key for i in items])
+        self._calls[ref] = _Call(slot, slot.generation, flush=False)
         slot.calls += 1
         slot.pending.update((i.key, i) for i in items)
 
     def flush(self) -> None:
         """Ask the writers holding uncommitted samples to commit their open shards (the run ran dry)."""
-        if any(not c.keys for c in self._calls.values()):
+        if any(c.flush for c in self._calls.values()):
             return  # a flush is on its way
         for slot in self.slots:
             if slot.pending:
-                self._calls[slot.actor.flush.remote()] = _Call(slot, slot.generation, [])
+                self._calls[slot.actor.flush.remote()] = _Call(slot, slot.generation, flush=True)
                 slot.calls += 1
 
     def finish(self, ref: Any) -> tuple[list[str], int, list[WorkItem]]:
