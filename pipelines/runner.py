@@ -349,8 +349,8 @@ class Runner:
         """Write a failure row; with ``check``, not when its clip is already done (a span split dropped in an
         earlier attempt)."""
         key = failure.clip_id
-        if key is not None and not self.ledger.mark(key) and check:
-            return
+        if check and key is not None and not self.ledger.mark(key):
+            return  # without check: a clip failing downstream was marked when its video fanned out
         status = "dropped" if failure.kind == "dropped" else "failed"
         self.counts.failed[(failure.stage, status)] += 1
         row = failure_row(failure)
