@@ -35,7 +35,19 @@ class Settings(BaseSettings):
         description="an OpenAI-compatible caption endpoint (a vLLM server) instead of the in-process engine",
     )
     caption_model: str | None = Field(None, description="the model name the caption endpoint serves")
-    caption_concurrency: int = Field(2, ge=1, description="captions computed at once; more wait")
+    caption_concurrency: int = Field(
+        2, ge=1, description="HTTP engine only: batches in flight at once (the in-process engine runs one)"
+    )
+    caption_max_batch: int = Field(16, ge=1, description="/v1/captions clips gathered into one engine call")
+    caption_gather_ms: float = Field(
+        10.0, ge=0, le=1000, description="how long a batch waits after its first clip for more"
+    )
+    caption_queue: int = Field(
+        64, ge=1, description="/v1/captions clips that may wait for the engine; more get 429 + Retry-After"
+    )
+    caption_timeout_s: float = Field(
+        300.0, gt=0, description="a /v1/captions request not answered in this time gets 504 and is dropped"
+    )
     max_caption_s: float = Field(60.0, gt=0, description="/v1/captions takes clips up to this long")
     max_running_jobs: int = Field(1, ge=1)
     run_jobs: bool = Field(True, description="False: this instance only queues jobs and serves their status")

@@ -1,25 +1,25 @@
-"""Captions of single short clips, synchronously, by a pool of caption stages set up once in the background
-when the app starts (``ready`` says when): one stage with the in-process vLLM engine (not re-entrant),
-``caption_concurrency`` stages with the HTTP engine (each owns its client and event loop). A request borrows
-a stage; more requests wait for one."""
+"""Captions of single short clips: probed and decoded in the request's worker thread, then captioned by a
+``Batcher`` that gathers concurrent requests into one engine call. The stages are set up once in the
+background when the app starts (``ready`` says when): one with the in-process vLLM engine (it batches
+inside), or ``caption_concurrency`` with the HTTP engine (each owns its client and event loop, and sends its
+batch's requests concurrently)."""
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
 from prometheus_client import Histogram
 
 from dataengine.config import ConfigError, apply_overrides
-from dataengine.records import Failure, Source
-from dataengine.stages import ProbeStage
 from dataengine.stages.caption import CaptionStage
-from pipelines.captioning import caption_video, with_engine
+from pipelines.captioning import Prepared, caption_document, prepare_video, with_engine
 from pipelines.recipes import RecipeConfig, get_recipe
+from services.api.captions.batcher import Batcher, Result
 from services.api.paths import confinement
 from services.api.settings import Settings
 
@@ -30,8 +30,12 @@ LATENCY = Histogram(
 )  # fmt: skip
 
 
-class CaptionRefusedError(ValueError):
-    """The clip cannot be captioned here (too long, not a video); the message says why."""
+class EngineNotReadyError(RuntimeError):
+    """The caption engine is starting (``failed`` False) or failed to start; the message says which."""
+
+    def __init__(self, message: str, failed: bool) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
 class CaptionService:
@@ -49,8 +53,11 @@ class CaptionService:
         self.max_s = settings.max_caption_s
         self.base_url = settings.caption_base_url
         size = settings.caption_concurrency if recipe.caption.engine.kind == "openai" else 1
-        self._stages = [CaptionStage(recipe.caption) for _ in range(size)]
-        self._free: queue.Queue[CaptionStage] = queue.Queue()
+        self.timeout_s = settings.caption_timeout_s
+        stages = [CaptionStage(recipe.caption) for _ in range(size)]
+        self.batcher = Batcher(
+            stages, settings.caption_max_batch, settings.caption_gather_ms / 1000, settings.caption_queue
+        )
         self.ready = threading.Event()
         self.error: str | None = None
 
@@ -59,18 +66,19 @@ class CaptionService:
 
     def _setup(self) -> None:
         try:
-            for stage in self._stages:
+            for stage in self.batcher.stages:
                 stage.setup()
-                self._free.put(stage)
         except (ConfigError, OSError, RuntimeError, ValueError) as exc:  # reported by /readyz
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("the caption engine failed to start: %s", self.error)
             return
+        self.batcher.start()
         self.ready.set()
 
     def stop(self) -> None:
         if self.ready.is_set():
-            for stage in self._stages:
+            self.batcher.stop()
+            for stage in self.batcher.stages:
                 stage.teardown()
 
     def reachable(self) -> str:
@@ -83,22 +91,29 @@ class CaptionService:
             return f"error: {self.base_url} does not answer ({type(exc).__name__})"
         return "ok"
 
-    def caption(self, path: str) -> dict[str, Any]:
-        """The caption document of the clip at ``path`` (blocking: call it from a worker thread)."""
-        video = ProbeStage(self.recipe.probe).probe(Source.from_uri(path))
-        if isinstance(video, Failure):
-            return {"error": {"stage": video.stage, "reason": video.reason}}
-        if video.probe.duration_s > self.max_s:
-            raise CaptionRefusedError(
-                f"the clip is {video.probe.duration_s:.1f} s; this endpoint takes up to {self.max_s:g} s"
-            )
-        if not self.ready.wait(timeout=600):
-            raise CaptionRefusedError(f"the caption engine is not ready: {self.error or 'still starting'}")
-        stage = self._free.get()
-        try:
-            start = time.perf_counter()
-            document = caption_video(path, self.recipe, stage=stage)
-            LATENCY.observe(time.perf_counter() - start)
-        finally:
-            self._free.put(stage)
-        return document
+    def check_ready(self) -> None:
+        """Raises EngineNotReadyError unless the engine takes captions now."""
+        if not self.ready.is_set():
+            if self.error:
+                raise EngineNotReadyError(f"the caption engine failed to start: {self.error}", failed=True)
+            raise EngineNotReadyError("the caption engine is starting; see /readyz", failed=False)
+
+    def prepare(self, path: str) -> Prepared:
+        """Probe and decode the clip at ``path`` (blocking: call it from a worker thread).
+
+        Raises:
+            TooLongError: the clip is longer than ``max_caption_s``.
+        """
+        return prepare_video(path, self.recipe, max_duration_s=self.max_s)
+
+    def submit(self, prepared: Prepared) -> Future[Result]:
+        """The caption of a prepared clip, batched with others (raises QueueFullError when full)."""
+        assert prepared.decoded is not None
+        prepared.timings["queued_at"] = time.perf_counter()
+        return self.batcher.submit(prepared.decoded)
+
+    def document(self, prepared: Prepared, result: Result) -> dict[str, Any]:
+        """The caption document of ``result``; its ``caption_s`` counts the wait for a batch too."""
+        caption_s = time.perf_counter() - prepared.timings.pop("queued_at")
+        LATENCY.observe(time.perf_counter() - prepared.started)
+        return caption_document(prepared, result, caption_s)
