@@ -344,11 +344,24 @@ def cleanup_partials(out: Store | str | os.PathLike[str], stem_prefix: str = "")
     return sorted(store.uri(rel) for rel in cleared + orphans)
 
 
+def manifest_part_rows(out: Store | str | os.PathLike[str]) -> list[tuple[str, int]]:
+    """Each committed manifest part of a run as (part name, rows), in name order, read from footers only."""
+    store = _as_store(out)
+    counts = []
+    for part in _parts(store, "manifest"):
+        with transport_errors(store.uri("manifest", part)), store.fs.open(store.path("manifest", part)) as f:
+            counts.append((part, pq.ParquetFile(f).metadata.num_rows))
+    return counts
+
+
 def iter_manifest_parts(
-    out: Store | str | os.PathLike[str], columns: Sequence[str] | None = None, stem_prefix: str = ""
+    out: Store | str | os.PathLike[str],
+    columns: Sequence[str] | None = None,
+    stem_prefix: str = "",
+    parts: Sequence[str] | None = None,
 ) -> Iterator[tuple[str, pa.Table]]:
-    """Each committed manifest part of a run (whose name starts with ``stem_prefix``) as (part name, table),
-    in name order, one in memory at a time.
+    """Each committed manifest part of a run (whose name starts with ``stem_prefix``; only ``parts`` when
+    given) as (part name, table), in name order, one in memory at a time.
 
     Tables have MANIFEST_SCHEMA's types, restricted to ``columns`` (in that order) when given; parts written
     before a column existed read as nulls in it, so older runs stay readable.
@@ -362,7 +375,8 @@ def iter_manifest_parts(
         raise ValueError(f"unknown manifest columns {sorted(unknown)}; known: {MANIFEST_SCHEMA.names}")
     schema = pa.schema([MANIFEST_SCHEMA.field(n) for n in names])
     store = _as_store(out)
-    for part in (p for p in _parts(store, "manifest") if p.startswith(stem_prefix)):
+    chosen = _parts(store, "manifest") if parts is None else sorted(parts)
+    for part in (p for p in chosen if p.startswith(stem_prefix)):
         with transport_errors(store.uri("manifest", part)), store.fs.open(store.path("manifest", part)) as f:
             parquet = pq.ParquetFile(f)
             present = [n for n in names if n in parquet.schema_arrow.names]
