@@ -1,8 +1,12 @@
-"""REST API job submit + status polling vs a bare FastAPI app, side by side in one run.
+"""The REST API at its two loads, each against its speed of light on the same machine in the same run.
 
-    .venv/bin/python bench/api.py              # 2000 operations (4000 requests) per run, best of 3, ~1 min
-    .venv/bin/python bench/api.py --quick      # 500 operations, ~15 s
-    .venv/bin/python bench/api.py --ops 5000 --concurrency 64 --repeat 5 --json
+    .venv/bin/python bench/api.py                      # both parts, ~5 min on 2 cores
+    .venv/bin/python bench/api.py --parts jobs --quick  # jobs: 500 operations, ~15 s
+    .venv/bin/python bench/api.py --parts jobs --ops 5000 --concurrency 64 --repeat 5 --json
+    .venv/bin/python bench/api.py --parts captions     # captions: see bench/api_captions.py
+
+Part ``captions``: /v1/captions at 1, 4 and 16 clients against the same engine's offline batch
+(bench/api_captions.py). Part ``jobs``: job submit + status polling vs a bare FastAPI app, side by side:
 
 Both servers are real uvicorn processes on 127.0.0.1 (a free port each), started once with the same settings
 (``python -m uvicorn --factory ... --log-level warning --no-access-log``: one worker, uvloop and httptools
@@ -43,7 +47,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -56,7 +59,8 @@ from typing import Any
 import aiohttp
 import httpx
 import psutil
-from common import base_parser, ratio_cell
+from api_captions import print_captions
+from common import base_parser, free_port, ratio_cell
 from fastapi import FastAPI
 from rich.console import Console
 from rich.table import Table
@@ -97,17 +101,10 @@ def bare_app() -> FastAPI:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def _serve(target: str, env: dict[str, str], log: Path, app_dir: Path = ROOT) -> Iterator[tuple[str, int]]:
     """A uvicorn process serving the app factory ``target``: (base URL, pid), once /healthz answers."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "--factory", target, "--app-dir", str(app_dir), "--host",
            "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"]  # fmt: skip
     with log.open("wb") as out:
@@ -309,23 +306,35 @@ def _totals(row: Row) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__)
-    parser.add_argument("--ops", type=int, default=2000, help="operations (submit + status poll) per run")
-    parser.add_argument("--concurrency", type=int, default=32, help="client workers, one connection each")
-    parser.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="the load's HTTP client")
-    parser.add_argument("--quick", action="store_true", help="500 operations")
+    parser.add_argument("--parts", default="jobs,captions", help="comma-separated: jobs, captions")
+    parser.add_argument("--ops", type=int, default=2000, help="jobs: submit + status polls per run")
+    parser.add_argument("--concurrency", type=int, default=32, help="jobs: client workers")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp", help="jobs: the HTTP client")
+    parser.add_argument("--quick", action="store_true", help="jobs: 500 operations")
+    parser.add_argument("--clips", type=int, default=16, help="captions: world clips captioned per load")
+    parser.add_argument("--recipe", default="demo", help="captions: the recipe (and engine) both sides use")
+    parser.add_argument("--max-batch", type=int, default=16, help="captions: clips per engine call")
     args = parser.parse_args(argv)
-    if args.repeat < 1 or args.ops < 2 or args.concurrency < 1:
-        parser.error("--repeat and --concurrency must be >= 1, --ops >= 2")
-    run = {"client": args.client, "ops": 500 if args.quick else args.ops, "concurrency": args.concurrency,
-           "repeat": args.repeat}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        try:
-            rows, runs = _bench(Path(tmp), **run)
-        except BenchError as exc:
-            sys.exit(f"bench: {exc}")
-    Console(width=160).print(_table(rows, run))
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if args.repeat < 1 or args.ops < 2 or args.concurrency < 1 or args.clips < 2:
+        parser.error("--repeat and --concurrency must be >= 1, --ops and --clips >= 2")
+    if not parts or parts - {"jobs", "captions"}:
+        parser.error(f"--parts: {args.parts!r}; choose from jobs, captions")
+    results: dict[str, Any] = {}
+    if "jobs" in parts:
+        run = {"client": args.client, "ops": 500 if args.quick else args.ops, "concurrency": args.concurrency,
+               "repeat": args.repeat}  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+            try:
+                rows, runs = _bench(Path(tmp), **run)
+            except BenchError as exc:
+                sys.exit(f"bench: {exc}")
+        Console(width=160).print(_table(rows, run))
+        results["jobs"] = {**run, "rows": rows, "runs": runs}
+    if "captions" in parts:
+        results["captions"] = print_captions(args.clips, args.recipe, args.max_batch)
     if args.json:
-        print(json.dumps({**run, "rows": rows, "runs": runs}))
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":
