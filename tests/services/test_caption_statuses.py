@@ -40,10 +40,14 @@ def serving(video: Path, fake: tuple[FakeServer, str], delay_s: float, **env: st
     )
     settings = {"CAPTION_BASE_URL": fake[1], "CAPTION_CONCURRENCY": "1", "CAPTION_MAX_BATCH": "1", **env}
     server = start_server(video.parent.parent, **{f"DATAENGINE_{k}": v for k, v in settings.items()})
-    with server.client() as client:
-        # the fake serves no /models, so /readyz says it does not answer: wait for the engine's setup only
-        started = lambda: client.get("/readyz").json()["checks"]["caption_engine"] != "starting"  # noqa: E731
-        wait_for(started, 60, "the caption engine never got set up")
+    try:
+        with server.client() as client:
+            # the fake serves no /models, so /readyz says it does not answer: wait for the engine's setup only
+            started = lambda: client.get("/readyz").json()["checks"]["caption_engine"] != "starting"  # noqa: E731
+            wait_for(started, 60, "the caption engine never got set up")
+    except BaseException:
+        server.stop()
+        raise
     return server
 
 
