@@ -1,13 +1,7 @@
-"""The job store and job service on SQLite and on a real Postgres server started for the test (when this
-machine has one: Debian's postgresql package and its ``postgres`` user)."""
+"""The job store and job service on SQLite and on a real Postgres server (``conftest.py`` starts it)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,42 +10,6 @@ from services.api.db import Job, Store
 from services.api.jobs.schemas import JobCreate
 from services.api.jobs.service import JobError, JobRunner, JobService
 from services.api.settings import Settings
-from tests.net import free_port
-
-INITDB = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
-
-
-def _postgres_missing() -> str | None:
-    if not Path(INITDB).exists():
-        return "no PostgreSQL server on this machine (apt-get install postgresql)"
-    if os.geteuid() == 0 and not shutil.which("runuser"):
-        return "running as root without runuser: PostgreSQL refuses to start as root"
-    return None
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    reason = _postgres_missing()
-    if reason:
-        pytest.skip(reason)
-    folder = Path(tempfile.mkdtemp(prefix="pg-"))
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(folder, "postgres")
-    port = free_port()
-    bin_dir = Path(INITDB).resolve().parent
-    initdb = [*as_user, str(bin_dir / "initdb"), "-D", str(folder / "db"), "-A", "trust", "-U", "postgres"]
-    subprocess.run(initdb, check=True, capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1"
-    ctl = [*as_user, str(bin_dir / "pg_ctl"), "-D", str(folder / "db")]
-    subprocess.run(
-        [*ctl, "-o", options, "-l", str(folder / "log"), "-w", "start"], check=True, capture_output=True
-    )
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
