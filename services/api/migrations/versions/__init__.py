@@ -1,0 +1,1 @@
+"""One module per revision, ``r<rev>_<slug>.py``: written by ``dataengine db revision``, edited by hand."""
