@@ -4,7 +4,8 @@ A job is ``dataengine run`` in its own process group (the same runner as the CLI
 ``DATA_DIR/jobs/<id>``, with the client's overrides (tuning knobs only: ``overrides.py``), then the allowed
 roots and schemes (``paths.confinement``), which hold every file the run expands its inputs to. Its progress
 comes from the run's ``progress.json``. When the API restarts, jobs that were running are stopped if their
-process survived and queued again: the run resumes exactly once.
+process survived and queued again: the run resumes exactly once. When the database goes away (a restart, a
+failover), the runner keeps its processes and retries each poll; their ends are recorded once it is back.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from dataengine.config import ConfigError, apply_overrides
 from dataengine.shards import read_manifest
@@ -129,6 +132,9 @@ class JobRunner:
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._written: dict[str, int] = {}
         self._seen: dict[str, int] = {}  # mtime of each running job's progress.json when last read
+        self._cancelled: set[str] = set()  # stopped on request, the end not yet recorded
+        self._outage: float | None = None  # when the database stopped answering (monotonic); None: it answers
+        self._warned = 0.0  # when the last warning about it went out
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
 
@@ -142,9 +148,12 @@ class JobRunner:
         self._thread.join(timeout=10)
         for job_id, proc in self._procs.items():
             _kill_group(proc.pid)
-            self._update(
-                job_id, status="queued", pid=None, error="the API stopped; the job resumes when it starts"
-            )
+            try:
+                self._update(
+                    job_id, status="queued", pid=None, error="the API stopped; the job resumes when it starts"
+                )
+            except DBAPIError as exc:  # the next API's recover() finds it running and queues it
+                log.warning("job %s stopped, but the database did not record it: %s", job_id, _line(exc))
 
     def recover(self) -> None:
         """Jobs left running by an API that died: stop their process if it lives on, queue them again."""
@@ -157,24 +166,47 @@ class JobRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._follow()
-            self._start_queued()
-            self._count()
+            try:
+                self._follow()
+                self._start_queued()
+                self._count()
+            except DBAPIError as exc:  # the processes go on; what they did is recorded when it is back
+                self._database_down(exc)
+            else:
+                if self._outage is not None:
+                    log.warning("job runner: the database answers again (%.0f s away)", self._away())
+                    self._outage = None
             self._stop.wait(self.poll_s)
+
+    def _database_down(self, exc: DBAPIError) -> None:
+        """One warning line when the database stops answering, then one a minute while it stays away."""
+        if self._outage is None:
+            self._outage = self._warned = time.monotonic()
+            log.warning(
+                "job runner: database unreachable, retrying every %s s; %d running job(s) go on: %s",
+                self.poll_s, len(self._procs), _line(exc),
+            )  # fmt: skip
+        elif time.monotonic() - self._warned >= 60:
+            self._warned = time.monotonic()
+            log.warning("job runner: database still unreachable after %.0f s: %s", self._away(), _line(exc))
+
+    def _away(self) -> float:
+        return time.monotonic() - (self._outage or time.monotonic())
 
     def _count(self) -> None:
         with self.store.session() as session:
-            counts = dict(
-                session.execute(select(Job.status, func.count()).group_by(Job.status)).tuples().all()
-            )
+            rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+            counts = {status: count for status, count in rows}
         for state in JOB_STATES:
             JOBS.labels(state).set(counts.get(state, 0))
 
     def _start_queued(self) -> None:
         while len(self._procs) < self.settings.max_running_jobs:
             with self.store.session() as session:
-                job = session.scalars(
-                    select(Job).where(Job.status == "queued").order_by(Job.created_at)
+                job = session.scalars(  # one whose start was not recorded (the database went away) is ours
+                    select(Job)
+                    .where(Job.status == "queued", Job.id.not_in(self._procs))
+                    .order_by(Job.created_at)
                 ).first()
                 if job is None:
                     return
@@ -211,9 +243,16 @@ class JobRunner:
     def _follow(self) -> None:
         for job_id, proc in list(self._procs.items()):
             job = self._progress(job_id)
-            if job.cancel_requested and proc.poll() is None:
-                _kill_group(proc.pid)
-                proc.wait()
+            if job.status == "queued":  # launched, but the database went away before it recorded that
+                job = self._update(
+                    job_id, status="running", pid=proc.pid, attempts=job.attempts + 1, started_at=now()
+                )
+            cancel = job.cancel_requested or job.status == "cancelled"
+            if job_id in self._cancelled or (cancel and proc.poll() is None):
+                if proc.poll() is None:
+                    _kill_group(proc.pid)
+                    proc.wait()
+                self._cancelled.add(job_id)  # if recording the end fails, it is still a cancel next time
                 self._finish(job_id, "cancelled", None)
             elif proc.poll() is not None:
                 error = None if proc.returncode == 0 else _log_tail(Path(job.out_dir) / "job.log")
@@ -233,10 +272,12 @@ class JobRunner:
         return job
 
     def _finish(self, job_id: str, status: str, error: str | None) -> None:
+        """Record the end, then forget the process: while the database is away it stays followed."""
+        self._update(job_id, status=status, error=error, pid=None, finished_at=now())
         self._procs.pop(job_id, None)
         self._written.pop(job_id, None)
         self._seen.pop(job_id, None)
-        self._update(job_id, status=status, error=error, pid=None, finished_at=now())
+        self._cancelled.discard(job_id)
 
     def store_get(self, job_id: str) -> Job:
         with self.store.session() as session:
@@ -269,6 +310,11 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
+
+
+def _line(exc: DBAPIError) -> str:
+    """The first line of the driver's message (``str(exc)`` adds the SQL and a link)."""
+    return (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
 
 
 def _log_tail(path: Path, lines: int = 5) -> str:
