@@ -5,7 +5,7 @@ PY    := $(VENV)/bin/python
 OUT   ?= out/demo
 
 .PHONY: setup test test-fast demo lint format bench docs clean
-setup:            ## apt packages (ffmpeg, libnuma1) + .venv with the real stack + the project, editable
+setup:            ## apt packages (ffmpeg, libnuma1, postgresql) + .venv with the real stack + the project, editable
 	@bash .ci/setup
 
 test: setup       ## the whole suite, slow end-to-end tests included
