@@ -7,13 +7,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future
 
 import pytest
 from prometheus_client import REGISTRY
 
 from dataengine.caption.engines import CaptionEngine, OpenAIEngineConfig
-from dataengine.records import CaptionedClip, DecodedClip
+from dataengine.records import CaptionedClip, DecodedClip, Failure
 from dataengine.stages.caption import CaptionConfig, CaptionStage
 from pipelines.gate_eval import SCORE_ONLY
 from pipelines.recipes import demo
@@ -46,6 +46,14 @@ def http_stage(fake: tuple[FakeServer, str], delay_s: float) -> CaptionStage:
     return stage
 
 
+def engine_busy(batcher: Batcher, clip: DecodedClip) -> Future[CaptionedClip | Failure]:
+    """Submit ``clip`` and return once its batch is running (the engine is busy with it)."""
+    future = batcher.submit(clip)
+    while not future.running():
+        time.sleep(0.01)
+    return future
+
+
 def test_concurrent_clips_share_one_engine_call(
     vllm_engine: CaptionEngine, caption_clips: list[DecodedClip]
 ) -> None:
@@ -73,9 +81,7 @@ def test_a_full_queue_is_refused_with_a_retry_time(
     batcher = Batcher([stage], max_batch=1, gather_s=0.0, max_queue=2)
     batcher.start()
     try:
-        first = batcher.submit(caption_clips[0])
-        while not first.running():  # the worker holds it: the queue is empty again
-            time.sleep(0.01)
+        first = engine_busy(batcher, caption_clips[0])  # the worker holds it: the queue is empty again
         queued = [batcher.submit(clip) for clip in caption_clips[:2]]
         with pytest.raises(QueueFullError) as full:
             batcher.submit(caption_clips[2])
@@ -93,9 +99,7 @@ def test_a_cancelled_clip_never_reaches_the_engine(
     batcher = Batcher([stage], max_batch=1, gather_s=0.0, max_queue=8)
     batcher.start()
     try:
-        first = batcher.submit(caption_clips[0])
-        while not first.running():
-            time.sleep(0.01)
+        engine_busy(batcher, caption_clips[0])
         gone = batcher.submit(caption_clips[1])
         assert gone.cancel()  # the client went away while it waited
         last = batcher.submit(caption_clips[2])
@@ -116,9 +120,7 @@ def test_clips_waiting_while_a_batch_runs_form_the_next_batch(
     batcher = Batcher([stage], max_batch=4, gather_s=0.0, max_queue=16)
     batcher.start()
     try:
-        first = batcher.submit(caption_clips[0])
-        while not first.running():
-            time.sleep(0.01)
+        first = engine_busy(batcher, caption_clips[0])
         rest = [batcher.submit(clip) for clip in caption_clips * 2]  # arrive while the first is captioned
         for future in [first, *rest]:
             future.result(timeout=30)
@@ -136,9 +138,7 @@ def test_stop_answers_what_still_waits(
     stage = http_stage(fake, delay_s=0.5)
     batcher = Batcher([stage], max_batch=1, gather_s=0.0, max_queue=8)
     batcher.start()
-    first = batcher.submit(caption_clips[0])
-    while not first.running():
-        time.sleep(0.01)
+    first = engine_busy(batcher, caption_clips[0])
     waiting = batcher.submit(caption_clips[1])
     stopper = threading.Thread(target=batcher.stop)
     stopper.start()
