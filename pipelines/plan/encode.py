@@ -253,6 +253,9 @@ def plan_encode(
             "the causal encoder runs chunk by chunk with a feature cache, so activations do not grow with "
             f"the frame count; the latent shape of {used} frames is derived by the rule"
         )
+        if vae.is_causal_video and n < 1 + 2 * step:
+            plan.notes.append(f"fewer than {1 + 2 * step} frames measured: no call with a full feature cache,"
+                              " the encode peak is below the steady one")  # fmt: skip
     if config.device.startswith("cuda"):
         size = DTYPE_BYTES[config.dtype]
         activations = run_full * size / 4 * config.batch_size
