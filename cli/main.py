@@ -18,7 +18,7 @@ import os
 from pydantic import ValidationError
 
 # Importing the command modules registers their commands on ``app``, in this order in --help.
-from cli import data, db, dedup, demo, models, serve, train  # noqa: F401
+from cli import data, db, dedup, demo, models, plan, serve, train  # noqa: F401
 from cli.app import app
 from cli.render import console
 from dataengine.config import ConfigError

@@ -17,9 +17,7 @@ filling), 425.7, 426.1 and 426.2 MB for 9, 17 and 33 frames.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +27,7 @@ import numpy as np
 from dataengine.config import ConfigError
 from dataengine.encode.tiny_vae import resolve_vae
 from dataengine.encode.vae import VAEConfig
-from dataengine.plan import BudgetError, StagePlan, human_bytes, human_count, measure_isolated
+from dataengine.plan import BudgetError, Meter, StagePlan, human_bytes, human_count, measure_isolated
 from dataengine.stages.decode import ViewConfig
 from pipelines.recipes import RecipeConfig
 
@@ -331,49 +329,3 @@ def on_meta(build: Any) -> Any:
 
 def shape_str(shape: tuple[int, ...]) -> str:
     return "x".join(str(v) for v in shape)
-
-
-def return_freed_memory() -> None:
-    """Make glibc map blocks of 64 KiB and more on their own and unmap them when freed, so the RSS peak is
-    that of live tensors: with its defaults, freed activations fragment the heap and the peak grows with
-    every chunk encoded (by ~16 MB a frame at 120 x 208 through the Wan VAE here)."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: its own allocator's peak
-        return
-    libc.mallopt(-3, 64 << 10)  # M_MMAP_THRESHOLD (also stops it adapting upwards)
-    libc.mallopt(-1, 0)  # M_TRIM_THRESHOLD: return the heap's free top at once
-
-
-class Meter:
-    """This process's RSS through building a model (``built()``) and running it (``done()``), from the RSS
-    after the imports: ``resident``, what the built model holds; ``run``, the most the run added to that
-    (activations and inputs; the build's transients are left out: Linux's peak is reset after it); ``peak``,
-    the most at any time."""
-
-    def __init__(self) -> None:
-        return_freed_memory()
-        self.base = rss_now()
-        self.build_peak = self.resident = 0
-
-    def built(self) -> None:
-        self.build_peak, self.resident = peak_rss() - self.base, rss_now() - self.base
-        with contextlib.suppress(OSError):  # not Linux: the run's peak includes the build's
-            Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current one
-
-    def done(self) -> dict[str, int]:
-        run = max(0, peak_rss() - self.base - self.resident)
-        return {"resident": self.resident, "run": run, "peak": max(self.build_peak, self.resident + run)}
-
-
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def rss_now() -> int:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
-    except OSError:
-        return peak_rss()

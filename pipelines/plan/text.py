@@ -15,12 +15,11 @@ from typing import Any
 
 from dataengine.config import ConfigError
 from dataengine.encode.text import BUILTIN_MINILM, TextEmbedConfig, resolve_text_model
-from dataengine.plan import BudgetError, StagePlan, human_bytes, human_count, measure_isolated
+from dataengine.plan import BudgetError, Meter, StagePlan, human_bytes, human_count, measure_isolated
 from pipelines.plan.encode import (
     COUNTED,
     DTYPE_BYTES,
     HERE,
-    Meter,
     Published,
     npy_bytes,
     on_meta,

@@ -54,15 +54,25 @@ def plan_train(
             )  # fmt: skip
     tokens = (frames // dit.patch[0]) * (height // dit.patch[1]) * (width // dit.patch[2])
     depth = dit.depth if measured_depth is None else min(measured_depth, dit.depth)
+    measured = dit.model_copy(update={"depth": depth, "grad_checkpointing": False})  # a block's whole peak
     (seconds, built_params), peak = measure_isolated(
-        _forward_backward, dit.model_copy(update={"depth": depth}).model_dump(), latent_CTHW, text_tokens
+        _forward_backward, measured.model_dump(), latent_CTHW, text_tokens
     )
     params = _params(dit)
-    per_block = peak / depth  # activations and the cut model's weights and grads, per block measured
-    activations = per_block * dit.depth * (0.5 if config.precision != "fp32" else 1.0)
+    half = config.precision != "fp32"
+    per_block = peak / depth * (0.5 if half else 1.0)  # activations (and the cut model's state) per block
+    if dit.grad_checkpointing:  # each block keeps its input; one block's activations live at a time
+        activations = dit.depth * tokens * dit.hidden * (2 if half else 4) + per_block
+    else:
+        activations = per_block * dit.depth
     batch = config.data.batch_size
     gpu_bytes = int(params * STATE_BYTES_PER_PARAM + batch * activations)
-    scaled = " x 0.5 (bf16)" if config.precision != "fp32" else ""
+    scaled = " x 0.5 (bf16)" if half else ""
+    kept = (
+        f"measured activations of 1 block + {dit.depth} block inputs (checkpointing)"
+        if dit.grad_checkpointing
+        else f"measured activations per block x {dit.depth} blocks"
+    )
     plan = StagePlan(
         stage=f"train ({kind})",
         model=f"DiT-{m.preset}/{dit.patch[1]} ({dit.depth} blocks, hidden {dit.hidden}"
@@ -86,13 +96,10 @@ def plan_train(
     plan.fact(
         f"GPU memory at batch {batch}",
         f"{gpu_bytes / 2**30:.1f} GiB",
-        f"{STATE_BYTES_PER_PARAM} B/param (fp32 weights, grads, AdamW, EMA) + {batch} x measured "
-        f"activations per block x {dit.depth} blocks{scaled}",
+        f"{STATE_BYTES_PER_PARAM} B/param (fp32 weights, grads, AdamW, EMA) + {batch} x ({kept}){scaled}",
     )  # fmt: skip
     if depth < dit.depth:
         plan.notes.append(f"train: {depth} of {dit.depth} blocks built and run here; memory scaled by depth")
-    if dit.grad_checkpointing:
-        plan.notes.append("train: activation checkpointing is on: the estimate overstates activations")
     return plan
 
 

@@ -4,8 +4,9 @@
 ``cpu-mini``   a 4-block DiT on CPU for tens of minutes on a few hundred clips: the recipe under which prompt
                adherence rises (``dataengine demo --train-recipe cpu-mini``); a fixed 10k-step cosine, so
                reruns with a larger --steps continue one schedule
-``gpu-dit-b``  DiT-B/2 in bf16 on GPUs with torch.compile; an image-first curriculum: images only for 20k
-               steps, then half images, then mostly video
+``gpu-dit-b``  DiT-B/2 in bf16 on GPUs with torch.compile and activation checkpointing, 2 x 16 samples a GPU
+               per step; an image-first curriculum: images only for 20k steps, then half images, then mostly
+               video
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ def cpu_mini() -> TrainConfig:
 def gpu_dit_b() -> TrainConfig:
     return TrainConfig(
         name="gpu-dit-b",
-        model=ModelConfig(preset="B", grad_checkpointing=False),
+        # dataengine plan: a video sample of the data recipe (16x21x60x104 latents, 32,760 tokens) needs
+        # ~22 GiB of bf16 activations without checkpointing, so 32 a GPU (~695 GiB) could never fit an 80 GB
+        # card; with checkpointing a step of 16 needs ~40 GiB. Two micro-batches keep 32 a GPU per step.
+        model=ModelConfig(preset="B", grad_checkpointing=True),
         data=DataConfig(
-            batch_size=32,
+            batch_size=16,
             num_workers=8,
             prefetch_factor=4,
             shuffle_buffer=2000,
@@ -61,7 +65,7 @@ def gpu_dit_b() -> TrainConfig:
                 Phase(image_ratio=0.2),
             ],
         ),
-        optim=OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=1000, grad_clip=1.0),
+        optim=OptimConfig(lr=1e-4, weight_decay=0.0, warmup_steps=1000, grad_clip=1.0, accum_steps=2),
         steps=400_000,
         ema_decay=0.9999,
         log_every=50,
