@@ -17,6 +17,7 @@ from dataengine.plan import (
     CARDS,
     BudgetError,
     StagePlan,
+    StageRate,
     cluster_estimate,
     human_bytes,
     human_count,
@@ -102,7 +103,14 @@ def plan(
     refusals = _card_refusals(trains, gpu, training.data.batch_size) if gpus else []
     if as_json:
         stages = [asdict(p) for p in plans]
-        print(json.dumps({"recipe": config.name, "train_recipe": training.name, "stages": stages}))
+        document: dict[str, object] = {"recipe": config.name, "train_recipe": training.name, "stages": stages}
+        if gpus:
+            rates = cluster_estimate(plans, CARDS[gpu], gpus, efficiency)
+            document["cluster_estimate"] = {
+                "gpus": gpus, "gpu": gpu, "efficiency": efficiency, "stages": [asdict(r) for r in rates],
+                "bound_by": min(rates, key=_rate).stage,
+            }  # fmt: skip
+        print(json.dumps(document))
     else:
         console.print(_stages_table(plans, config.name, training.name))
         console.print(_facts_table(plans))
@@ -112,6 +120,10 @@ def plan(
             console.print(_cluster_table(plans, gpus, gpu, efficiency))
     if refusals:  # after the tables: what was measured stays on screen
         raise refusals[0]
+
+
+def _rate(rate: StageRate) -> float:
+    return rate.clips_per_hour
 
 
 def _cut(config: RecipeConfig) -> int | None:
@@ -187,7 +199,7 @@ def _facts_table(plans: list[StagePlan]) -> Table:
 def _cluster_table(plans: list[StagePlan], gpus: int, gpu: str, efficiency: float) -> Table:
     card = CARDS[gpu]
     rates = cluster_estimate(plans, card, gpus, efficiency)
-    slowest = min(rates, key=lambda r: r.clips_per_hour)
+    slowest = min(rates, key=_rate)
     together = gpus * 3600 / sum(gpus * 3600 / r.clips_per_hour for r in rates)
     caption = (
         f"ESTIMATE: {gpus} x {card.name} at {efficiency:.0%} of peak bf16 FLOP/s (or of HBM bandwidth where "

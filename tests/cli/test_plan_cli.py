@@ -7,8 +7,8 @@ import json
 from tests.cli.test_cli import run
 
 
-def test_the_demo_plan_reports_every_stage_with_its_sources() -> None:
-    done = run("plan", "--recipe", "demo", "--json")
+def test_the_demo_plan_reports_every_stage_with_its_sources_and_a_cluster_estimate() -> None:
+    done = run("plan", "--recipe", "demo", "--json", "--gpus", "8", "--gpu", "a100")
     assert done.returncode == 0, done.stderr[-2000:]
     plan = json.loads(done.stdout.strip().splitlines()[-1])
     stages = {stage["stage"]: stage for stage in plan["stages"]}
@@ -21,13 +21,9 @@ def test_the_demo_plan_reports_every_stage_with_its_sources() -> None:
     for stage in stages.values():
         assert stage["params"] > 0 and stage["flops_per_clip"] > 0
         assert all(f["source"] for f in stage["facts"])  # every number says where it came from
-
-
-def test_the_cluster_estimate_names_the_stage_that_bounds_the_run() -> None:
-    done = run("plan", "--recipe", "demo", "--gpus", "8", "--gpu", "a100")
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = " ".join((done.stdout + done.stderr).split())  # the tables go to the console (stderr)
-    assert "cluster estimate" in out and "ESTIMATE" in out and "The run is bound by" in out
+    estimate = plan["cluster_estimate"]
+    rates = {rate["stage"]: rate["clips_per_hour"] for rate in estimate["stages"]}
+    assert rates.keys() == stages.keys() and estimate["bound_by"] == min(rates, key=rates.__getitem__)
 
 
 def test_a_caption_window_over_max_model_len_is_refused_before_anything_is_built() -> None:
