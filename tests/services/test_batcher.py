@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import CancelledError, Future
+from contextlib import contextmanager
 
 import pytest
 from prometheus_client import REGISTRY
@@ -46,6 +47,21 @@ def http_stage(fake: tuple[FakeServer, str], delay_s: float) -> CaptionStage:
     return stage
 
 
+@contextmanager
+def serving(
+    fake: tuple[FakeServer, str], delay_s: float, max_batch: int, max_queue: int
+) -> Iterator[Batcher]:
+    """A started batcher over one HTTP stage against the stalling fake; stopped and torn down after."""
+    stage = http_stage(fake, delay_s)
+    batcher = Batcher([stage], max_batch=max_batch, gather_s=0.0, max_queue=max_queue)
+    batcher.start()
+    try:
+        yield batcher
+    finally:
+        batcher.stop()
+        stage.teardown()
+
+
 def engine_busy(batcher: Batcher, clip: DecodedClip) -> Future[CaptionedClip | Failure]:
     """Submit ``clip`` and return once its batch is running (the engine is busy with it)."""
     future = batcher.submit(clip)
@@ -77,28 +93,19 @@ def test_concurrent_clips_share_one_engine_call(
 def test_a_full_queue_is_refused_with_a_retry_time(
     fake: tuple[FakeServer, str], caption_clips: list[DecodedClip]
 ) -> None:
-    stage = http_stage(fake, delay_s=1.0)
-    batcher = Batcher([stage], max_batch=1, gather_s=0.0, max_queue=2)
-    batcher.start()
-    try:
+    with serving(fake, 1.0, max_batch=1, max_queue=2) as batcher:
         first = engine_busy(batcher, caption_clips[0])  # the worker holds it: the queue is empty again
         queued = [batcher.submit(clip) for clip in caption_clips[:2]]
         with pytest.raises(QueueFullError) as full:
             batcher.submit(caption_clips[2])
         assert full.value.retry_after_s >= 1 and "retry in" in str(full.value)
         assert all(isinstance(f.result(timeout=30), CaptionedClip) for f in [first, *queued])
-    finally:
-        batcher.stop()
-        stage.teardown()
 
 
 def test_a_cancelled_clip_never_reaches_the_engine(
     fake: tuple[FakeServer, str], caption_clips: list[DecodedClip]
 ) -> None:
-    stage = http_stage(fake, delay_s=0.5)
-    batcher = Batcher([stage], max_batch=1, gather_s=0.0, max_queue=8)
-    batcher.start()
-    try:
+    with serving(fake, 0.5, max_batch=1, max_queue=8) as batcher:
         engine_busy(batcher, caption_clips[0])
         gone = batcher.submit(caption_clips[1])
         assert gone.cancel()  # the client went away while it waited
@@ -107,26 +114,17 @@ def test_a_cancelled_clip_never_reaches_the_engine(
         with pytest.raises(CancelledError):
             gone.result()
         assert len(fake[0].state.bodies) == 2  # the first and the last clip; the cancelled one never went
-    finally:
-        batcher.stop()
-        stage.teardown()
 
 
 def test_clips_waiting_while_a_batch_runs_form_the_next_batch(
     fake: tuple[FakeServer, str], caption_clips: list[DecodedClip]
 ) -> None:
-    stage = http_stage(fake, delay_s=0.3)
     calls_before, clips_before = batches()
-    batcher = Batcher([stage], max_batch=4, gather_s=0.0, max_queue=16)
-    batcher.start()
-    try:
+    with serving(fake, 0.3, max_batch=4, max_queue=16) as batcher:
         first = engine_busy(batcher, caption_clips[0])
         rest = [batcher.submit(clip) for clip in caption_clips * 2]  # arrive while the first is captioned
         for future in [first, *rest]:
             future.result(timeout=30)
-    finally:
-        batcher.stop()
-        stage.teardown()
     calls, clips = batches()
     assert (calls - calls_before, clips - clips_before) == (3, 7)  # batches of 1, 4 and 2
     assert fake[0].state.max_in_flight >= 4  # the HTTP engine sends a batch's requests at once
